@@ -1,0 +1,49 @@
+"""Search over PAP-loss parameters: search space, policy + PPO, trial journal, launchers.
+
+Importing this package is cheap: the names below are loaded from their modules on first access
+(the policy needs scipy, the search space the loss functions).
+"""
+
+import importlib
+from typing import Any
+
+__all__ = [
+    "SearchSpace",
+    "HEADS",
+    "TruncatedNormalPolicy",
+    "SigmaSchedule",
+    "PPOConfig",
+    "UpdateStats",
+    "SearchJournal",
+    "JournalError",
+    "NewTrial",
+    "TrialRecord",
+    "RoundRecord",
+]
+
+_LAZY = {
+    "SearchSpace": "space",
+    "HEADS": "space",
+    "TruncatedNormalPolicy": "policy",
+    "SigmaSchedule": "policy",
+    "PPOConfig": "policy",
+    "UpdateStats": "policy",
+    "SearchJournal": "journal",
+    "JournalError": "journal",
+    "NewTrial": "journal",
+    "TrialRecord": "journal",
+    "RoundRecord": "journal",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _LAZY.get(name)
+    if module_name is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module_name}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list:
+    return sorted(set(globals()) | set(__all__))
