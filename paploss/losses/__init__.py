@@ -1,0 +1,59 @@
+"""Loss functions in pure PyTorch (no Detectron2): the PAP loss, its monotone functions, gradient
+scaling and the exact sort + prefix-sum pairwise sums shared by the ranking losses."""
+
+from .functions import (
+    FUNCTION_NAMES,
+    IDENTITY_THETA,
+    MIN_KNOT_SPACING,
+    PAPFunctions,
+    PiecewiseLinear,
+    knots_to_theta,
+    theta_to_knots,
+)
+from .grad_scale import GradScale, lambda_from_theta, scale_grad, theta_from_lambda
+from .pairwise import (
+    SortedScores,
+    gap_sum,
+    pairwise_gap_slope_sum,
+    pairwise_gap_sum,
+    pairwise_gap_sums,
+    piecewise_linear,
+    sort_scores,
+)
+from .pap import (
+    PAPLossComponents,
+    pap_loss,
+    pap_loss_components,
+    pap_loss_dense,
+    pap_loss_dense_components,
+)
+from .published import published_grad_scale, published_knots, published_names
+
+__all__ = [
+    "FUNCTION_NAMES",
+    "IDENTITY_THETA",
+    "MIN_KNOT_SPACING",
+    "PAPFunctions",
+    "PiecewiseLinear",
+    "knots_to_theta",
+    "theta_to_knots",
+    "GradScale",
+    "lambda_from_theta",
+    "scale_grad",
+    "theta_from_lambda",
+    "SortedScores",
+    "gap_sum",
+    "pairwise_gap_slope_sum",
+    "pairwise_gap_sum",
+    "pairwise_gap_sums",
+    "piecewise_linear",
+    "sort_scores",
+    "PAPLossComponents",
+    "pap_loss",
+    "pap_loss_components",
+    "pap_loss_dense",
+    "pap_loss_dense_components",
+    "published_grad_scale",
+    "published_knots",
+    "published_names",
+]

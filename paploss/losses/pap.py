@@ -1,0 +1,174 @@
+"""The Unified Parameterized AP loss (PAP loss).
+
+Over the flattened (anchor or RoI, class) entries of a batch, with logits ``s``, targets ``t`` in
+{1, 0, -1} and qualities ``u`` (positives' localisation quality in [0, 1], 0 elsewhere), P the
+positives, V the non-ignored entries and ``x_ij = clamp((s_j - s_i) / 2 + 1/2, 0, 1)``:
+
+    L = 1/|P| sum_{i in P} [ (1 - I1(u_i)) + I3(u_i) * R_i ],
+    R_i = sum_{j in V} H2(x_ij) (1 - I2(u_j)) / sum_{j in V} sg(H1(x_ij)),
+
+``sg`` = stop-gradient. The sums include ``j = i`` (``x_ii = 1/2``). Logits get gradient only through
+H2, qualities through I1, I2 and I3. With exact steps for H1/H2 (1/2 at 0) and identities for
+I1/I2/I3, ``L = 1 - AP_w`` (quality-weighted AP).
+
+Implementations:
+
+* :func:`pap_loss` / :func:`pap_loss_components`: exact and fast. ``sum_j H(x_ij) w_j`` is computed
+  for all positives at once by sorting the logits and using prefix sums
+  (:mod:`paploss.losses.pairwise`), with a hand-derived backward. O((M + P) log M) time,
+  O(M + P) memory, no truncation.
+* :func:`pap_loss_dense` / :func:`pap_loss_dense_components`: the readable reference with
+  ``[P, |V|]`` tensors and plain autograd, for tests and benchmarks.
+
+Both share everything except how the numerators and denominators of ``R_i`` are computed.
+"""
+
+from typing import Callable, NamedTuple, Tuple
+
+import torch
+
+from ._checks import check_ranking_inputs
+from .functions import PAPFunctions
+from .pairwise import gap_sum, pairwise_gap_sum, piecewise_linear, sort_scores
+
+__all__ = [
+    "PAPLossComponents",
+    "pap_loss",
+    "pap_loss_components",
+    "pap_loss_dense",
+    "pap_loss_dense_components",
+]
+
+#: Added to |P| in the normalisation, as in the published code.
+NORMALIZER_EPS = 1e-8
+#: Lower bound of the H1 sums (only reached by degenerate H1 with H1(1/2) = 0).
+RANK_EPS = 1e-12
+
+
+class PAPLossComponents(NamedTuple):
+    """The PAP loss and its parts (scalar tensors).
+
+    Attributes:
+        loss: ``localization + ranking``.
+        localization: ``1/|P| sum_i (1 - I1(u_i))``.
+        ranking: ``1/|P| sum_i I3(u_i) R_i``.
+        num_positives: ``|P|``.
+    """
+
+    loss: torch.Tensor
+    localization: torch.Tensor
+    ranking: torch.Tensor
+    num_positives: int
+
+
+# (scores [N], positive_index [P], weights [N], functions) -> (numerators [P], denominators [P])
+RatioTerms = Callable[
+    [torch.Tensor, torch.Tensor, torch.Tensor, PAPFunctions], Tuple[torch.Tensor, torch.Tensor]
+]
+
+
+def _fast_ratio_terms(scores, positive_index, weights, functions):
+    """Numerators ``sum_j H2(x_ij) w_j`` (differentiable) and denominators ``sum_j H1(x_ij)``."""
+    sorted_scores = sort_scores(scores)
+    anchors = scores[positive_index]
+    h2_x, h2_y = functions["H2"].gap_knots()
+    numerators = gap_sum(anchors, scores, weights, h2_x, h2_y, sorted_scores=sorted_scores)
+    h1_x, h1_y = functions["H1"].gap_knots()
+    denominators = pairwise_gap_sum(
+        anchors.detach(), sorted_scores, torch.ones_like(weights), h1_x, h1_y
+    )
+    return numerators, denominators
+
+
+def _dense_ratio_terms(scores, positive_index, weights, functions):
+    """Same as :func:`_fast_ratio_terms` with explicit ``[P, N]`` gap matrices."""
+    gaps = scores[None, :] - scores[positive_index][:, None]  # [P, N], s_j - s_i
+    # H(x) with x = gap / 2 + 1/2, evaluated as a function of the gap (same knots and derivative
+    # convention as the fast sums; see paploss.losses.pairwise).
+    h2 = piecewise_linear(gaps, *functions["H2"].gap_knots())
+    h1 = piecewise_linear(gaps.detach(), *functions["H1"].gap_knots())
+    return (h2 * weights[None, :]).sum(dim=1), h1.sum(dim=1)
+
+
+def _components(logits, targets, quality, functions, ratio_terms: RatioTerms):
+    check_ranking_inputs(logits, targets, quality, per_positive_name="quality")
+    if not isinstance(functions, PAPFunctions):
+        raise ValueError(f"functions must be a PAPFunctions, got {type(functions).__name__}")
+    valid = targets != -1
+    scores = logits[valid]
+    is_positive = targets[valid] == 1
+    # Qualities are read only at positives; everything else has u = 0 (and no gradient).
+    u = torch.where(is_positive, quality[valid], torch.zeros_like(quality[valid])).to(logits.dtype)
+    positive_index = torch.nonzero(is_positive, as_tuple=True)[0]
+    num_positives = int(positive_index.numel())
+    if num_positives == 0:
+        zero = (logits * 0).sum() + (u * 0).sum()
+        return PAPLossComponents(zero, zero, zero, 0)
+
+    weights = 1 - functions["I2"](u)  # [N], 1 at negatives
+    numerators, denominators = ratio_terms(scores, positive_index, weights, functions)
+    ratios = numerators / denominators.clamp_min(RANK_EPS)  # R_i, [P]
+    u_positive = u[positive_index]
+    normalizer = num_positives + NORMALIZER_EPS
+    localization = (1 - functions["I1"](u_positive)).sum() / normalizer
+    ranking = (functions["I3"](u_positive) * ratios).sum() / normalizer
+    return PAPLossComponents(localization + ranking, localization, ranking, num_positives)
+
+
+def pap_loss_components(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    quality: torch.Tensor,
+    functions: PAPFunctions,
+) -> PAPLossComponents:
+    """The PAP loss and its parts, exact fast implementation.
+
+    Args:
+        logits: ``[M]`` float logits of all (anchor or RoI, class) entries.
+        targets: ``[M]`` in {1, 0, -1}: positive (the anchor's own class), negative, ignored.
+        quality: ``[M]`` in [0, 1], read only where ``targets == 1`` (e.g. ``(GIoU + 1) / 2`` of
+            the predicted box). Apply :func:`paploss.losses.scale_grad` to it first to scale the
+            box-branch gradient.
+        functions: the head's :class:`PAPFunctions`.
+
+    Returns:
+        :class:`PAPLossComponents`. Without positives all parts are 0 (with a zero gradient).
+
+    Raises:
+        ValueError: naming the argument on bad shapes, targets, qualities, non-finite logits or
+            if ``functions`` is not a :class:`PAPFunctions`.
+    """
+    return _components(logits, targets, quality, functions, _fast_ratio_terms)
+
+
+def pap_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    quality: torch.Tensor,
+    functions: PAPFunctions,
+) -> torch.Tensor:
+    """The PAP loss (scalar tensor); see :func:`pap_loss_components` for the arguments."""
+    return pap_loss_components(logits, targets, quality, functions).loss
+
+
+def pap_loss_dense_components(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    quality: torch.Tensor,
+    functions: PAPFunctions,
+) -> PAPLossComponents:
+    """Reference implementation of :func:`pap_loss_components` with ``[P, M]`` tensors.
+
+    Same arguments and result; memory grows with ``P * M``, use it for tests and benchmarks.
+    """
+    return _components(logits, targets, quality, functions, _dense_ratio_terms)
+
+
+def pap_loss_dense(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    quality: torch.Tensor,
+    functions: PAPFunctions,
+) -> torch.Tensor:
+    """Reference implementation of :func:`pap_loss` with ``[P, M]`` tensors."""
+    return pap_loss_dense_components(logits, targets, quality, functions).loss
