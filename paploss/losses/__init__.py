@@ -17,6 +17,7 @@ from .pairwise import (
     pairwise_gap_slope_sum,
     pairwise_gap_sum,
     pairwise_gap_sums,
+    pairwise_gap_sums_per_score,
     piecewise_linear,
     sort_scores,
 )
@@ -46,6 +47,7 @@ __all__ = [
     "pairwise_gap_slope_sum",
     "pairwise_gap_sum",
     "pairwise_gap_sums",
+    "pairwise_gap_sums_per_score",
     "piecewise_linear",
     "sort_scores",
     "PAPLossComponents",

@@ -14,9 +14,12 @@ step ``H(d) = clamp(d / (2 delta) + 1/2, 0, 1)`` of AP-Loss / aLRP / RS-Loss (kn
 
 The dense way builds ``[P, M]`` tensors. Here the scores are sorted once; for a fixed anchor, ``f``
 is linear in ``s_j`` between the ``K`` thresholds ``a_i + knots_x[k]``, so each sum is a handful of
-prefix-sum differences of ``w`` and ``s * w`` located by ``searchsorted``. Cost: O(M log M) for the
-sort plus O(P K log M); memory O(M + P) (per-knot loop). Only ``sort``, ``cumsum``,
-``searchsorted`` and indexing are used, so everything also runs on GPU.
+prefix-sum differences of ``w`` and ``s * w`` located by ``searchsorted``
+(:func:`pairwise_gap_sums`). The transposed sums, one per score over the anchors
+(``sum_i f(s_j - a_i) g_i``, needed by backward passes), are a sweep over the same sorted scores
+(:func:`pairwise_gap_sums_per_score`). Cost: O(M log M) for the sort plus O(M + P K log M);
+memory O(M + P K). Only ``sort``, ``cumsum``, ``searchsorted``, ``index_add_`` and indexing are
+used, so everything also runs on GPU. :func:`gap_sum` wraps both in an autograd function.
 
 **Derivative convention.** Sums of the derivative ``f'`` (piecewise constant) are provided for
 backward passes. At a gap exactly on a knot, ``f'`` is the **right derivative** with respect to the
@@ -43,6 +46,7 @@ __all__ = [
     "pairwise_gap_sum",
     "pairwise_gap_slope_sum",
     "pairwise_gap_sums",
+    "pairwise_gap_sums_per_score",
     "gap_sum",
 ]
 
@@ -252,55 +256,141 @@ def pairwise_gap_slope_sum(
     return slope_sum
 
 
+def pairwise_gap_sums_per_score(
+    scores: Union[torch.Tensor, SortedScores],
+    anchors: torch.Tensor,
+    anchor_weights: torch.Tensor,
+    knots_x: torch.Tensor,
+    knots_y: torch.Tensor,
+    *,
+    values: bool = True,
+    slopes: bool = False,
+) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """The transposed sums: for every score ``j``, ``sum_i f(s_j - a_i) g_i`` and/or
+    ``sum_i f'(s_j - a_i) g_i`` over the anchors.
+
+    Computed by a sweep over the sorted scores instead of a search per score: with the ramp form
+    ``f(d) = y_0 + sum_k dm_k max(d - x_k, 0)`` (``dm_k`` the slope change at knot ``k``), each
+    anchor adds ``g_i dm_k`` to the slope and ``-g_i dm_k (a_i + x_k)`` to the intercept of the
+    running sum from the first score ``>= a_i + x_k`` on (right derivative, as in the module
+    docstring). One ``searchsorted`` of the ``P K`` thresholds, a scatter-add and a cumsum:
+    O(M + P K log M) on top of the sort, O(M + P K) memory. This is the backward of
+    :func:`pairwise_gap_sums` with respect to the scores and weights. No autograd graph.
+
+    Args:
+        scores: ``[M]`` scores ``s``, or their :func:`sort_scores` result.
+        anchors: ``[P]`` anchor scores ``a``.
+        anchor_weights: ``[P]`` or ``[P, C]`` weights ``g`` of the anchors.
+        knots_x: ``[K]`` strictly increasing gaps, ``K >= 2``.
+        knots_y: ``[K]`` values of ``f`` at ``knots_x``.
+        values: compute ``sum_i f(s_j - a_i) g_i``.
+        slopes: compute ``sum_i f'(s_j - a_i) g_i``.
+
+    Returns:
+        ``(value_sums, slope_sums)``, each ``[M]`` (or ``[M, C]``) in the original order of the
+        scores and the dtype of ``anchor_weights``, or ``None`` where not requested.
+        (On CUDA the scatter-add makes the float64 rounding order non-deterministic.)
+    """
+    sorted_scores = scores if isinstance(scores, SortedScores) else sort_scores(scores)
+    if anchors.dim() != 1:
+        raise ValueError(f"anchors must have shape [P], got shape {list(anchors.shape)}")
+    if anchor_weights.dim() not in (1, 2) or anchor_weights.shape[0] != anchors.shape[0]:
+        raise ValueError(
+            f"anchor_weights must have shape [P] or [P, C] with P = {anchors.shape[0]} "
+            f"(number of anchors), got {list(anchor_weights.shape)}"
+        )
+    if knots_x.dim() != 1 or knots_x.shape != knots_y.shape or knots_x.numel() < 2:
+        raise ValueError(
+            "knots_x and knots_y must both have shape [K] with K >= 2, got "
+            f"{list(knots_x.shape)} and {list(knots_y.shape)}"
+        )
+    squeeze = anchor_weights.dim() == 1
+    out_dtype = anchor_weights.dtype
+    num_scores = sorted_scores.values.shape[0]
+    with torch.no_grad():
+        acc = _accumulate_dtype(anchors.device)
+        sorted_values = sorted_scores.values.to(acc)
+        g = anchor_weights.detach().to(acc)
+        g = g.unsqueeze(1) if squeeze else g  # [P, C]
+        knots_x = knots_x.detach().to(device=anchors.device, dtype=acc)
+        knots_y = knots_y.detach().to(device=anchors.device, dtype=acc)
+        segment_slopes = (knots_y[1:] - knots_y[:-1]) / (knots_x[1:] - knots_x[:-1])
+        zero = segment_slopes.new_zeros(1)
+        slope_changes = torch.cat([segment_slopes, zero]) - torch.cat([zero, segment_slopes])
+        thresholds = anchors.detach().to(acc)[:, None] + knots_x[None, :]  # [P, K]
+        start = torch.searchsorted(sorted_values, thresholds).reshape(-1)  # first s >= threshold
+        num_channels = g.shape[1]
+
+        def sweep(increments):  # [P, K, C] -> running sums over the sorted scores, [M, C]
+            deltas = g.new_zeros(num_scores + 1, num_channels)
+            deltas.index_add_(0, start, increments.reshape(-1, num_channels))
+            return torch.cumsum(deltas, dim=0)[:num_scores]
+
+        weighted_changes = g[:, None, :] * slope_changes[None, :, None]  # [P, K, C]
+        slope_sorted = sweep(weighted_changes)
+        value_sorted = None
+        if values:
+            intercept = sweep(-weighted_changes * thresholds[:, :, None])
+            value_sorted = (
+                knots_y[0] * g.sum(dim=0) + intercept + sorted_values[:, None] * slope_sorted
+            )
+        results = []
+        for result, wanted in ((value_sorted, values), (slope_sorted, slopes)):
+            if not wanted:
+                results.append(None)
+                continue
+            unsorted = torch.empty_like(result)
+            unsorted[sorted_scores.order] = result
+            unsorted = unsorted.squeeze(1) if squeeze else unsorted
+            results.append(unsorted.to(out_dtype))
+    return results[0], results[1]
+
+
 class _GapSum(torch.autograd.Function):
     """``out[i, c] = sum_j f(s_j - a_i) w[j, c]`` with an exact, O(M + P) memory backward.
 
     With upstream gradient ``g [P, C]``:
-      d/dw[j, c] = sum_i g[i, c] f(s_j - a_i)                (reverse sum over the sorted anchors)
-      d/ds_j     = sum_c w[j, c] sum_i g[i, c] f'(s_j - a_i)  (reverse slope sum)
-      d/da_i     = -sum_c g[i, c] sum_j f'(s_j - a_i) w[j, c] (forward slope sum)
+      d/dw[j, c] = sum_i g[i, c] f(s_j - a_i)                 (per-score value sweep)
+      d/ds_j     = sum_c w[j, c] sum_i g[i, c] f'(s_j - a_i)  (per-score slope sweep)
+      d/da_i     = -sum_c g[i, c] sum_j f'(s_j - a_i) w[j, c] (per-anchor slope sums)
     ``f'`` is the right derivative in the gap ``s_j - a_i`` in every term, so a pair counted in both
     roles (an anchor that is also a score, e.g. the self pair) gets cancelling contributions.
     """
 
     @staticmethod
-    def forward(ctx, anchors, scores, weights, knots_x, knots_y, order):
-        sorted_scores = SortedScores(scores.detach()[order], order)
+    def forward(ctx, anchors, scores, weights, knots_x, knots_y, sorted_values, order):
+        sorted_scores = SortedScores(sorted_values, order)
         out, _ = pairwise_gap_sums(anchors, sorted_scores, weights, knots_x, knots_y)
-        ctx.save_for_backward(anchors, scores, weights, knots_x, knots_y, order)
+        ctx.save_for_backward(anchors, weights, knots_x, knots_y, sorted_values, order)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        anchors, scores, weights, knots_x, knots_y, order = ctx.saved_tensors
+        anchors, weights, knots_x, knots_y, sorted_values, order = ctx.saved_tensors
         need_anchors, need_scores, need_weights = ctx.needs_input_grad[:3]
         grad_anchors = grad_scores = grad_weights = None
+        sorted_scores = SortedScores(sorted_values, order)
         squeeze = weights.dim() == 1
-        g = grad_out.unsqueeze(1) if squeeze else grad_out  # [P, C]
-        w = weights.unsqueeze(1) if squeeze else weights  # [M, C]
         if need_scores or need_weights:
-            # Sums over the anchors for every score: gap a_i - s_j seen from s_j is "reverse".
-            value_sum, slope_sum = pairwise_gap_sums(
-                scores,
-                sort_scores(anchors),
-                g,
+            value_sum, slope_sum = pairwise_gap_sums_per_score(
+                sorted_scores,
+                anchors,
+                grad_out,
                 knots_x,
                 knots_y,
-                reverse=True,
                 values=need_weights,
                 slopes=need_scores,
             )
-            if need_weights:
-                grad_weights = value_sum.squeeze(1) if squeeze else value_sum
+            grad_weights = value_sum
             if need_scores:
-                grad_scores = (w * slope_sum).sum(dim=1)
+                grad_scores = weights * slope_sum if squeeze else (weights * slope_sum).sum(dim=1)
         if need_anchors:
-            sorted_scores = SortedScores(scores.detach()[order], order)
             _, slope_sum = pairwise_gap_sums(
-                anchors, sorted_scores, w, knots_x, knots_y, values=False, slopes=True
+                anchors, sorted_scores, weights, knots_x, knots_y, values=False, slopes=True
             )
-            grad_anchors = -(g * slope_sum).sum(dim=1)
-        return grad_anchors, grad_scores, grad_weights, None, None, None
+            grad = grad_out * slope_sum
+            grad_anchors = -(grad if squeeze else grad.sum(dim=1))
+        return grad_anchors, grad_scores, grad_weights, None, None, None, None
 
 
 def gap_sum(
@@ -315,9 +405,10 @@ def gap_sum(
     """Differentiable ``out[i] = sum_j f(s_j - a_i) w_j`` (exact values and gradients).
 
     Gradients flow to ``anchors``, ``scores`` and ``weights`` (a tensor may appear in two roles,
-    e.g. ``anchors = scores[idx]``; autograd adds both contributions). The backward uses the same
-    sort + prefix-sum method: O((M + P) log(M + P)) time, O(M + P) memory. No gradient flows to
-    the knots.
+    e.g. ``anchors = scores[idx]``; autograd adds both contributions). The backward reuses the sort
+    of the forward (:func:`pairwise_gap_sums_per_score` for scores and weights,
+    :func:`pairwise_gap_slope_sum` for anchors): O(M log M + P K log M) time overall, O(M + P K)
+    memory. No gradient flows to the knots.
 
     Args:
         anchors: ``[P]`` anchor scores.
@@ -334,4 +425,6 @@ def gap_sum(
         raise ValueError(f"scores must have shape [M], got shape {list(scores.shape)}")
     if sorted_scores is None:
         sorted_scores = sort_scores(scores)
-    return _GapSum.apply(anchors, scores, weights, knots_x, knots_y, sorted_scores.order)
+    return _GapSum.apply(
+        anchors, scores, weights, knots_x, knots_y, sorted_scores.values, sorted_scores.order
+    )
