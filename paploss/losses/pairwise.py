@@ -105,6 +105,8 @@ def _accumulate_dtype(device: torch.device) -> torch.dtype:
 def _check_pairwise_inputs(anchors, sorted_scores, weights, knots_x, knots_y, weights_name):
     if anchors.dim() != 1:
         raise ValueError(f"anchors must have shape [P], got shape {list(anchors.shape)}")
+    if weights is None:
+        return
     if weights.dim() not in (1, 2) or weights.shape[0] != sorted_scores.values.shape[0]:
         raise ValueError(
             f"{weights_name} must have shape [M] or [M, C] with M = "
@@ -120,7 +122,7 @@ def _check_pairwise_inputs(anchors, sorted_scores, weights, knots_x, knots_y, we
 def pairwise_gap_sums(
     anchors: torch.Tensor,
     scores: Union[torch.Tensor, SortedScores],
-    weights: torch.Tensor,
+    weights: Optional[torch.Tensor],
     knots_x: torch.Tensor,
     knots_y: torch.Tensor,
     *,
@@ -137,7 +139,8 @@ def pairwise_gap_sums(
     Args:
         anchors: ``[P]`` anchor scores ``a``.
         scores: ``[M]`` scores ``s``, or their :func:`sort_scores` result to share one sort.
-        weights: ``[M]`` or ``[M, C]`` weights ``w`` (``C`` sums at once).
+        weights: ``[M]`` or ``[M, C]`` weights ``w`` (``C`` sums at once), or ``None`` for all
+            ones (the sums then count, e.g. ``sum_j H(s_j - a_i)``).
         knots_x: ``[K]`` strictly increasing gaps, ``K >= 2``.
         knots_y: ``[K]`` values of ``f`` at ``knots_x``.
         reverse: use ``gap = a_i - s_j`` instead of ``s_j - a_i``.
@@ -145,20 +148,28 @@ def pairwise_gap_sums(
         slopes: compute ``sum_j f'(gap_ij) w_j``.
 
     Returns:
-        ``(value_sums, slope_sums)``, each ``[P]`` (or ``[P, C]``) in the dtype of ``weights``, or
-        ``None`` where not requested.
+        ``(value_sums, slope_sums)``, each ``[P]`` (or ``[P, C]``) in the dtype of ``weights``
+        (of ``anchors`` if ``weights`` is ``None``), or ``None`` where not requested.
     """
     sorted_scores = scores if isinstance(scores, SortedScores) else sort_scores(scores)
     _check_pairwise_inputs(anchors, sorted_scores, weights, knots_x, knots_y, "weights")
-    out_dtype = weights.dtype if weights.is_floating_point() else anchors.dtype
-    squeeze = weights.dim() == 1
+    if weights is not None and weights.is_floating_point():
+        out_dtype = weights.dtype
+    else:
+        out_dtype = anchors.dtype
+    squeeze = weights is None or weights.dim() == 1
     with torch.no_grad():
         acc = _accumulate_dtype(anchors.device)
         sorted_values = sorted_scores.values.to(acc)
-        w = weights.detach().to(acc)
-        w = (w.unsqueeze(1) if squeeze else w)[sorted_scores.order]  # [M, C], sorted order
-        zero_row = w.new_zeros(1, w.shape[1])
-        cum_w = torch.cat([zero_row, torch.cumsum(w, dim=0)])  # [M + 1, C], exclusive prefix
+        if weights is None:
+            num_scores = sorted_values.shape[0]
+            w = sorted_values.new_ones(num_scores, 1)
+            cum_w = torch.arange(num_scores + 1, dtype=acc, device=anchors.device).unsqueeze(1)
+        else:
+            w = weights.detach().to(acc)
+            w = (w.unsqueeze(1) if squeeze else w)[sorted_scores.order]  # [M, C], sorted order
+            cum_w = torch.cat([w.new_zeros(1, w.shape[1]), torch.cumsum(w, dim=0)])
+        zero_row = w.new_zeros(1, w.shape[1])  # cum_w: [M + 1, C], exclusive prefix sums
         cum_sw = None
         if values:
             cum_sw = torch.cat([zero_row, torch.cumsum(w * sorted_values.unsqueeze(1), dim=0)])
@@ -222,7 +233,7 @@ def _gap_sums_sorted(anchors, sorted_values, cum_w, cum_sw, knots_x, knots_y, re
 def pairwise_gap_sum(
     anchors: torch.Tensor,
     scores: Union[torch.Tensor, SortedScores],
-    weights: torch.Tensor,
+    weights: Optional[torch.Tensor],
     knots_x: torch.Tensor,
     knots_y: torch.Tensor,
     *,
@@ -239,7 +250,7 @@ def pairwise_gap_sum(
 def pairwise_gap_slope_sum(
     anchors: torch.Tensor,
     scores: Union[torch.Tensor, SortedScores],
-    weights: torch.Tensor,
+    weights: Optional[torch.Tensor],
     knots_x: torch.Tensor,
     knots_y: torch.Tensor,
     *,
@@ -304,6 +315,8 @@ def pairwise_gap_sums_per_score(
             "knots_x and knots_y must both have shape [K] with K >= 2, got "
             f"{list(knots_x.shape)} and {list(knots_y.shape)}"
         )
+    if not (values or slopes):
+        return None, None
     squeeze = anchor_weights.dim() == 1
     out_dtype = anchor_weights.dtype
     num_scores = sorted_scores.values.shape[0]
@@ -334,16 +347,20 @@ def pairwise_gap_sums_per_score(
             value_sorted = (
                 knots_y[0] * g.sum(dim=0) + intercept + sorted_values[:, None] * slope_sorted
             )
-        results = []
-        for result, wanted in ((value_sorted, values), (slope_sorted, slopes)):
-            if not wanted:
-                results.append(None)
-                continue
-            unsorted = torch.empty_like(result)
-            unsorted[sorted_scores.order] = result
-            unsorted = unsorted.squeeze(1) if squeeze else unsorted
-            results.append(unsorted.to(out_dtype))
-    return results[0], results[1]
+        wanted = [
+            result
+            for result in (value_sorted, slope_sorted if slopes else None)
+            if result is not None
+        ]
+        stacked = torch.cat(wanted, dim=1)  # [M, C * number wanted], back to the input order once
+        unsorted = torch.empty_like(stacked).index_copy_(0, sorted_scores.order, stacked)
+        unsorted = unsorted.to(out_dtype)
+        parts = list(unsorted.split(num_channels, dim=1))
+        if squeeze:
+            parts = [part.squeeze(1) for part in parts]
+        value_sum = parts.pop(0) if values else None
+        slope_sum = parts.pop(0) if slopes else None
+    return value_sum, slope_sum
 
 
 class _GapSum(torch.autograd.Function):

@@ -18,7 +18,7 @@ Implementations:
   (:mod:`paploss.losses.pairwise`), with a hand-derived backward. O((M + P) log M) time,
   O(M + P) memory, no truncation.
 * :func:`pap_loss_dense` / :func:`pap_loss_dense_components`: the readable reference with
-  ``[P, |V|]`` tensors and plain autograd, for tests and benchmarks.
+  ``[P, M]`` tensors and plain autograd, for tests and benchmarks.
 
 Both share everything except how the numerators and denominators of ``R_i`` are computed.
 """
@@ -61,57 +61,60 @@ class PAPLossComponents(NamedTuple):
     num_positives: int
 
 
-# (scores [N], positive_index [P], weights [N], functions) -> (numerators [P], denominators [P])
+# (logits [M], valid [M] bool, positive_index [P], weights [M], functions)
+#     -> (numerators [P], denominators [P])
 RatioTerms = Callable[
-    [torch.Tensor, torch.Tensor, torch.Tensor, PAPFunctions], Tuple[torch.Tensor, torch.Tensor]
+    [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, PAPFunctions],
+    Tuple[torch.Tensor, torch.Tensor],
 ]
 
 
-def _fast_ratio_terms(scores, positive_index, weights, functions):
-    """Numerators ``sum_j H2(x_ij) w_j`` (differentiable) and denominators ``sum_j H1(x_ij)``."""
-    sorted_scores = sort_scores(scores)
-    anchors = scores[positive_index]
+def _fast_ratio_terms(logits, valid, positive_index, weights, functions):
+    """Numerators ``sum_{j in V} H2(x_ij) w_j`` (differentiable) and ``sum_{j in V} H1(x_ij)``.
+
+    Ignored entries stay in the sorted list with weight 0 (no compaction needed).
+    """
+    sorted_scores = sort_scores(logits)
+    anchors = logits[positive_index]
     h2_x, h2_y = functions["H2"].gap_knots()
-    numerators = gap_sum(anchors, scores, weights, h2_x, h2_y, sorted_scores=sorted_scores)
+    numerators = gap_sum(anchors, logits, weights, h2_x, h2_y, sorted_scores=sorted_scores)
     h1_x, h1_y = functions["H1"].gap_knots()
-    denominators = pairwise_gap_sum(
-        anchors.detach(), sorted_scores, torch.ones_like(weights), h1_x, h1_y
-    )
+    counts = None if bool(valid.all()) else valid.to(logits.dtype)
+    denominators = pairwise_gap_sum(anchors.detach(), sorted_scores, counts, h1_x, h1_y)
     return numerators, denominators
 
 
-def _dense_ratio_terms(scores, positive_index, weights, functions):
-    """Same as :func:`_fast_ratio_terms` with explicit ``[P, N]`` gap matrices."""
-    gaps = scores[None, :] - scores[positive_index][:, None]  # [P, N], s_j - s_i
+def _dense_ratio_terms(logits, valid, positive_index, weights, functions):
+    """Same as :func:`_fast_ratio_terms` with explicit ``[P, M]`` matrices."""
+    gaps = logits[None, :] - logits[positive_index][:, None]  # [P, M], s_j - s_i
     # H(x) with x = gap / 2 + 1/2, evaluated as a function of the gap (same knots and derivative
     # convention as the fast sums; see paploss.losses.pairwise).
     h2 = piecewise_linear(gaps, *functions["H2"].gap_knots())
     h1 = piecewise_linear(gaps.detach(), *functions["H1"].gap_knots())
-    return (h2 * weights[None, :]).sum(dim=1), h1.sum(dim=1)
+    numerators = (h2 * weights[None, :]).sum(dim=1)  # weights are 0 at ignored entries
+    denominators = (h1 * valid[None, :]).sum(dim=1)
+    return numerators, denominators
 
 
 def _components(logits, targets, quality, functions, ratio_terms: RatioTerms):
     check_ranking_inputs(logits, targets, quality, per_positive_name="quality")
     if not isinstance(functions, PAPFunctions):
         raise ValueError(f"functions must be a PAPFunctions, got {type(functions).__name__}")
-    valid = targets != -1
-    scores = logits[valid]
-    is_positive = targets[valid] == 1
-    # Qualities are read only at positives; everything else has u = 0 (and no gradient).
-    u = torch.where(is_positive, quality[valid], torch.zeros_like(quality[valid])).to(logits.dtype)
-    positive_index = torch.nonzero(is_positive, as_tuple=True)[0]
+    positive_index = torch.nonzero(targets == 1, as_tuple=True)[0]
     num_positives = int(positive_index.numel())
     if num_positives == 0:
-        zero = (logits * 0).sum() + (u * 0).sum()
+        zero = (logits * 0).sum() + (quality[positive_index] * 0).sum().to(logits.dtype)
         return PAPLossComponents(zero, zero, zero, 0)
 
-    weights = 1 - functions["I2"](u)  # [N], 1 at negatives
-    numerators, denominators = ratio_terms(scores, positive_index, weights, functions)
+    # Qualities are read only at positives (u = 0 elsewhere, so 1 - I2(u) = 1 at negatives).
+    u = quality[positive_index].to(logits.dtype)  # [P]
+    valid = targets != -1
+    weights = valid.to(logits.dtype).index_put((positive_index,), 1 - functions["I2"](u))  # [M]
+    numerators, denominators = ratio_terms(logits, valid, positive_index, weights, functions)
     ratios = numerators / denominators.clamp_min(RANK_EPS)  # R_i, [P]
-    u_positive = u[positive_index]
     normalizer = num_positives + NORMALIZER_EPS
-    localization = (1 - functions["I1"](u_positive)).sum() / normalizer
-    ranking = (functions["I3"](u_positive) * ratios).sum() / normalizer
+    localization = (1 - functions["I1"](u)).sum() / normalizer
+    ranking = (functions["I3"](u) * ratios).sum() / normalizer
     return PAPLossComponents(localization + ranking, localization, ranking, num_positives)
 
 
