@@ -9,6 +9,7 @@ import sys
 import textwrap
 import time
 
+import numpy as np
 import pytest
 
 from paploss.search.journal import (
@@ -19,6 +20,7 @@ from paploss.search.journal import (
     SearchJournal,
     settings_digest,
 )
+from paploss.search.policy import PPOConfig, TruncatedNormalPolicy
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SETTINGS = {"space": {"heads": ["RETINANET"], "dim": 41}, "policy": {"seed": 0, "sigma": 0.2}}
@@ -247,8 +249,7 @@ def test_settings_mismatch_raises_and_leaves_file(tmp_path):
     assert _read_bytes(path) == before
 
 
-_WRITER = textwrap.dedent(
-    """
+_WRITER = textwrap.dedent("""
     import sys
     from paploss.search.journal import NewTrial, SearchJournal
 
@@ -268,8 +269,7 @@ _WRITER = textwrap.dedent(
             journal.update_trial(r, trial.index, status="done", reward=r + trial.index / 10,
                                  metrics={"AP": r}, finished_at=1.0)
         journal.end_round(r, {"round": r + 1}, {"n": 8})
-    """
-)
+    """)
 
 
 def _open_after_crash(path, read_only):
@@ -321,8 +321,7 @@ def test_sigkill_mid_write_leaves_consistent_journal(tmp_path):
     conn.close()
 
 
-_HOLDER = textwrap.dedent(
-    """
+_HOLDER = textwrap.dedent("""
     import sqlite3, sys, time
 
     conn = sqlite3.connect(sys.argv[1], isolation_level=None)
@@ -337,8 +336,7 @@ _HOLDER = textwrap.dedent(
     conn.execute("UPDATE meta SET value = 'overwritten' WHERE key = 'magic'")
     print("holding", flush=True)
     time.sleep(60)
-    """
-)
+    """)
 
 
 def test_interrupted_transaction_is_rolled_back_on_open(tmp_path):
@@ -366,3 +364,47 @@ def test_interrupted_transaction_is_rolled_back_on_open(tmp_path):
     assert not os.path.exists(path + "-journal")
     with SearchJournal.open(path, SETTINGS, read_only=True) as journal:
         assert len(journal.trials()) == 1
+
+
+def test_policy_state_stored_in_journal_resumes_identically(tmp_path):
+    """A round recorded in the journal and resumed from it gives the uninterrupted result."""
+    target = np.linspace(0.3, 0.7, 6)
+
+    def reward(thetas):
+        return -np.sum((thetas - target) ** 2, axis=1)
+
+    def make_policy():
+        return TruncatedNormalPolicy(np.full(6, 0.5), ppo=PPOConfig(num_steps=20), seed=5)
+
+    uninterrupted = make_policy()
+    for _ in range(3):
+        thetas = uninterrupted.sample(4)
+        uninterrupted.update(thetas, reward(thetas))
+
+    path = str(tmp_path / "j")
+    policy = make_policy()
+    with SearchJournal.create(path, SETTINGS) as journal:
+        for r in range(2):
+            thetas = policy.sample(4)
+            trials = [NewTrial(theta=t.tolist(), overrides={}, seed=r) for t in thetas]
+            journal.begin_round(r, policy.state_dict(), trials)
+            if r == 1:
+                break  # "killed" while round 1 runs
+            for i, value in enumerate(reward(thetas)):
+                journal.update_trial(r, i, status="done", reward=float(value))
+            policy.update(thetas, reward(thetas))
+            journal.end_round(r, policy.state_dict())
+
+    resumed = make_policy()
+    with SearchJournal.open(path, SETTINGS) as journal:
+        resumed.load_state_dict(journal.latest_policy_state())
+        current = journal.open_round()
+        thetas = np.array([t.theta for t in journal.trials(round=current.round)])
+        for trial, value in zip(journal.trials(round=current.round), reward(thetas)):
+            journal.update_trial(current.round, trial.index, status="done", reward=float(value))
+        resumed.update(thetas, reward(thetas))
+        journal.end_round(current.round, resumed.state_dict())
+    thetas = resumed.sample(4)
+    resumed.update(thetas, reward(thetas))
+    np.testing.assert_array_equal(resumed.mean, uninterrupted.mean)
+    assert resumed.state_dict() == uninterrupted.state_dict()
