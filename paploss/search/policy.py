@@ -393,7 +393,7 @@ class TruncatedNormalPolicy:
         log_ratio = logp_new - logp_old
         eps = self._ppo.clip_epsilon
         ratio = np.exp(log_ratio)
-        stats_ = UpdateStats(
+        result = UpdateStats(
             round=self._round,
             num_samples=int(thetas.shape[0]),
             sigma=float(sigma),
@@ -407,7 +407,7 @@ class TruncatedNormalPolicy:
             objective_after=float(objective_after),
         )
         self._round += 1
-        return stats_
+        return result
 
     def _surrogate(
         self,
