@@ -1,0 +1,245 @@
+"""Trial fan-out through submitit: debug, local processes and a real (localhost) Slurm cluster."""
+
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+import cloudpickle
+import pytest
+
+from paploss.search.launcher import (
+    CheckpointableTrial,
+    LaunchError,
+    TrialLauncher,
+    distributed_port,
+    distributed_url,
+    make_executor,
+)
+
+# Jobs unpickle the trial function in a fresh interpreter where this test module is not
+# importable: ship its functions by value.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+def counting_trial(spec: Dict[str, Any]) -> Dict[str, Any]:
+    """A small idempotent trial: counts ``steps`` steps, checkpointing after each one.
+
+    Writes into ``spec["folder"]``: ``checkpoint.json`` (steps done), ``starts.jsonl`` (one line
+    per (re)start: the step it resumed from) and ``result.json`` (the final result, returned
+    as-is by any later call).
+    """
+    folder = Path(spec["folder"])
+    folder.mkdir(parents=True, exist_ok=True)
+    result_file = folder / "result.json"
+    if result_file.exists():
+        return json.loads(result_file.read_text())
+    checkpoint = folder / "checkpoint.json"
+    step = json.loads(checkpoint.read_text())["step"] if checkpoint.exists() else 0
+    with open(folder / "starts.jsonl", "a") as f:
+        start = {
+            "step": step,
+            "time": time.time(),
+            "pid": os.getpid(),
+            "restarts": os.environ.get("SLURM_RESTART_COUNT"),
+        }
+        f.write(json.dumps(start) + "\n")
+    if spec.get("fail"):
+        raise ValueError(spec["fail"])
+    if spec.get("crash"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    while step < spec["steps"]:
+        time.sleep(spec.get("sleep_s", 0.0))
+        step += 1
+        tmp = checkpoint.with_suffix(".tmp")
+        tmp.write_text(json.dumps({"step": step}))
+        tmp.replace(checkpoint)
+    result = {"value": spec["value"], "steps": step, "end": time.time(), "port": distributed_port()}
+    result_file.write_text(json.dumps(result))
+    return result
+
+
+def _specs(root: Path, n: int, **common: Any) -> List[Dict[str, Any]]:
+    return [{"folder": str(root / f"trial{i}"), "value": i * 10, **common} for i in range(n)]
+
+
+def _starts(spec: Dict[str, Any]) -> List[Dict[str, Any]]:
+    lines = (Path(spec["folder"]) / "starts.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines]
+
+
+def _wait_for(predicate, timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(0.2)
+
+
+# ------------------------------------------------------------------------------ no scheduler
+
+
+def test_debug_round(tmp_path: Path) -> None:
+    launcher = TrialLauncher("debug", tmp_path / "jobs")
+    specs = _specs(tmp_path, 3, steps=2)
+    specs[1]["fail"] = "diverging on purpose"
+    handles = launcher.submit(counting_trial, specs)
+    progress = []
+    outcomes = launcher.wait(handles, callback=lambda o, k, n: progress.append((o.index, k, n)))
+
+    assert [o.ok for o in outcomes] == [True, False, True]
+    assert [o.result["value"] for o in outcomes if o.ok] == [0, 20]
+    assert outcomes[1].message == "ValueError: diverging on purpose"
+    assert [(k, n) for _, k, n in progress] == [(1, 3), (2, 3), (3, 3)]
+    # Idempotent: running the same round again returns the stored results without recounting.
+    again = launcher.wait(launcher.submit(counting_trial, [specs[0]]))
+    assert again[0].result == outcomes[0].result
+    assert len(_starts(specs[0])) == 1
+    with pytest.raises(ValueError, match="cannot be re-attached"):
+        launcher.attach([handles[0].job_id])
+
+
+def test_local_round_runs_two_at_a_time(tmp_path: Path) -> None:
+    launcher = TrialLauncher("local", tmp_path / "jobs", parallel=2, poll_interval_s=0.2)
+    specs = _specs(tmp_path, 3, steps=4, sleep_s=0.25)
+    handles = launcher.submit(counting_trial, specs)
+    assert [h.status for h in handles] == ["submitted", "submitted", "waiting"]
+
+    outcomes = launcher.wait(handles, timeout_s=90)
+    assert all(o.ok for o in outcomes), [o.error for o in outcomes]
+    assert [o.result["value"] for o in outcomes] == [0, 10, 20]
+    assert len({h.job_id for h in handles}) == 3
+    # The third trial started only after one of the first two had finished.
+    first_end = min(outcomes[0].result["end"], outcomes[1].result["end"])
+    assert _starts(specs[2])[0]["time"] >= first_end - 0.05
+
+
+def test_local_crash_is_reported(tmp_path: Path) -> None:
+    launcher = TrialLauncher("local", tmp_path / "jobs", poll_interval_s=0.2)
+    (outcome,) = launcher.wait(launcher.submit(counting_trial, _specs(tmp_path, 1, crash=True)))
+    assert not outcome.ok
+    assert "ended without a result" in outcome.error
+
+
+def test_make_executor_options(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown launcher kind"):
+        make_executor("cloud", tmp_path)
+    local = make_executor("local", tmp_path, timeout_min=30, setup=["export A=1"])
+    assert local.parameters["timeout_min"] == 30
+
+
+def test_distributed_port() -> None:
+    ports = [distributed_port(f"5000_{task}", check_free=False) for task in range(8)]
+    assert len(set(ports)) == 8 and all(20000 <= p < 40000 for p in ports)
+    assert distributed_port("5000_3", check_free=False) == ports[3]
+    assert distributed_port("5001_0", check_free=False) not in ports
+    assert distributed_url("77_1").startswith("tcp://127.0.0.1:")
+
+
+def test_checkpoint_resubmits_the_same_trial(tmp_path: Path) -> None:
+    trial = CheckpointableTrial(counting_trial, _specs(tmp_path, 1, steps=1)[0])
+    resubmitted = trial.checkpoint()
+    assert resubmitted.function.spec == trial.spec and resubmitted.function.requeues == 1
+    assert resubmitted.result()["steps"] == 1
+
+
+# ------------------------------------------------------------------------------ Slurm
+
+
+def _slurm_launcher(folder: Path, **kwargs: Any) -> TrialLauncher:
+    options = dict(
+        timeout_min=5,
+        cpus_per_task=1,
+        mem_gb=1,
+        poll_interval_s=0.3,
+        scheduler_poll_s=0.5,
+        result_grace_s=2.0,
+    )
+    options.update(kwargs)
+    return TrialLauncher("slurm", folder, **options)
+
+
+@pytest.mark.slurm
+def test_slurm_array_round(slurm_cluster, tmp_path: Path) -> None:
+    launcher = _slurm_launcher(tmp_path / "jobs", job_name="paploss-test")
+    specs = _specs(tmp_path, 3, steps=2, sleep_s=0.1)
+    handles = launcher.submit(counting_trial, specs)
+    array_id = handles[0].job_id.split("_")[0]
+    assert [h.job_id for h in handles] == [f"{array_id}_{i}" for i in range(3)]
+
+    progress = []
+    outcomes = launcher.wait(handles, callback=lambda o, k, n: progress.append(k), timeout_s=120)
+    assert all(o.ok for o in outcomes), [o.error for o in outcomes]
+    assert [o.result["value"] for o in outcomes] == [0, 10, 20]
+    assert progress == [1, 2, 3]
+    assert all(20000 <= o.result["port"] < 40000 for o in outcomes)
+    # It ran as one Slurm job array with the requested options.
+    script = (tmp_path / "jobs" / f"{array_id}_submission.sh").read_text()
+    for flag in ("--array=0-2%3", "--job-name=paploss-test", "--time=5", "--mem=1G", "--requeue"):
+        assert flag in script
+
+
+@pytest.mark.slurm
+def test_slurm_raising_and_killed_tasks_fail(slurm_cluster, tmp_path: Path) -> None:
+    launcher = _slurm_launcher(tmp_path / "jobs")
+    specs = _specs(tmp_path, 2, steps=1)
+    specs[0]["fail"] = "loss exploded in trial 0"
+    specs[1]["crash"] = True
+    outcomes = launcher.wait(launcher.submit(counting_trial, specs), timeout_s=120)
+
+    assert not outcomes[0].ok and outcomes[0].message == "ValueError: loss exploded in trial 0"
+    assert "Traceback" in outcomes[0].error
+    assert not outcomes[1].ok
+    assert "ended without a result" in outcomes[1].error
+    assert "FAILED" in outcomes[1].error or "CANCELLED" in outcomes[1].error
+
+
+@pytest.mark.slurm
+def test_slurm_preempted_trial_is_requeued_and_resumes(slurm_cluster, tmp_path: Path) -> None:
+    launcher = _slurm_launcher(tmp_path / "jobs")
+    spec = _specs(tmp_path, 1, steps=12, sleep_s=0.5)[0]
+    (handle,) = launcher.submit(counting_trial, [spec])
+    checkpoint = Path(spec["folder"]) / "checkpoint.json"
+    _wait_for(
+        lambda: checkpoint.exists() and json.loads(checkpoint.read_text())["step"] >= 2,
+        60,
+        "the trial to checkpoint twice",
+    )
+    handle.job._interrupt()  # preemption: SIGTERM, then submitit's checkpoint-and-requeue signal
+
+    (outcome,) = launcher.wait([handle], timeout_s=120)
+    assert outcome.ok, outcome.error
+    assert outcome.result["steps"] == 12
+    starts = _starts(spec)
+    assert len(starts) == 2
+    assert starts[0]["step"] == 0 and starts[1]["step"] >= 2  # resumed from its checkpoint
+    assert starts[1]["restarts"] == "1"
+    assert handle.job.submission().function.requeues == 1
+
+
+@pytest.mark.slurm
+def test_slurm_reattach_after_restart(slurm_cluster, tmp_path: Path) -> None:
+    folder = tmp_path / "jobs"
+    specs = _specs(tmp_path, 2, steps=4, sleep_s=0.5)
+    launcher = _slurm_launcher(folder)
+    job_ids = [h.job_id for h in launcher.submit(counting_trial, specs)]
+    del launcher  # the controller goes away; only the job ids survive (in its journal)
+
+    resumed = _slurm_launcher(folder, result_grace_s=0.5)
+    gone = str(int(job_ids[0].split("_")[0]) + 100000)  # never submitted: no result, unknown
+    handles = resumed.attach(job_ids + [gone])
+    outcomes = resumed.wait(handles, timeout_s=120)
+    assert [o.ok for o in outcomes] == [True, True, False]
+    assert [o.result["value"] for o in outcomes[:2]] == [0, 10]
+    assert "no longer known to Slurm" in outcomes[2].error
+    assert all(len(_starts(spec)) == 1 for spec in specs)
+
+
+@pytest.mark.slurm
+def test_slurm_rejected_submission_is_a_launch_error(slurm_cluster, tmp_path: Path) -> None:
+    launcher = _slurm_launcher(tmp_path / "jobs", partition="no-such-partition")
+    with pytest.raises(LaunchError, match="(?i)partition"):
+        launcher.submit(counting_trial, _specs(tmp_path, 2, steps=1))
