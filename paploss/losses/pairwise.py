@@ -105,12 +105,11 @@ def _accumulate_dtype(device: torch.device) -> torch.dtype:
 def _check_pairwise_inputs(anchors, sorted_scores, weights, knots_x, knots_y, weights_name):
     if anchors.dim() != 1:
         raise ValueError(f"anchors must have shape [P], got shape {list(anchors.shape)}")
-    if weights is None:
-        return
-    if weights.dim() not in (1, 2) or weights.shape[0] != sorted_scores.values.shape[0]:
+    num_scores = sorted_scores.values.shape[0]
+    if weights is not None and (weights.dim() not in (1, 2) or weights.shape[0] != num_scores):
         raise ValueError(
-            f"{weights_name} must have shape [M] or [M, C] with M = "
-            f"{sorted_scores.values.shape[0]} (number of scores), got {list(weights.shape)}"
+            f"{weights_name} must have shape [M] or [M, C] with M = {num_scores} "
+            f"(number of scores), got {list(weights.shape)}"
         )
     if knots_x.dim() != 1 or knots_x.shape != knots_y.shape or knots_x.numel() < 2:
         raise ValueError(
