@@ -82,9 +82,13 @@ else
   SRC=$(find "$WORK" -maxdepth 1 -mindepth 1 -type d | head -n1)
   mkdir -p "$SRC/detectron2/layers/csrc"
   cat > "$SRC/detectron2/layers/csrc/vision.cpp" <<'CPP'
-// Empty extension: the pure-Python parts of Detectron2 run without compiled ops.
+// Python-only build: no compiled ops, only the version queries used by collect_env_info().
 #include <torch/extension.h>
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {}
+#include <string>
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("get_compiler_version", []() { return std::string("none (Python-only build)"); });
+  m.def("get_cuda_version", []() { return std::string("none (Python-only build)"); });
+}
 CPP
   MAX_JOBS=2 "${PIP[@]}" install -q --no-build-isolation --no-deps "$SRC"
 fi

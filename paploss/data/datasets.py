@@ -1,0 +1,170 @@
+"""Dataset registration with Detectron2's catalogs.
+
+Two kinds of datasets are registered by name:
+
+* the built-in synthetic set, ``synthetic_shapes_{train,search_train,search_val,val}``, generated
+  on first use into ``$PAPLOSS_DATASETS/synthetic_shapes_v<version>_<size>px`` (default
+  ``$PAPLOSS_DATASETS`` is ``./datasets``) and reused after;
+* any COCO-format dataset, by :func:`register_coco_dataset` or from a config's
+  ``MODEL.PAPLOSS.DATASETS`` list of ``[name, json_file, image_root]`` entries.
+
+Loading validates the annotation file and the presence of every image, so a bad path or a
+malformed file fails with a message naming the file instead of deep inside a data loader worker.
+"""
+import json
+import logging
+import os
+from typing import Callable, Dict, List, Optional, Sequence, Set
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets import load_coco_json
+
+from .synthetic import CLASS_NAMES, GENERATOR_VERSION, default_split_specs, generate_split
+
+__all__ = [
+    "SYNTHETIC_PREFIX",
+    "DatasetError",
+    "datasets_root",
+    "ensure_dataset_files",
+    "register_coco_dataset",
+    "register_datasets_from_config",
+    "register_synthetic_datasets",
+    "check_dataset_names",
+]
+
+SYNTHETIC_PREFIX = "synthetic_shapes"
+_REGISTERED_HERE: Set[str] = set()
+logger = logging.getLogger(__name__)
+
+
+class DatasetError(ValueError):
+    """A dataset is unknown, missing files, or has a malformed annotation file."""
+
+
+def datasets_root() -> str:
+    """The folder where generated datasets are cached (``$PAPLOSS_DATASETS`` or ``datasets``)."""
+    return os.path.abspath(os.environ.get("PAPLOSS_DATASETS", "datasets"))
+
+
+def _validate_coco_file(json_file: str, image_root: str, dataset_name: str) -> None:
+    if not os.path.isfile(json_file):
+        raise DatasetError(f"dataset '{dataset_name}': annotation file '{json_file}' does not exist")
+    try:
+        with open(json_file) as f:
+            content = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DatasetError(
+            f"dataset '{dataset_name}': annotation file '{json_file}' is not valid JSON ({e})"
+        ) from e
+    missing = [k for k in ("images", "annotations", "categories") if k not in content]
+    if not isinstance(content, dict) or missing:
+        raise DatasetError(
+            f"dataset '{dataset_name}': annotation file '{json_file}' is not a COCO instances "
+            f"file (missing keys: {missing or 'top level is not an object'})"
+        )
+    for image in content["images"]:
+        if not isinstance(image, dict) or not {"id", "file_name"} <= set(image):
+            raise DatasetError(
+                f"dataset '{dataset_name}': annotation file '{json_file}' has an image entry "
+                f"without 'id' or 'file_name': {str(image)[:200]}"
+            )
+        path = os.path.join(image_root, image["file_name"])
+        if not os.path.isfile(path):
+            raise DatasetError(
+                f"dataset '{dataset_name}': image file '{path}' listed in '{json_file}' "
+                "does not exist"
+            )
+    for ann in content["annotations"]:
+        bbox = ann.get("bbox") if isinstance(ann, dict) else None
+        if not (isinstance(bbox, list) and len(bbox) == 4) or "image_id" not in ann:
+            raise DatasetError(
+                f"dataset '{dataset_name}': annotation file '{json_file}' has a malformed "
+                f"annotation (needs 'image_id' and a 4-number 'bbox'): {str(ann)[:200]}"
+            )
+
+
+def register_coco_dataset(
+    name: str, json_file: str, image_root: str, metadata: Optional[dict] = None
+) -> None:
+    """Register a COCO-format detection dataset under ``name`` (idempotent for the same files).
+
+    Args:
+        name: the dataset name used in ``cfg.DATASETS.TRAIN`` / ``TEST``.
+        json_file: COCO instances annotation file.
+        image_root: folder that the ``file_name`` entries are relative to.
+        metadata: extra metadata for :class:`MetadataCatalog`.
+    """
+    json_file, image_root = os.path.abspath(json_file), os.path.abspath(image_root)
+    if name in DatasetCatalog.list():
+        existing = MetadataCatalog.get(name)
+        if getattr(existing, "json_file", None) == json_file:
+            return
+        raise DatasetError(
+            f"dataset '{name}' is already registered with annotation file "
+            f"'{getattr(existing, 'json_file', '?')}'; refusing to re-register it with '{json_file}'"
+        )
+
+    def load() -> List[dict]:
+        ensure_dataset_files(name)
+        _validate_coco_file(json_file, image_root, name)
+        return load_coco_json(json_file, image_root, name)
+
+    DatasetCatalog.register(name, load)
+    _REGISTERED_HERE.add(name)
+    MetadataCatalog.get(name).set(
+        json_file=json_file, image_root=image_root, evaluator_type="coco", **(metadata or {})
+    )
+
+
+_SYNTHETIC_MAKERS: Dict[str, Callable[[], str]] = {}
+
+
+def register_synthetic_datasets(image_size: int = 128) -> List[str]:
+    """Register the synthetic splits (files are generated lazily on first use).
+
+    Returns:
+        The registered dataset names.
+    """
+    root = os.path.join(datasets_root(), f"{SYNTHETIC_PREFIX}_v{GENERATOR_VERSION}_{image_size}px")
+    names = []
+    for split, spec in default_split_specs(image_size).items():
+        name = f"{SYNTHETIC_PREFIX}_{split}" + ("" if image_size == 128 else f"_{image_size}px")
+        _SYNTHETIC_MAKERS[name] = lambda spec=spec, root=root: generate_split(spec, root)
+        register_coco_dataset(
+            name,
+            os.path.join(root, f"{split}.json"),
+            os.path.join(root, split),
+            metadata={"thing_classes": list(CLASS_NAMES)},
+        )
+        names.append(name)
+    return names
+
+
+def ensure_dataset_files(name: str) -> None:
+    """Generate a synthetic dataset's files if they are not there yet (no-op for other sets)."""
+    maker = _SYNTHETIC_MAKERS.get(name)
+    if maker is not None:
+        maker()
+
+
+def register_datasets_from_config(entries: Sequence[Sequence[str]]) -> None:
+    """Register ``[name, json_file, image_root]`` entries (``cfg.MODEL.PAPLOSS.DATASETS``)."""
+    for entry in entries:
+        if len(entry) != 3 or not all(isinstance(x, str) for x in entry):
+            raise DatasetError(
+                "MODEL.PAPLOSS.DATASETS entries must be [name, json_file, image_root] strings, "
+                f"got {list(entry)}"
+            )
+        register_coco_dataset(*entry)
+
+
+def check_dataset_names(names: Sequence[str], key: str) -> None:
+    """Raise :class:`DatasetError` if a name in ``names`` (config ``key``) is not registered."""
+    registered = DatasetCatalog.list()
+    for name in names:
+        if name not in registered:
+            raise DatasetError(
+                f"{key} names unknown dataset '{name}'. Datasets registered by paploss: "
+                f"{', '.join(sorted(_REGISTERED_HERE)) or 'none'} (plus Detectron2's built-in "
+                "names). Register your own COCO-format set with MODEL.PAPLOSS.DATASETS."
+            )
