@@ -267,8 +267,9 @@ cmd_start() {
   start_slurmctld
   start_slurmd
   wait_node_ready
-  say "cluster up: node $NODE ($(node_facts | tr ' ' '\n' | grep -E '^(CPUs|RealMemory)=' \
-    | tr '\n' ' ')), partition '$PARTITION', logs in $LOG_DIR"
+  local summary
+  summary=$(node_facts | tr ' ' '\n' | grep -E '^(CPUs|RealMemory)=' | paste -sd ' ')
+  say "cluster up: node $NODE ($summary), partition '$PARTITION', logs in $LOG_DIR"
   say "use it with: export SLURM_CONF=$CONF"
 }
 

@@ -273,10 +273,15 @@ class TrialOutcome:
 
     @property
     def message(self) -> str:
-        """One line about the failure (the exception line of a traceback), or ``""``."""
+        """One line about the failure, or ``""``.
+
+        The exception line of a trial's traceback, or the first line of a crash report.
+        """
         if not self.error:
             return ""
         lines = [line.strip() for line in self.error.strip().splitlines() if line.strip()]
+        if not lines[0].startswith("Traceback"):
+            return lines[0]
         for line in reversed(lines):
             if not line.startswith(("File ", "^", "~", "-")):
                 return line

@@ -124,6 +124,18 @@ def test_local_crash_is_reported(tmp_path: Path) -> None:
     assert "ended without a result" in outcome.error
 
 
+def test_local_reattach(tmp_path: Path) -> None:
+    specs = _specs(tmp_path, 2, steps=4, sleep_s=0.25)
+    launcher = TrialLauncher("local", tmp_path / "jobs", parallel=2)
+    job_ids = [h.job_id for h in launcher.submit(counting_trial, specs)]
+    del launcher
+
+    resumed = TrialLauncher("local", tmp_path / "jobs", poll_interval_s=0.2)
+    outcomes = resumed.wait(resumed.attach(job_ids + ["999999999"]), timeout_s=60)
+    assert [o.ok for o in outcomes] == [True, True, False]
+    assert [o.result["value"] for o in outcomes[:2]] == [0, 10]
+
+
 def test_make_executor_options(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown launcher kind"):
         make_executor("cloud", tmp_path)
@@ -193,31 +205,36 @@ def test_slurm_raising_and_killed_tasks_fail(slurm_cluster, tmp_path: Path) -> N
     assert not outcomes[0].ok and outcomes[0].message == "ValueError: loss exploded in trial 0"
     assert "Traceback" in outcomes[0].error
     assert not outcomes[1].ok
-    assert "ended without a result" in outcomes[1].error
-    assert "FAILED" in outcomes[1].error or "CANCELLED" in outcomes[1].error
+    assert outcomes[1].message.startswith(f"job {outcomes[1].job_id} ended without a result")
+    assert "FAILED" in outcomes[1].message or "CANCELLED" in outcomes[1].message
 
 
 @pytest.mark.slurm
-def test_slurm_preempted_trial_is_requeued_and_resumes(slurm_cluster, tmp_path: Path) -> None:
+def test_slurm_interrupted_tasks_are_requeued_and_resume(slurm_cluster, tmp_path: Path) -> None:
     launcher = _slurm_launcher(tmp_path / "jobs")
-    spec = _specs(tmp_path, 1, steps=12, sleep_s=0.5)[0]
-    (handle,) = launcher.submit(counting_trial, [spec])
-    checkpoint = Path(spec["folder"]) / "checkpoint.json"
+    specs = _specs(tmp_path, 2, steps=12, sleep_s=0.5)
+    handles = launcher.submit(counting_trial, specs)
+    checkpoints = [Path(spec["folder"]) / "checkpoint.json" for spec in specs]
     _wait_for(
-        lambda: checkpoint.exists() and json.loads(checkpoint.read_text())["step"] >= 2,
+        lambda: all(c.exists() and json.loads(c.read_text())["step"] >= 2 for c in checkpoints),
         60,
-        "the trial to checkpoint twice",
+        "both array tasks to checkpoint twice",
     )
-    handle.job._interrupt()  # preemption: SIGTERM, then submitit's checkpoint-and-requeue signal
+    # Task 0 gets what a preemption sends (SIGTERM, then the checkpoint signal), task 1 the
+    # signal that precedes its time limit. submitit checkpoints both and requeues them with
+    # `scontrol requeue` (with a limit under 10 minutes it counts either signal as a time-out).
+    handles[0].job._interrupt()
+    handles[1].job._interrupt(timeout=True)
 
-    (outcome,) = launcher.wait([handle], timeout_s=120)
-    assert outcome.ok, outcome.error
-    assert outcome.result["steps"] == 12
-    starts = _starts(spec)
-    assert len(starts) == 2
-    assert starts[0]["step"] == 0 and starts[1]["step"] >= 2  # resumed from its checkpoint
-    assert starts[1]["restarts"] == "1"
-    assert handle.job.submission().function.requeues == 1
+    outcomes = launcher.wait(handles, timeout_s=120)
+    for spec, handle, outcome in zip(specs, handles, outcomes):
+        assert outcome.ok, outcome.error
+        assert outcome.result["steps"] == 12
+        starts = _starts(spec)
+        assert len(starts) == 2
+        assert starts[0]["step"] == 0 and starts[1]["step"] >= 2  # resumed from its checkpoint
+        assert starts[1]["restarts"] == "1"
+        assert handle.job.submission().function.requeues == 1
 
 
 @pytest.mark.slurm
