@@ -4,8 +4,9 @@ Localisation in Object Detection"), exact and fast, plus its self-balancing weig
 The classification part is trained with the error-driven gradient computed in the forward pass;
 the localisation part is an ordinary differentiable function of the positives' localisation
 errors. The published algorithm (``ranking_reference.alrp_loss_reference``) loops over the
-positives, O(P (P + N)); here every per-positive sum is a sort + prefix-sum lookup, so one call
-costs O((P + N) log(P + N)) time and O(P + N) memory, with the same values and gradients.
+positives, O(P (P + N)); here every per-positive sum is exact in O((P + M) log P) time and
+O(P + M) memory (the machinery is described in :mod:`paploss.losses.ap_loss`), with the same values
+and gradients.
 """
 
 from typing import Dict, List, Tuple, Union
@@ -13,7 +14,12 @@ from typing import Dict, List, Tuple, Union
 import torch
 
 from ._checks import check_ranking_inputs
-from .ap_loss import _check_delta, _smoothed_step_sums, _split_ranking_entries
+from .ap_loss import (
+    _assemble_gradient,
+    _check_delta,
+    _prepare_ranking_problem,
+    _smoothed_step_sums,
+)
 
 __all__ = ["alrp_loss", "ALRPLossBalancer"]
 
@@ -26,24 +32,21 @@ def _alrp_classification_and_gradient(
     logits: torch.Tensor, targets: torch.Tensor, loc_errors: torch.Tensor, delta: float
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Returns ``(cls_loss, d cls_loss / d logits [M], rank [P])``; see :func:`alrp_loss`."""
-    grad = torch.zeros_like(logits)
-    num_pos = int((targets == 1).sum())
-    if num_pos == 0:
-        return logits.new_zeros(()), grad, logits.new_zeros((0,))
-    entries = _split_ranking_entries(logits, targets, delta)
-    pos_logits = entries.pos_logits
-    pos_loc_errors = loc_errors[entries.pos_mask]
+    problem = _prepare_ranking_problem(logits, targets, delta)
+    if problem is None:
+        return logits.new_zeros(()), torch.zeros_like(logits), logits.new_zeros((0,))
+    pos_logits = problem.pos_logits
+    num_pos = pos_logits.shape[0]
+    pos_loc_errors = loc_errors.index_select(0, problem.pos_index).to(pos_logits.dtype)
 
     # Column 0: sum_k H(s_k - s_i); column 1: sum_k H(s_k - s_i) E(k); both over all positives,
     # so they include the self pair with H(0) = 1/2, which rank_pos counts as 1 and the
     # localisation sum leaves out.
     pos_weights = torch.stack([torch.ones_like(pos_logits), pos_loc_errors], dim=1)
-    pos_sums = _smoothed_step_sums(pos_logits, entries.sorted_pos, pos_weights, delta)
+    pos_sums = _smoothed_step_sums(pos_logits, problem.sorted_pos, pos_weights, delta)
     rank_pos = 1 + (pos_sums[:, 0] - 0.5)
     loc_error_above = pos_sums[:, 1] - 0.5 * pos_loc_errors
-    num_fp = _smoothed_step_sums(
-        pos_logits, entries.sorted_neg, torch.ones_like(entries.neg_logits), delta
-    )
+    num_fp = problem.around_pos.per_positive(problem.is_negative)
     rank = rank_pos + num_fp
     cls_loss = 1 - (rank_pos / rank).mean()
 
@@ -52,12 +55,9 @@ def _alrp_classification_and_gradient(
     has_fp = num_fp > NUM_FP_EPS
     pos_error = torch.where(has_fp, (num_fp + loc_error_above) / rank, 0.0)
     share = pos_error / torch.where(has_fp, num_fp, 1.0)
-    neg_grad = _smoothed_step_sums(
-        entries.neg_logits, entries.sorted_pos, share, delta, reverse=True
-    )
-    grad[entries.pos_mask] = -pos_error / num_pos
-    grad[entries.neg_mask] = neg_grad / num_pos
-    return cls_loss, grad, rank
+    neg_grad = problem.around_pos.per_entry(share)
+    grad = _assemble_gradient(problem, -pos_error / num_pos, neg_grad / num_pos, logits)
+    return cls_loss.to(logits.dtype), grad, rank.to(logits.dtype)
 
 
 class _ALRPClassification(torch.autograd.Function):
@@ -121,7 +121,7 @@ def alrp_loss(
           detached; its gradient flows to ``loc_errors`` only.
 
         Exactly the values of :func:`~paploss.losses.ranking_reference.alrp_loss_reference`, in
-        O((P + N) log(P + N)) time.
+        O((P + M) log P) time.
 
     Raises:
         ValueError: on malformed inputs, naming the argument.

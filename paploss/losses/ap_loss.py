@@ -2,14 +2,18 @@
 
 The loss is ``1 - interpolated AP`` of the ranking smoothed by ``H(x) = clamp(x / (2 delta) + 1/2,
 0, 1)``, trained with the error-driven gradient computed in the forward pass. The published
-algorithm (``ranking_reference.ap_loss_reference``) loops over the positives, O(P (P + N)); here
-every per-positive sum is a sort + prefix-sum lookup (:mod:`paploss.losses.pairwise`), so one call
-costs O((P + N) log(P + N)) time and O(P + N) memory, with the same values and gradients.
+algorithm (``ranking_reference.ap_loss_reference``) loops over the positives, O(P (P + N)). Here
+the sums between positives use the sort + prefix-sum primitive of :mod:`paploss.losses.pairwise`,
+and the sums between positives and negatives sort only the 2P kinks ``s_i -/+ delta`` of ``H`` and
+locate every other entry among them once (:class:`_StepSumsAroundPositives`): the negatives are
+never sorted. One call costs O(P log P + M log P) time at worst (O(P log P + M) for spread-out
+logits) and O(P + M) memory, with the same values and gradients as the loop.
 
 This module also holds the small helpers shared by the fast aLRP and Rank & Sort losses.
 """
 
-from typing import NamedTuple
+import math
+from typing import NamedTuple, Optional
 
 import torch
 
@@ -37,13 +41,9 @@ def _accumulate_dtype(device: torch.device) -> torch.dtype:
 
 
 def _smoothed_step_sums(
-    anchors: torch.Tensor,
-    scores: SortedScores,
-    weights: torch.Tensor,
-    delta: float,
-    reverse: bool = False,
+    anchors: torch.Tensor, scores: SortedScores, weights: torch.Tensor, delta: float
 ) -> torch.Tensor:
-    """``out[i] = sum_j H(s_j - a_i) w_j`` (``H(a_i - s_j)`` if ``reverse``), exactly.
+    """``out[i] = sum_j H(s_j - a_i) w_j``, exactly (used for the sums between positives).
 
     ``H(x) = clamp(x / (2 delta) + 1/2, 0, 1)``; for ``delta == 0`` the exact step ``x >= 0``
     (which :func:`pairwise_gap_sum` cannot express: its knots must be strictly increasing).
@@ -53,7 +53,6 @@ def _smoothed_step_sums(
         scores: the sorted ``[S]`` scores.
         weights: ``[S]`` or ``[S, C]`` weights, in the original (unsorted) order of the scores.
         delta: half-width of the smoothed step, ``>= 0``.
-        reverse: use the gap ``a_i - s_j`` instead of ``s_j - a_i``.
 
     Returns:
         ``[A]`` or ``[A, C]`` in the dtype of ``weights``.
@@ -61,69 +60,203 @@ def _smoothed_step_sums(
     if delta > 0:
         knots_x = anchors.new_tensor([-delta, delta])
         knots_y = anchors.new_tensor([0.0, 1.0])
-        return pairwise_gap_sum(anchors, scores, weights, knots_x, knots_y, reverse=reverse)
+        return pairwise_gap_sum(anchors, scores, weights, knots_x, knots_y)
+    # Exact step: s_j - a_i >= 0 <=> s_j >= a_i, a suffix of the sorted scores.
     acc = _accumulate_dtype(anchors.device)
     w = weights.to(acc)[scores.order]
     prefix = torch.cat([w.new_zeros((1,) + w.shape[1:]), torch.cumsum(w, dim=0)])
-    if reverse:  # a_i - s_j >= 0  <=>  s_j <= a_i: a prefix of the sorted scores
-        out = prefix[torch.searchsorted(scores.values, anchors, right=True)]
-    else:  # s_j - a_i >= 0  <=>  s_j >= a_i: a suffix
-        out = prefix[-1] - prefix[torch.searchsorted(scores.values, anchors, right=False)]
+    out = prefix[-1] - prefix[torch.searchsorted(scores.values, anchors, right=False)]
     return out.to(weights.dtype)
 
 
-class _RankingEntries(NamedTuple):
-    """The positives and the relevant negatives of a flattened ranking problem.
+def _count_at_most(boundaries: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """``#{k: boundaries[k] <= values[j]}`` for every ``j``, exactly.
 
-    Attributes:
-        pos_mask: ``[M]`` bool, ``targets == 1``.
-        neg_mask: ``[M]`` bool, negatives that can be ranked above some positive (the others have
-            ``H = 0`` with every positive and are pruned, as in the published code).
-        pos_logits: ``[P]`` logits of the positives (detached).
-        neg_logits: ``[N]`` logits of the relevant negatives (detached).
-        sorted_pos: ``pos_logits`` sorted, shared by every sum over the positives.
-        sorted_neg: ``neg_logits`` sorted.
+    Same result as ``torch.searchsorted(boundaries, values, right=True)``, but much cheaper when
+    there are many more values than boundaries: a uniform grid of ``4 B`` buckets over the
+    boundaries' range gives every value the index of the first boundary of its bucket, and a
+    branchless binary search over as many levels as the fullest bucket needs (a few for spread-out
+    boundaries; all ``log2 B`` when they are clustered) finishes the count. The bucket function is
+    monotone and identical for boundaries and values, so a boundary in a lower (higher) bucket is
+    below (above) the value, whatever the rounding.
+
+    Args:
+        boundaries: ``[B]`` sorted ascending, ``B >= 1``.
+        values: ``[V]`` of the dtype of ``boundaries``.
+
+    Returns:
+        ``[V]`` int64.
+    """
+    num_boundaries = boundaries.shape[0]
+    num_buckets = 4 * num_boundaries
+    low = boundaries[:1]
+    span = float(boundaries[-1] - boundaries[0])
+    scale = num_buckets / span if span > 0 else 0.0
+    if not math.isfinite(scale):  # a denormal span: one bucket, plain binary search
+        scale = 0.0
+
+    def bucket(x: torch.Tensor) -> torch.Tensor:  # clamped to >= 0 first, so .long() floors
+        return ((x - low) * scale).clamp_(0, num_buckets - 1).long()
+
+    bucket_size = torch.bincount(bucket(boundaries), minlength=num_buckets)
+    bucket_start = torch.cat([bucket_size.new_zeros(1), torch.cumsum(bucket_size, dim=0)])
+    num_levels = int(bucket_size.max()).bit_length()
+    padded = torch.cat([boundaries, boundaries.new_full((1 << num_levels,), float("inf"))])
+    count = bucket_start.index_select(0, bucket(values))
+    for level in reversed(range(num_levels)):
+        step = 1 << level
+        probe = padded.index_select(0, count + (step - 1))
+        count.add_(probe <= values, alpha=step)
+    return count
+
+
+class _StepSumsAroundPositives:
+    """Exact sums of ``H(x_j - s_i)`` between the positives ``s [P]`` and many entries ``x [M]``.
+
+    ``H(d) = clamp(d / (2 delta) + 1/2, 0, 1)`` (the exact step ``d >= 0`` for ``delta == 0``) is
+    piecewise linear in both arguments with kinks where ``x_j`` meets the 2P breakpoints
+    ``s_i - delta`` and ``s_i + delta``. The breakpoints are sorted once and every entry is located
+    among them once (:func:`_count_at_most`, O(M) for spread-out logits); both directions are then
+    a scatter-add or a gather plus prefix sums over the breakpoints:
+
+    * :meth:`per_positive`: ``out[i] = sum_j H(x_j - s_i) w_j`` (e.g. the false positives of each
+      positive, with ``w`` the negative indicator);
+    * :meth:`per_entry`: ``out[j] = sum_i H(x_j - s_i) v_i`` (e.g. the negatives' gradient).
+
+    The entries need not be sorted, so this is O(P log P + M) time and O(P + M) memory (with the
+    ``log P`` search levels per entry only for clustered logits). Accumulation is in float64.
     """
 
-    pos_mask: torch.Tensor
-    neg_mask: torch.Tensor
+    def __init__(self, pos_logits: torch.Tensor, entry_logits: torch.Tensor, delta: float):
+        """
+        Args:
+            pos_logits: ``[P]`` logits of the positives, ``P >= 1``.
+            entry_logits: ``[M]`` logits of the entries to pair them with (may include the
+                positives themselves; give those zero weight).
+            delta: half-width of ``H``, ``>= 0``.
+        """
+        acc = _accumulate_dtype(pos_logits.device)
+        num_pos = pos_logits.shape[0]
+        self.pos_logits = pos_logits.detach().to(acc)
+        self.entry_logits = entry_logits.detach().to(acc)
+        # 1 / (2 delta) on the linear part of H; the linear part is empty when delta == 0.
+        self.inverse_width = 1 / (2 * delta) if delta > 0 else 0.0
+        breakpoints = torch.cat([self.pos_logits - delta, self.pos_logits + delta])
+        sorted_breakpoints, order = torch.sort(breakpoints, stable=True)
+        position = torch.empty_like(order)
+        position[order] = torch.arange(2 * num_pos, device=order.device)
+        self.lower_position = position[:num_pos]  # where s_i - delta sits among the breakpoints
+        self.upper_position = position[num_pos:]  # where s_i + delta sits
+        # Entry j lies at or above exactly the first location[j] breakpoints: at or above
+        # s_i + delta it has H = 1, at or above only s_i - delta it is on the linear part.
+        self.location = _count_at_most(sorted_breakpoints, self.entry_logits)
+
+    def per_positive(self, entry_weights: torch.Tensor) -> torch.Tensor:
+        """``out[i] = sum_j H(x_j - s_i) w_j`` for ``entry_weights`` ``[M]``.
+
+        Returns ``[P]`` in the accumulation dtype.
+        """
+        w = entry_weights.to(self.entry_logits.dtype)
+        num_bins = 2 * self.pos_logits.shape[0] + 1
+        # Weight (and weight * x) of the entries at or above breakpoint k, for k = 0 .. 2P - 1.
+        at_or_above = []
+        for values in (w, w * self.entry_logits):
+            histogram = torch.bincount(self.location, weights=values, minlength=num_bins)
+            at_or_above.append(torch.flip(torch.cumsum(torch.flip(histogram, [0]), dim=0), [0])[1:])
+        at_or_above_w, at_or_above_wx = at_or_above
+        above_upper_w = at_or_above_w[self.upper_position]
+        linear_w = at_or_above_w[self.lower_position] - above_upper_w
+        linear_wx = at_or_above_wx[self.lower_position] - at_or_above_wx[self.upper_position]
+        return (
+            above_upper_w
+            + (linear_wx - self.pos_logits * linear_w) * self.inverse_width
+            + linear_w / 2
+        )
+
+    def per_entry(self, pos_weights: torch.Tensor) -> torch.Tensor:
+        """``out[j] = sum_i H(x_j - s_i) v_i`` for ``pos_weights`` ``[P]``.
+
+        Returns ``[M]`` in the accumulation dtype.
+        """
+        v = pos_weights.to(self.pos_logits.dtype)
+        num_bins = 2 * self.pos_logits.shape[0] + 1
+        # Per positive, H(x - s_i) v_i = slope * x + intercept: (0, 0) below s_i - delta,
+        # (v / (2 delta), v (1/2 - s_i / (2 delta))) on the linear part, (0, v) above s_i + delta.
+        slope = v * self.inverse_width
+        intercept = v * (0.5 - self.pos_logits * self.inverse_width)
+        coefficients = []
+        for at_lower, at_upper in ((slope, -slope), (intercept, v - intercept)):
+            changes = v.new_zeros(num_bins)
+            changes[self.lower_position + 1] = at_lower
+            changes[self.upper_position + 1] = at_upper
+            coefficients.append(torch.cumsum(changes, dim=0).index_select(0, self.location))
+        entry_slope, entry_intercept = coefficients
+        return torch.addcmul(entry_intercept, entry_slope, self.entry_logits)
+
+
+class _RankingProblem(NamedTuple):
+    """A flattened ranking problem with at least one positive, prepared for the fast sums.
+
+    Attributes:
+        pos_index: ``[P]`` int64 indices of the positives (``targets == 1``) in the ``[M]`` input.
+        pos_logits: ``[P]`` their logits (detached, accumulation dtype).
+        is_negative: ``[M]`` bool, ``targets == 0``.
+        sorted_pos: ``pos_logits`` sorted, for the sums between positives.
+        around_pos: sums of ``H`` between the positives and all ``M`` entries.
+    """
+
+    pos_index: torch.Tensor
     pos_logits: torch.Tensor
-    neg_logits: torch.Tensor
+    is_negative: torch.Tensor
     sorted_pos: SortedScores
-    sorted_neg: SortedScores
+    around_pos: _StepSumsAroundPositives
 
 
-def _split_ranking_entries(
+def _prepare_ranking_problem(
     logits: torch.Tensor, targets: torch.Tensor, delta: float
-) -> _RankingEntries:
-    """Split ``logits [M]`` into positives and relevant negatives (needs at least one positive)."""
+) -> Optional[_RankingProblem]:
+    """Locate the positives and pair them with every entry; ``None`` if there is no positive.
+
+    Negatives far below every positive are not pruned: they land below every breakpoint and add
+    nothing, which is cheaper than removing them. Ignored entries get zero weight.
+    """
     logits = logits.detach()
-    pos_mask = targets == 1
-    pos_logits = logits[pos_mask]
-    neg_mask = (targets == 0) & (logits >= pos_logits.min() - delta)
-    neg_logits = logits[neg_mask]
-    return _RankingEntries(
-        pos_mask, neg_mask, pos_logits, neg_logits, sort_scores(pos_logits), sort_scores(neg_logits)
+    pos_index = torch.nonzero(targets == 1).squeeze(1)
+    if pos_index.numel() == 0:
+        return None
+    pos_logits = logits.index_select(0, pos_index).to(_accumulate_dtype(logits.device))
+    return _RankingProblem(
+        pos_index,
+        pos_logits,
+        targets == 0,
+        sort_scores(pos_logits),
+        _StepSumsAroundPositives(pos_logits, logits, delta),
     )
+
+
+def _assemble_gradient(
+    problem: _RankingProblem, pos_grad: torch.Tensor, entry_grad: torch.Tensor, like: torch.Tensor
+) -> torch.Tensor:
+    """``[M]`` gradient: ``pos_grad [P]`` at the positives, ``entry_grad [M]`` at the negatives,
+    zero at ignored entries, in the dtype of ``like``."""
+    grad = torch.where(problem.is_negative, entry_grad, 0.0).to(like.dtype)
+    return grad.index_copy_(0, problem.pos_index, pos_grad.to(like.dtype))
 
 
 def _ap_loss_and_gradient(logits: torch.Tensor, targets: torch.Tensor, delta: float):
     """Returns ``(loss, d loss / d logits)`` of AP-Loss; see :func:`ap_loss`."""
-    grad = torch.zeros_like(logits)
-    num_pos = int((targets == 1).sum())
-    if num_pos == 0:
-        return logits.new_zeros(()), grad
-    entries = _split_ranking_entries(logits, targets, delta)
-    pos_logits = entries.pos_logits
+    problem = _prepare_ranking_problem(logits, targets, delta)
+    if problem is None:
+        return logits.new_zeros(()), torch.zeros_like(logits)
+    pos_logits = problem.pos_logits
+    num_pos = pos_logits.shape[0]
 
     # rank_pos counts the positive itself as 1; the sum over the positives counts it H(0) = 1/2.
     pos_above = _smoothed_step_sums(
-        pos_logits, entries.sorted_pos, torch.ones_like(pos_logits), delta
+        pos_logits, problem.sorted_pos, torch.ones_like(pos_logits), delta
     )
     rank_pos = 1 + (pos_above - 0.5)
-    num_fp = _smoothed_step_sums(
-        pos_logits, entries.sorted_neg, torch.ones_like(entries.neg_logits), delta
-    )
+    num_fp = problem.around_pos.per_positive(problem.is_negative)
     rank = rank_pos + num_fp
     prec = rank_pos / rank
 
@@ -131,18 +264,14 @@ def _ap_loss_and_gradient(logits: torch.Tensor, targets: torch.Tensor, delta: fl
     # as the reference visits them). A positive below the running maximum gets error
     # 1 - max_prec; the share of each negative above it is rescaled by c = (1 - max)/(1 - prec).
     ascending = torch.argsort(pos_logits, stable=True)
-    prec_ascending = prec[ascending]
     interpolated = torch.empty_like(prec)
-    interpolated[ascending] = torch.cummax(prec_ascending, dim=0).values
+    interpolated[ascending] = torch.cummax(prec[ascending], dim=0).values
     is_max = prec >= interpolated
     rescale = torch.where(is_max, 1.0, (1 - interpolated) / torch.where(is_max, 1.0, 1 - prec))
 
-    neg_grad = _smoothed_step_sums(
-        entries.neg_logits, entries.sorted_pos, rescale / rank, delta, reverse=True
-    )
-    grad[entries.pos_mask] = -(1 - interpolated) / num_pos
-    grad[entries.neg_mask] = neg_grad / num_pos
-    return 1 - interpolated.mean(), grad
+    neg_grad = problem.around_pos.per_entry(rescale / rank)
+    grad = _assemble_gradient(problem, -(1 - interpolated) / num_pos, neg_grad / num_pos, logits)
+    return (1 - interpolated.mean()).to(logits.dtype), grad
 
 
 class _APLoss(torch.autograd.Function):
@@ -179,7 +308,7 @@ def ap_loss(logits: torch.Tensor, targets: torch.Tensor, delta: float = 1.0) -> 
         for a positive ``i``, and ``sum_i c_i H(s_j - s_i) / rank(i) / |P|`` for a negative ``j``
         with ``c_i = (1 - prec_interp(i)) / (1 - prec(i))`` for interpolated positives, else 1.
         Exactly the values of :func:`~paploss.losses.ranking_reference.ap_loss_reference`, in
-        O((P + N) log(P + N)) time.
+        O((P + M) log P) time and O(P + M) memory.
 
     Raises:
         ValueError: on malformed inputs, naming the argument.

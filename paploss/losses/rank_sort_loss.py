@@ -6,18 +6,25 @@ error (positives of lower quality above), trained with the identity-update gradi
 the forward pass. The published algorithm (``ranking_reference.rank_sort_loss_reference``) loops
 over the positives, O(P (P + N)).
 
-Here the sums over all positives and negatives are sort + prefix-sum lookups
-(:mod:`paploss.losses.pairwise`). The sorting error also needs sums restricted to the positives of
-lower quality, ``sum_{k: y_k < y_i} H(s_k - s_i) w_k``: a two-dimensional (quality x logit) query
-per positive, answered for all positives at once by a wavelet matrix (:func:`_lower_key_sums`):
-O(P log P) time and O(P) memory, with sort, cumsum, gather and scatter only. One call costs
-O((P + N) log(P + N)) time and O(P + N) memory in total.
+Here the sums over all positives and negatives are computed exactly as in
+:mod:`paploss.losses.ap_loss` (sort + prefix sums; the negatives are never sorted). The sorting
+error also needs sums restricted to the positives of lower quality,
+``sum_{k: y_k < y_i} H(s_k - s_i) w_k``: a two-dimensional (quality x logit) query per positive,
+answered for all positives at once by a wavelet matrix (:func:`_lower_key_sums`): O(P log P) time
+and O(P) memory, with sort, cumsum, gather and scatter only. One call costs O((P + M) log P) time
+and O(P + M) memory in total.
 """
 
 import torch
 
 from ._checks import check_ranking_inputs
-from .ap_loss import _accumulate_dtype, _check_delta, _smoothed_step_sums, _split_ranking_entries
+from .ap_loss import (
+    _accumulate_dtype,
+    _assemble_gradient,
+    _check_delta,
+    _prepare_ranking_problem,
+    _smoothed_step_sums,
+)
 
 __all__ = ["rank_sort_loss"]
 
@@ -134,24 +141,21 @@ def _rank_sort_loss_and_gradient(
     logits: torch.Tensor, targets: torch.Tensor, quality: torch.Tensor, delta: float
 ):
     """Returns ``(L_RS, d L_RS / d logits)``; see :func:`rank_sort_loss`."""
-    grad = torch.zeros_like(logits)
-    num_pos = int((targets == 1).sum())
-    if num_pos == 0:
-        return logits.new_zeros(()), grad
-    entries = _split_ranking_entries(logits, targets, delta)
-    pos_logits = entries.pos_logits
-    pos_quality = quality[entries.pos_mask]
+    problem = _prepare_ranking_problem(logits, targets, delta)
+    if problem is None:
+        return logits.new_zeros(()), torch.zeros_like(logits)
+    pos_logits = problem.pos_logits
+    num_pos = pos_logits.shape[0]
+    pos_quality = quality.index_select(0, problem.pos_index).to(pos_logits.dtype)
 
     # Sums over all positives, self pair included (H(0) = 1/2, or 1 for the exact step):
     # column 0 is rank_pos, column 1 the numerator of the current sorting error.
     pos_weights = torch.stack([torch.ones_like(pos_logits), 1 - pos_quality], dim=1)
-    pos_sums = _smoothed_step_sums(pos_logits, entries.sorted_pos, pos_weights, delta)
+    pos_sums = _smoothed_step_sums(pos_logits, problem.sorted_pos, pos_weights, delta)
     # The same over the positives of strictly lower quality only (the missorted ones); the target
     # sorting error uses the complement, the positives with quality >= the anchor's.
     lower_sums = _lower_key_sums(pos_logits, pos_quality, pos_weights, delta)
-    num_fp = _smoothed_step_sums(
-        pos_logits, entries.sorted_neg, torch.ones_like(entries.neg_logits), delta
-    )
+    num_fp = problem.around_pos.per_positive(problem.is_negative)
 
     rank_pos = pos_sums[:, 0]
     ranking_error = num_fp / (rank_pos + num_fp)
@@ -163,9 +167,7 @@ def _rank_sort_loss_and_gradient(
     has_fp = num_fp > RANK_SORT_EPS
     pos_grad = -torch.where(has_fp, ranking_error, 0.0)
     neg_share = torch.where(has_fp, ranking_error / torch.where(has_fp, num_fp, 1.0), 0.0)
-    neg_grad = _smoothed_step_sums(
-        entries.neg_logits, entries.sorted_pos, neg_share, delta, reverse=True
-    )
+    neg_grad = problem.around_pos.per_entry(neg_share)
     # Sorting: the positive's error goes to the lower-quality positives above it: positive k
     # receives sum_{i: y_i > y_k} H(s_k - s_i) share_i, i.e. keys -y and scores -s.
     missorted = lower_sums[:, 0]
@@ -178,9 +180,8 @@ def _rank_sort_loss_and_gradient(
         -pos_logits, -pos_quality, sorting_share.unsqueeze(1), delta
     ).squeeze(1)
 
-    grad[entries.pos_mask] = pos_grad / num_pos
-    grad[entries.neg_mask] = neg_grad / num_pos
-    return ranking_error.mean() + sorting_error.mean(), grad
+    grad = _assemble_gradient(problem, pos_grad / num_pos, neg_grad / num_pos, logits)
+    return (ranking_error.mean() + sorting_error.mean()).to(logits.dtype), grad
 
 
 class _RankSortLoss(torch.autograd.Function):
@@ -237,7 +238,7 @@ def rank_sort_loss(
         with lower-quality positives above it (``sum_{k: y_k < y_i} H(s_k - s_i) > 1e-10``) it
         passes its sorting error onto those in the same way. Exactly the values of
         :func:`~paploss.losses.ranking_reference.rank_sort_loss_reference`, in
-        O((P + N) log(P + N)) time.
+        O((P + M) log P) time.
 
     Raises:
         ValueError: on malformed inputs, naming the argument.

@@ -160,3 +160,40 @@ def test_bad_inputs_raise_value_error_naming_the_argument(loss_fn):
         loss_fn(logits.view(2, 2), targets.view(2, 2))
     with pytest.raises(ValueError, match="logits"):
         loss_fn(torch.tensor([0.0, float("inf"), 0.0, 0.0]), targets)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_count_at_most_matches_searchsorted(seed):
+    # The bucketed search behind the fast losses, on spread-out, clustered and tied boundaries,
+    # with values on the boundaries and outside their range.
+    from paploss.losses.ap_loss import _count_at_most
+
+    gen = torch.Generator().manual_seed(seed)
+    num_boundaries = [1, 2, 9, 100, 1000, 64][seed]
+    if seed % 2:
+        boundaries = torch.randint(-3, 4, (num_boundaries,), generator=gen).to(F64)
+    else:
+        boundaries = torch.randn(num_boundaries, generator=gen, dtype=F64)
+        boundaries[: num_boundaries // 3] = 0.25  # a cluster of ties
+    boundaries = torch.sort(boundaries).values
+    values = torch.cat(
+        [boundaries, torch.randn(5000, generator=gen, dtype=F64) * 3, boundaries + 1e-300]
+    )
+    expected = torch.searchsorted(boundaries, values, right=True)
+    assert torch.equal(_count_at_most(boundaries, values), expected)
+
+
+@pytest.mark.parametrize("delta", [1.0, 0.0])
+def test_step_sums_around_positives_match_dense(delta):
+    from paploss.losses.ap_loss import _StepSumsAroundPositives
+
+    gen = torch.Generator().manual_seed(3)
+    pos = torch.randint(-6, 7, (40,), generator=gen).to(F64) * 0.5
+    entries = torch.cat([pos, torch.randint(-10, 11, (300,), generator=gen).to(F64) * 0.5])
+    gaps = entries[None, :] - pos[:, None]  # [P, M]
+    step = torch.clamp(gaps / (2 * delta) + 0.5, 0, 1) if delta > 0 else (gaps >= 0).to(F64)
+    entry_weights = torch.rand(entries.shape[0], generator=gen, dtype=F64)
+    pos_weights = torch.rand(pos.shape[0], generator=gen, dtype=F64)
+    sums = _StepSumsAroundPositives(pos, entries, delta)
+    torch.testing.assert_close(sums.per_positive(entry_weights), step @ entry_weights)
+    torch.testing.assert_close(sums.per_entry(pos_weights), pos_weights @ step)

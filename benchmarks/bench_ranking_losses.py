@@ -1,0 +1,138 @@
+"""Forward + backward time of the ranking-loss baselines: loop reference vs fast exact version.
+
+For AP-Loss, aLRP Loss and Rank & Sort Loss, times one forward + backward pass of the published
+per-positive loop (``paploss.losses.ranking_reference``) and of the sort + prefix-sum version used
+by default, at P positives and N negatives, and prints the median time of each with their ratio.
+Both are timed in the same run, on the same inputs; the largest gradient difference between them
+is printed as a check.
+
+Inputs: negatives' logits ~ N(0, 1) and positives' ~ N(1, 1), so nearly every negative lies within
+delta of some positive (the pruning of low negatives removes little: a hard case for both).
+
+    python benchmarks/bench_ranking_losses.py            # P in {100, 1000} x N in {1e4, 1e5}
+    python benchmarks/bench_ranking_losses.py --quick    # two sizes, one run each
+"""
+
+import argparse
+import statistics
+import time
+from typing import Callable, List, Tuple
+
+import torch
+
+from paploss.losses.alrp_loss import alrp_loss
+from paploss.losses.ap_loss import ap_loss
+from paploss.losses.rank_sort_loss import rank_sort_loss
+from paploss.losses.ranking_reference import (
+    alrp_loss_reference,
+    ap_loss_reference,
+    rank_sort_loss_reference,
+)
+
+LossCall = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _make_inputs(num_pos: int, num_neg: int, dtype: torch.dtype, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    logits = torch.cat(
+        [
+            torch.randn(num_pos, generator=gen, dtype=dtype) + 1,
+            torch.randn(num_neg, generator=gen, dtype=dtype),
+        ]
+    )
+    targets = torch.cat([torch.ones(num_pos), torch.zeros(num_neg)]).long()
+    permutation = torch.randperm(num_pos + num_neg, generator=gen)
+    # Quality / localisation error per entry (read at the positives only).
+    per_positive = torch.rand(num_pos + num_neg, generator=gen, dtype=dtype)
+    return logits[permutation], targets[permutation], per_positive[permutation]
+
+
+def _losses() -> List[Tuple[str, LossCall, LossCall]]:
+    def ap(fn):
+        return lambda logits, targets, extra, _: fn(logits, targets)
+
+    def alrp(fn):
+        def call(logits, targets, extra, extra_leaf):
+            cls_loss, loc_loss = fn(logits, targets, extra_leaf)
+            return cls_loss + loc_loss
+
+        return call
+
+    def rs(fn):
+        return lambda logits, targets, extra, _: fn(logits, targets, extra)
+
+    return [
+        ("AP-Loss", ap(ap_loss_reference), ap(ap_loss)),
+        ("aLRP Loss", alrp(alrp_loss_reference), alrp(alrp_loss)),
+        ("RS Loss", rs(rank_sort_loss_reference), rs(rank_sort_loss)),
+    ]
+
+
+def _time_forward_backward(
+    call: LossCall, logits: torch.Tensor, targets: torch.Tensor, extra: torch.Tensor, runs: int
+) -> Tuple[float, torch.Tensor]:
+    """Median seconds of ``runs`` forward + backward passes, and the logits' gradient."""
+    times = []
+    grad = None
+    for _ in range(runs):
+        leaf = logits.clone().requires_grad_(True)
+        extra_leaf = extra.clone().requires_grad_(True)
+        start = time.perf_counter()
+        call(leaf, targets, extra, extra_leaf).backward()
+        times.append(time.perf_counter() - start)
+        grad = leaf.grad
+    return statistics.median(times), grad
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="two sizes, one run each")
+    parser.add_argument("--runs", type=int, default=3, help="runs per measurement (median)")
+    parser.add_argument(
+        "--dtype", choices=["float32", "float64"], default="float32", help="logits dtype"
+    )
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    dtype = getattr(torch, args.dtype)
+
+    if args.quick:
+        sizes, runs = [(100, 10_000), (1000, 100_000)], 1
+    else:
+        sizes = [(p, n) for p in (100, 1000) for n in (10_000, 100_000)]
+        runs = args.runs
+
+    # Warm-up (allocator, first-call overheads) on a small problem.
+    logits, targets, extra = _make_inputs(20, 200, dtype)
+    for _, loop_call, fast_call in _losses():
+        _time_forward_backward(loop_call, logits, targets, extra, 1)
+        _time_forward_backward(fast_call, logits, targets, extra, 1)
+
+    print(
+        f"forward + backward, CPU, {args.dtype}, {torch.get_num_threads()} thread(s); median time"
+    )
+    header = f"{'loss':<10} {'P':>5} {'N':>7} {'loop (s)':>10} {'fast (s)':>10} {'speed-up':>9}"
+    header += f" {'runs loop/fast':>15} {'max |grad diff|':>16}"
+    print(header)
+    print("-" * len(header))
+    for num_pos, num_neg in sizes:
+        logits, targets, extra = _make_inputs(num_pos, num_neg, dtype)
+        for name, loop_call, fast_call in _losses():
+            # The loop at the largest size takes seconds per pass: time it once there.
+            loop_runs = 1 if num_pos * num_neg >= 10**8 else runs
+            loop_time, loop_grad = _time_forward_backward(
+                loop_call, logits, targets, extra, loop_runs
+            )
+            fast_time, fast_grad = _time_forward_backward(
+                fast_call, logits, targets, extra, max(runs, 3)
+            )
+            grad_diff = (loop_grad - fast_grad).abs().max().item()
+            print(
+                f"{name:<10} {num_pos:>5} {num_neg:>7} {loop_time:>10.4f} {fast_time:>10.4f} "
+                f"{loop_time / fast_time:>8.1f}x {f'{loop_runs}/{max(runs, 3)}':>15} "
+                f"{grad_diff:>16.2e}"
+            )
+
+
+if __name__ == "__main__":
+    main()
