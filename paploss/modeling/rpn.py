@@ -1,0 +1,91 @@
+"""``PAPRPN``: a region proposal network trained with one ranking loss."""
+from typing import Dict, List
+
+import torch
+from detectron2.config import configurable
+from detectron2.layers import cat
+from detectron2.modeling import PROPOSAL_GENERATOR_REGISTRY
+from detectron2.modeling.proposal_generator import RPN
+from detectron2.structures import Boxes
+from detectron2.utils.events import get_event_storage
+
+from .head_loss import RankingHeadLoss
+
+__all__ = ["PAPRPN"]
+
+
+@PROPOSAL_GENERATOR_REGISTRY.register()
+class PAPRPN(RPN):
+    """RPN trained with ``MODEL.PAPLOSS.LOSS`` (the PAP loss by default).
+
+    The objectness logits of all anchors of the per-device batch form one ranking (one class).
+    Ranking losses need no positive/negative balancing, so anchors are not subsampled: every
+    anchor that the matcher labels positive or negative takes part. With
+    ``MODEL.PAPLOSS.LOSS: "stock"`` it is exactly Detectron2's RPN.
+    """
+
+    @configurable
+    def __init__(self, *, head_loss: RankingHeadLoss, **kwargs):
+        """
+        Args:
+            head_loss: the ranking loss of the RPN (``MODEL.PAPLOSS`` and its ``RPN``).
+            kwargs: the arguments of :class:`detectron2.modeling.proposal_generator.RPN`.
+        """
+        super().__init__(**kwargs)
+        self.head_loss = head_loss
+
+    @classmethod
+    def from_config(cls, cfg, input_shape):
+        ret = super().from_config(cfg, input_shape)
+        ret["head_loss"] = RankingHeadLoss.from_config(
+            cfg, "RPN", head_name="rpn", loss_key="loss_rpn_pap"
+        )
+        return ret
+
+    def _subsample_labels(self, label: torch.Tensor) -> torch.Tensor:
+        if self.head_loss.is_stock:
+            return super()._subsample_labels(label)
+        return label
+
+    def losses(
+        self,
+        anchors: List[Boxes],
+        pred_objectness_logits: List[torch.Tensor],
+        gt_labels: List[torch.Tensor],
+        pred_anchor_deltas: List[torch.Tensor],
+        gt_boxes: List[torch.Tensor],
+    ) -> Dict[str, torch.Tensor]:
+        """
+        Args:
+            anchors: per-level anchors.
+            pred_objectness_logits: per-level ``[N, Hi*Wi*A]`` logits.
+            gt_labels: per-image ``[R]`` labels in {-1, 0, 1} (ignore, background, foreground).
+            pred_anchor_deltas: per-level ``[N, Hi*Wi*A, 4]`` box deltas.
+            gt_boxes: per-image ``[R, 4]`` matched ground-truth boxes.
+
+        Returns:
+            ``{"loss_rpn_pap": scalar}`` (Detectron2's RPN losses when the loss is "stock").
+        """
+        if self.head_loss.is_stock:
+            return super().losses(
+                anchors, pred_objectness_logits, gt_labels, pred_anchor_deltas, gt_boxes
+            )
+        num_images = len(gt_labels)
+        objectness = torch.stack(gt_labels)  # [N, R] in {-1, 0, 1}
+        positive = objectness == 1
+        storage = get_event_storage()
+        storage.put_scalar("rpn/num_pos_anchors", positive.sum().item() / num_images)
+        storage.put_scalar("rpn/num_neg_anchors", (objectness == 0).sum().item() / num_images)
+        # one class: label 0 = foreground, 1 = background, -1 = ignored
+        labels = torch.where(positive, 0, torch.where(objectness == 0, 1, -1))
+
+        all_anchors = Boxes.cat(anchors).tensor  # [R, 4]
+        deltas = cat(pred_anchor_deltas, dim=1)  # [N, R, 4]
+        positive_anchors = all_anchors.unsqueeze(0).expand_as(deltas)[positive]
+        pred_boxes = self.box2box_transform.apply_deltas(deltas[positive], positive_anchors)
+        return self.head_loss(
+            cat(pred_objectness_logits, dim=1).reshape(-1, 1),
+            labels.reshape(-1),
+            pred_boxes,
+            torch.stack(gt_boxes)[positive],
+        )
