@@ -10,7 +10,11 @@ Inputs: negatives' logits ~ N(0, 1) and positives' ~ N(1, 1), so nearly every ne
 delta of some positive (the pruning of low negatives removes little: a hard case for both).
 
     python benchmarks/bench_ranking_losses.py            # P in {100, 1000} x N in {1e4, 1e5}
-    python benchmarks/bench_ranking_losses.py --quick    # two sizes, one run each
+    python benchmarks/bench_ranking_losses.py --quick    # two sizes, loop timed once
+
+Times are medians over ``--runs`` passes of the loop (one pass beyond ``--max-loop-work`` pairs, and
+with ``--quick``) and at least five of the fast version. On a shared machine, compare the ratios of
+one run rather than absolute times across runs.
 """
 
 import argparse
@@ -86,12 +90,18 @@ def _time_forward_backward(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="two sizes, one run each")
+    parser.add_argument("--quick", action="store_true", help="two sizes, loop timed once")
     parser.add_argument("--runs", type=int, default=3, help="runs per measurement (median)")
     parser.add_argument(
         "--dtype", choices=["float32", "float64"], default="float32", help="logits dtype"
     )
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument(
+        "--max-loop-work",
+        type=float,
+        default=1e9,
+        help="time the loop only once above this many (positive, entry) pairs",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
@@ -101,6 +111,7 @@ def main() -> None:
     else:
         sizes = [(p, n) for p in (100, 1000) for n in (10_000, 100_000)]
         runs = args.runs
+    fast_runs = max(runs, 5)
 
     # Warm-up (allocator, first-call overheads) on a small problem.
     logits, targets, extra = _make_inputs(20, 200, dtype)
@@ -118,18 +129,18 @@ def main() -> None:
     for num_pos, num_neg in sizes:
         logits, targets, extra = _make_inputs(num_pos, num_neg, dtype)
         for name, loop_call, fast_call in _losses():
-            # The loop at the largest size takes seconds per pass: time it once there.
-            loop_runs = 1 if num_pos * num_neg >= 10**8 else runs
+            # --max-loop-work: beyond this many (positive, entry) pairs the loop is timed once.
+            loop_runs = 1 if num_pos * (num_pos + num_neg) > args.max_loop_work else runs
             loop_time, loop_grad = _time_forward_backward(
                 loop_call, logits, targets, extra, loop_runs
             )
             fast_time, fast_grad = _time_forward_backward(
-                fast_call, logits, targets, extra, max(runs, 3)
+                fast_call, logits, targets, extra, fast_runs
             )
             grad_diff = (loop_grad - fast_grad).abs().max().item()
             print(
                 f"{name:<10} {num_pos:>5} {num_neg:>7} {loop_time:>10.4f} {fast_time:>10.4f} "
-                f"{loop_time / fast_time:>8.1f}x {f'{loop_runs}/{max(runs, 3)}':>15} "
+                f"{loop_time / fast_time:>8.1f}x {f'{loop_runs}/{fast_runs}':>15} "
                 f"{grad_diff:>16.2e}"
             )
 

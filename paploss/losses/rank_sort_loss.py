@@ -11,8 +11,8 @@ Here the sums over all positives and negatives are computed exactly as in
 error also needs sums restricted to the positives of lower quality,
 ``sum_{k: y_k < y_i} H(s_k - s_i) w_k``: a two-dimensional (quality x logit) query per positive,
 answered for all positives at once by a wavelet matrix (:func:`_lower_key_sums`): O(P log P) time
-and O(P) memory, with sort, cumsum, gather and scatter only. One call costs O((P + M) log P) time
-and O(P + M) memory in total.
+and memory, with sort, cumsum, searchsorted and index_select only. One call costs
+O((P + M) log P) time and O(P log P + M) memory in total.
 """
 
 import torch
@@ -42,10 +42,13 @@ def _sum_in_ranges_below(
 ) -> torch.Tensor:
     """``out[q] = sum of weights[k] over k in [starts[q], ends[q]) with values[k] < bounds[q]``.
 
-    A wavelet matrix over ``values``, built and queried one bit at a time from the most
-    significant: at each bit the sequence is stably partitioned (zeros first) and every query
-    range is mapped into the half that can still hold values below its bound; whenever the bound
-    has a 1 bit, the range's elements with a 0 bit are all below it and their weights are added.
+    A wavelet matrix over ``values`` (``L`` bits, most significant first): level ``l`` holds the
+    sequence stably sorted by its top ``l`` bits read least significant first, i.e. the previous
+    level stably partitioned by bit ``l - 1`` (zeros first). A query range is followed down the
+    levels into the part that can still hold values below its bound; wherever the bound has a 1
+    bit, the range's elements with a 0 bit there are all below the bound and their weights count.
+    All level orders come from one batched sort; only the ``L`` range-following steps (one
+    ``index_select`` each) are sequential.
 
     Args:
         values: ``[n]`` int64 in ``[0, n]``.
@@ -54,32 +57,49 @@ def _sum_in_ranges_below(
         bounds: ``[Q]`` int64 in ``[0, n]``.
 
     Returns:
-        ``[Q, C]`` in the dtype of ``weights``. O((n + Q) log n) time, O(n + Q) memory.
+        ``[Q, C]`` in the dtype of ``weights``. O((n + Q) log n) time and memory.
     """
     n = values.shape[0]
-    out = weights.new_zeros((bounds.shape[0], weights.shape[1]))
-    positions = torch.arange(n, device=values.device)
-    for bit in reversed(range(max(n.bit_length(), 1))):
-        is_one = (values >> bit) & 1
-        zeros_before = torch.cat([is_one.new_zeros(1), torch.cumsum(1 - is_one, dim=0)])  # [n + 1]
-        zero_weights = weights * (1 - is_one).unsqueeze(1).to(weights.dtype)
-        zero_weight_before = torch.cat([weights.new_zeros(1, weights.shape[1]), zero_weights])
-        zero_weight_before = torch.cumsum(zero_weight_before, dim=0)  # [n + 1, C]
-        num_zeros = zeros_before[-1]
+    num_queries = bounds.shape[0]
+    num_channels = weights.shape[1]
+    num_bits = max(n.bit_length(), 1)
+    device = values.device
+    shifts = torch.arange(num_bits - 1, -1, -1, device=device)  # level l reads bit shifts[l]
+    bits = (values.unsqueeze(0) >> shifts.unsqueeze(1)) & 1  # [L, n], original order
 
-        bound_bit = ((bounds >> bit) & 1).bool()
-        below = zero_weight_before[ends] - zero_weight_before[starts]
-        out = out + torch.where(bound_bit.unsqueeze(1), below, 0.0)
-        zeros_in_start, zeros_in_end = zeros_before[starts], zeros_before[ends]
-        starts = torch.where(bound_bit, num_zeros + starts - zeros_in_start, zeros_in_start)
-        ends = torch.where(bound_bit, num_zeros + ends - zeros_in_end, zeros_in_end)
+    # Sort key of level l: bits of the levels above it, the latest one most significant.
+    bit_weights = (1 << torch.arange(num_bits, device=device)).unsqueeze(1)
+    level_keys = torch.cat([bits.new_zeros(1, n), torch.cumsum(bits * bit_weights, dim=0)[:-1]])
+    level_order = torch.sort(level_keys, dim=1, stable=True).indices  # [L, n]
+    # Flat index_select is much faster than gather / advanced indexing here.
+    level_rows = torch.arange(num_bits, device=device).unsqueeze(1)
+    flat_order = (level_order + level_rows * n).view(-1)
+    is_zero = 1 - bits.view(-1).index_select(0, flat_order).view(num_bits, n)  # level order
+    zeros_before = torch.cat([bits.new_zeros(num_bits, 1), torch.cumsum(is_zero, dim=1)], dim=1)
+    zero_weights = weights.index_select(0, level_order.view(-1)).view(num_bits, n, num_channels)
+    zero_weights = zero_weights * is_zero.to(weights.dtype).unsqueeze(2)
+    zero_weight_before = torch.cumsum(
+        torch.cat([weights.new_zeros(num_bits, 1, num_channels), zero_weights], dim=1), dim=1
+    )  # [L, n + 1, C]
 
-        destination = torch.where(
-            is_one.bool(), num_zeros + positions - zeros_before[:-1], zeros_before[:-1]
-        )
-        values = torch.empty_like(values).index_copy_(0, destination, values)
-        weights = torch.empty_like(weights).index_copy_(0, destination, weights)
-    return out
+    # Range ends move to zeros_before[p] (bound bit 0) or num_zeros + p - zeros_before[p] (bit 1).
+    num_zeros = zeros_before[:, -1:]
+    positions = torch.arange(n + 1, device=device)
+    next_index = torch.cat([zeros_before, num_zeros + positions - zeros_before], dim=1)
+    bound_bits = (bounds.unsqueeze(0) >> shifts.unsqueeze(1)) & 1  # [L, Q]
+    side_offset = torch.cat([bound_bits, bound_bits], dim=1) * (n + 1)  # [L, 2Q]
+    index = torch.cat([ends, starts])  # [2Q]: both ends of every range, followed together
+    level_index = []
+    for level in range(num_bits):
+        level_index.append(index)
+        index = next_index[level].index_select(0, side_offset[level] + index)
+    level_index = torch.stack(level_index)  # [L, 2Q]
+
+    flat_index = (level_index + level_rows * (n + 1)).view(-1)
+    range_zero_weight = zero_weight_before.view(-1, num_channels).index_select(0, flat_index)
+    range_zero_weight = range_zero_weight.view(num_bits, 2 * num_queries, num_channels)
+    below = range_zero_weight[:, :num_queries] - range_zero_weight[:, num_queries:]
+    return (below * bound_bits.to(weights.dtype).unsqueeze(2)).sum(dim=0)
 
 
 def _lower_key_sums(
