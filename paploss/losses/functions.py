@@ -301,7 +301,11 @@ class PAPFunctions(nn.Module):
 
     @classmethod
     def published(cls, name: str) -> "PAPFunctions":
-        """The published searched functions: ``retinanet``, ``faster_rcnn_rpn``, ``faster_rcnn_roi``."""
+        """The published searched functions of a head.
+
+        Args:
+            name: ``retinanet``, ``faster_rcnn_rpn`` or ``faster_rcnn_roi``.
+        """
         return cls.from_knots(published_knots(name))
 
     def __getitem__(self, name: str) -> PiecewiseLinear:

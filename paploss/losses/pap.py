@@ -7,9 +7,9 @@ positives, V the non-ignored entries and ``x_ij = clamp((s_j - s_i) / 2 + 1/2, 0
     L = 1/|P| sum_{i in P} [ (1 - I1(u_i)) + I3(u_i) * R_i ],
     R_i = sum_{j in V} H2(x_ij) (1 - I2(u_j)) / sum_{j in V} sg(H1(x_ij)),
 
-``sg`` = stop-gradient. The sums include ``j = i`` (``x_ii = 1/2``). Logits get gradient only through
-H2, qualities through I1, I2 and I3. With exact steps for H1/H2 (1/2 at 0) and identities for
-I1/I2/I3, ``L = 1 - AP_w`` (quality-weighted AP).
+``sg`` = stop-gradient. The sums include ``j = i`` (``x_ii = 1/2``). Logits get gradient
+only through H2, qualities through I1, I2 and I3. With exact steps for H1/H2 (1/2 at 0) and
+identities for I1/I2/I3, ``L = 1 - AP_w`` (quality-weighted AP).
 
 Implementations:
 
@@ -125,6 +125,10 @@ def pap_loss_components(
     functions: PAPFunctions,
 ) -> PAPLossComponents:
     """The PAP loss and its parts, exact fast implementation.
+
+    All non-ignored entries enter every sum (no top-k truncation). Time O((M + P) log M), memory
+    O(M + P) in forward and backward. The H1 sums are floored at ``RANK_EPS`` (1e-12), which only
+    matters for an H1 with H1(1/2) = 0; the normaliser is ``|P| + 1e-8``.
 
     Args:
         logits: ``[M]`` float logits of all (anchor or RoI, class) entries.

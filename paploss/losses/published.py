@@ -49,7 +49,7 @@ PUBLISHED_GRAD_SCALES: Dict[str, float] = {
 
 
 def published_names() -> List[str]:
-    """Names of the shipped parameter sets: ``retinanet``, ``faster_rcnn_rpn``, ``faster_rcnn_roi``."""
+    """Names of the shipped parameter sets, sorted."""
     return sorted(PUBLISHED_KNOTS)
 
 

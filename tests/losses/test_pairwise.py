@@ -131,7 +131,7 @@ def test_unit_weights_and_shared_sort():
 
 
 def test_smoothed_step_of_ranking_losses():
-    """H(d) = clamp(d / (2 delta) + 1/2, 0, 1) is the two-knot function [-delta, delta] -> [0, 1]."""
+    """The smoothed step H(d) = clamp(d / (2 delta) + 1/2, 0, 1): knots [-delta, delta], [0, 1]."""
     delta = 0.5
     scores = torch.tensor([0.0, 0.25, 0.5, 1.0, -2.0], dtype=torch.float64)
     anchors = torch.tensor([0.0, 0.5], dtype=torch.float64)
