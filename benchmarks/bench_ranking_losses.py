@@ -13,8 +13,9 @@ delta of some positive (the pruning of low negatives removes little: a hard case
     python benchmarks/bench_ranking_losses.py --quick    # two sizes, loop timed once
 
 Times are medians over ``--runs`` passes of the loop (one pass beyond ``--max-loop-work`` pairs, and
-with ``--quick``) and at least five of the fast version. On a shared machine, compare the ratios of
-one run rather than absolute times across runs.
+with ``--quick``) and at least five of the fast version, timed alternately so that both see the
+same machine load. On a shared machine, compare the ratios of one run rather than absolute times
+across runs.
 """
 
 import argparse
@@ -72,20 +73,38 @@ def _losses() -> List[Tuple[str, LossCall, LossCall]]:
     ]
 
 
-def _time_forward_backward(
-    call: LossCall, logits: torch.Tensor, targets: torch.Tensor, extra: torch.Tensor, runs: int
+def _time_once(
+    call: LossCall, logits: torch.Tensor, targets: torch.Tensor, extra: torch.Tensor
 ) -> Tuple[float, torch.Tensor]:
-    """Median seconds of ``runs`` forward + backward passes, and the logits' gradient."""
-    times = []
-    grad = None
-    for _ in range(runs):
-        leaf = logits.clone().requires_grad_(True)
-        extra_leaf = extra.clone().requires_grad_(True)
-        start = time.perf_counter()
-        call(leaf, targets, extra, extra_leaf).backward()
-        times.append(time.perf_counter() - start)
-        grad = leaf.grad
-    return statistics.median(times), grad
+    """Seconds of one forward + backward pass, and the logits' gradient."""
+    leaf = logits.clone().requires_grad_(True)
+    extra_leaf = extra.clone().requires_grad_(True)
+    start = time.perf_counter()
+    call(leaf, targets, extra, extra_leaf).backward()
+    return time.perf_counter() - start, leaf.grad
+
+
+def _time_pair(
+    loop_call: LossCall,
+    fast_call: LossCall,
+    inputs: Tuple[torch.Tensor, torch.Tensor, torch.Tensor],
+    loop_runs: int,
+    fast_runs: int,
+) -> Tuple[float, float, float]:
+    """Median seconds of the loop and of the fast version, timed alternately (so that both see the
+    same machine load), and the largest difference between their gradients."""
+    loop_times: List[float] = []
+    fast_times: List[float] = []
+    loop_grad = fast_grad = None
+    for run in range(max(loop_runs, fast_runs)):
+        if run < loop_runs:
+            seconds, loop_grad = _time_once(loop_call, *inputs)
+            loop_times.append(seconds)
+        if run < fast_runs:
+            seconds, fast_grad = _time_once(fast_call, *inputs)
+            fast_times.append(seconds)
+    grad_diff = (loop_grad - fast_grad).abs().max().item()
+    return statistics.median(loop_times), statistics.median(fast_times), grad_diff
 
 
 def main() -> None:
@@ -114,10 +133,9 @@ def main() -> None:
     fast_runs = max(runs, 5)
 
     # Warm-up (allocator, first-call overheads) on a small problem.
-    logits, targets, extra = _make_inputs(20, 200, dtype)
+    small_inputs = _make_inputs(20, 200, dtype)
     for _, loop_call, fast_call in _losses():
-        _time_forward_backward(loop_call, logits, targets, extra, 1)
-        _time_forward_backward(fast_call, logits, targets, extra, 1)
+        _time_pair(loop_call, fast_call, small_inputs, 1, 1)
 
     print(
         f"forward + backward, CPU, {args.dtype}, {torch.get_num_threads()} thread(s); median time"
@@ -127,17 +145,13 @@ def main() -> None:
     print(header)
     print("-" * len(header))
     for num_pos, num_neg in sizes:
-        logits, targets, extra = _make_inputs(num_pos, num_neg, dtype)
+        inputs = _make_inputs(num_pos, num_neg, dtype)
         for name, loop_call, fast_call in _losses():
             # --max-loop-work: beyond this many (positive, entry) pairs the loop is timed once.
             loop_runs = 1 if num_pos * (num_pos + num_neg) > args.max_loop_work else runs
-            loop_time, loop_grad = _time_forward_backward(
-                loop_call, logits, targets, extra, loop_runs
+            loop_time, fast_time, grad_diff = _time_pair(
+                loop_call, fast_call, inputs, loop_runs, fast_runs
             )
-            fast_time, fast_grad = _time_forward_backward(
-                fast_call, logits, targets, extra, fast_runs
-            )
-            grad_diff = (loop_grad - fast_grad).abs().max().item()
             print(
                 f"{name:<10} {num_pos:>5} {num_neg:>7} {loop_time:>10.4f} {fast_time:>10.4f} "
                 f"{loop_time / fast_time:>8.1f}x {f'{loop_runs}/{fast_runs}':>15} "

@@ -10,10 +10,12 @@ Here the sums over all positives and negatives are computed exactly as in
 :mod:`paploss.losses.ap_loss` (sort + prefix sums; the negatives are never sorted). The sorting
 error also needs sums restricted to the positives of lower quality,
 ``sum_{k: y_k < y_i} H(s_k - s_i) w_k``: a two-dimensional (quality x logit) query per positive,
-answered for all positives at once by a wavelet matrix (:func:`_lower_key_sums`): O(P log P) time
-and memory, with sort, cumsum, searchsorted and index_select only. One call costs
+answered for all positives at once by a wavelet matrix (:class:`_KeyRestrictedStepSums`):
+O(P log P) time and memory, with sort, cumsum, searchsorted and index_select only. One call costs
 O((P + M) log P) time and O(P log P + M) memory in total.
 """
+
+from typing import NamedTuple
 
 import torch
 
@@ -33,128 +35,213 @@ __all__ = ["rank_sort_loss"]
 RANK_SORT_EPS = 1e-10
 
 
-def _sum_in_ranges_below(
-    values: torch.Tensor,
-    weights: torch.Tensor,
-    starts: torch.Tensor,
-    ends: torch.Tensor,
-    bounds: torch.Tensor,
-) -> torch.Tensor:
-    """``out[q] = sum of weights[k] over k in [starts[q], ends[q]) with values[k] < bounds[q]``.
+class _WaveletMatrix:
+    """Sums of weights over index ranges of a sequence, restricted to values below a bound.
 
-    A wavelet matrix over ``values`` (``L`` bits, most significant first): level ``l`` holds the
+    For ``values [n]`` in ``[0, n)`` (``L`` bits, most significant first), level ``l`` holds the
     sequence stably sorted by its top ``l`` bits read least significant first, i.e. the previous
     level stably partitioned by bit ``l - 1`` (zeros first). A query range is followed down the
     levels into the part that can still hold values below its bound; wherever the bound has a 1
     bit, the range's elements with a 0 bit there are all below the bound and their weights count.
-    All level orders come from one batched sort; only the ``L`` range-following steps (one
-    ``index_select`` each) are sequential.
 
-    Args:
-        values: ``[n]`` int64 in ``[0, n]``.
-        weights: ``[n, C]`` floating point.
-        starts, ends: ``[Q]`` int64 index ranges into ``values``, ``0 <= start <= end <= n``.
-        bounds: ``[Q]`` int64 in ``[0, n]``.
-
-    Returns:
-        ``[Q, C]`` in the dtype of ``weights``. O((n + Q) log n) time and memory.
+    All level orders come from one batched sort. Following the ranges (:meth:`follow`, ``L``
+    sequential ``index_select`` steps) does not depend on the weights, so followed queries serve
+    any number of weightings (:meth:`sums`). O((n + Q) log n) time and memory.
     """
-    n = values.shape[0]
-    num_queries = bounds.shape[0]
-    num_channels = weights.shape[1]
-    num_bits = max(n.bit_length(), 1)
-    device = values.device
-    shifts = torch.arange(num_bits - 1, -1, -1, device=device)  # level l reads bit shifts[l]
-    bits = (values.unsqueeze(0) >> shifts.unsqueeze(1)) & 1  # [L, n], original order
 
-    # Sort key of level l: bits of the levels above it, the latest one most significant.
-    bit_weights = (1 << torch.arange(num_bits, device=device)).unsqueeze(1)
-    level_keys = torch.cat([bits.new_zeros(1, n), torch.cumsum(bits * bit_weights, dim=0)[:-1]])
-    level_order = torch.sort(level_keys, dim=1, stable=True).indices  # [L, n]
-    # Flat index_select is much faster than gather / advanced indexing here.
-    level_rows = torch.arange(num_bits, device=device).unsqueeze(1)
-    flat_order = (level_order + level_rows * n).view(-1)
-    is_zero = 1 - bits.view(-1).index_select(0, flat_order).view(num_bits, n)  # level order
-    zeros_before = torch.cat([bits.new_zeros(num_bits, 1), torch.cumsum(is_zero, dim=1)], dim=1)
-    zero_weights = weights.index_select(0, level_order.view(-1)).view(num_bits, n, num_channels)
-    zero_weights = zero_weights * is_zero.to(weights.dtype).unsqueeze(2)
-    zero_weight_before = torch.cumsum(
-        torch.cat([weights.new_zeros(num_bits, 1, num_channels), zero_weights], dim=1), dim=1
-    )  # [L, n + 1, C]
+    def __init__(self, values: torch.Tensor):
+        """
+        Args:
+            values: ``[n]`` int64 in ``[0, n)``, ``n >= 1``.
+        """
+        n = values.shape[0]
+        device = values.device
+        self.size = n
+        self.num_bits = max(n.bit_length(), 1)
+        self.shifts = torch.arange(self.num_bits - 1, -1, -1, device=device)  # bit read at level l
+        bits = (values.unsqueeze(0) >> self.shifts.unsqueeze(1)) & 1  # [L, n], original order
+        # Sort key of level l: the bits of the levels above it, the latest one most significant.
+        bit_weights = (1 << torch.arange(self.num_bits, device=device)).unsqueeze(1)
+        level_keys = torch.cat([bits.new_zeros(1, n), torch.cumsum(bits * bit_weights, 0)[:-1]])
+        self.level_order = torch.sort(level_keys, dim=1, stable=True).indices  # [L, n]
+        # Flat index_select is much faster than gather or advanced indexing here.
+        self.level_rows = torch.arange(self.num_bits, device=device).unsqueeze(1)
+        flat_order = (self.level_order + self.level_rows * n).view(-1)
+        self.is_zero = 1 - bits.view(-1).index_select(0, flat_order).view(self.num_bits, n)
+        zeros_before = torch.cat(
+            [bits.new_zeros(self.num_bits, 1), torch.cumsum(self.is_zero, dim=1)], dim=1
+        )  # [L, n + 1]
+        # A range end at p moves to zeros_before[p] when it follows the zeros (bound bit 0), to
+        # num_zeros + p - zeros_before[p] when it follows the ones (bound bit 1).
+        num_zeros = zeros_before[:, -1:]
+        positions = torch.arange(n + 1, device=device)
+        self.next_index = torch.cat([zeros_before, num_zeros + positions - zeros_before], dim=1)
 
-    # Range ends move to zeros_before[p] (bound bit 0) or num_zeros + p - zeros_before[p] (bit 1).
-    num_zeros = zeros_before[:, -1:]
-    positions = torch.arange(n + 1, device=device)
-    next_index = torch.cat([zeros_before, num_zeros + positions - zeros_before], dim=1)
-    bound_bits = (bounds.unsqueeze(0) >> shifts.unsqueeze(1)) & 1  # [L, Q]
-    side_offset = torch.cat([bound_bits, bound_bits], dim=1) * (n + 1)  # [L, 2Q]
-    index = torch.cat([ends, starts])  # [2Q]: both ends of every range, followed together
-    level_index = []
-    for level in range(num_bits):
-        level_index.append(index)
-        index = next_index[level].index_select(0, side_offset[level] + index)
-    level_index = torch.stack(level_index)  # [L, 2Q]
-
-    flat_index = (level_index + level_rows * (n + 1)).view(-1)
-    range_zero_weight = zero_weight_before.view(-1, num_channels).index_select(0, flat_index)
-    range_zero_weight = range_zero_weight.view(num_bits, 2 * num_queries, num_channels)
-    below = range_zero_weight[:, :num_queries] - range_zero_weight[:, num_queries:]
-    return (below * bound_bits.to(weights.dtype).unsqueeze(2)).sum(dim=0)
-
-
-def _lower_key_sums(
-    scores: torch.Tensor, keys: torch.Tensor, weights: torch.Tensor, delta: float
-) -> torch.Tensor:
-    """``out[a] = sum_{p: keys[p] < keys[a]} H(scores[p] - scores[a]) weights[p]`` for every a.
-
-    ``H(x) = clamp(x / (2 delta) + 1/2, 0, 1)`` (the exact step ``x >= 0`` if ``delta == 0``). With
-    the points ordered by score, each anchor's sum splits into points with ``H = 1`` (a suffix of
-    that order) and points on the linear part of ``H`` (a range), both restricted to keys below
-    the anchor's: two range queries of :func:`_sum_in_ranges_below` on the keys' ranks.
-
-    Args:
-        scores: ``[n]`` scores (detached).
-        keys: ``[n]`` keys compared strictly (ties never count).
-        weights: ``[n, C]``.
-        delta: half-width of ``H``, ``>= 0``.
-
-    Returns:
-        ``[n, C]`` in the dtype of ``weights``.
-    """
-    n = scores.shape[0]
-    acc = _accumulate_dtype(scores.device)
-    sorted_keys, key_order = torch.sort(keys, stable=True)
-    key_rank = torch.empty_like(key_order)
-    key_rank[key_order] = torch.arange(n, device=scores.device)
-    num_lower_keys = torch.searchsorted(sorted_keys, keys, right=False)  # points p with key < key a
-
-    sorted_scores, score_order = torch.sort(scores, stable=True)
-    scores_acc = scores.to(acc)
-    point_weights = weights.to(acc)[score_order]
-    if delta > 0:
-        # Points with score <= s_a - delta have H = 0, points with score >= s_a + delta have H = 1.
-        linear_start = torch.searchsorted(sorted_scores, scores - delta, right=True)
-        linear_end = torch.searchsorted(sorted_scores, scores + delta, right=False)
-        point_weights = torch.cat(
-            [point_weights, point_weights * scores_acc[score_order].unsqueeze(1)], dim=1
+    def follow(
+        self, starts: torch.Tensor, ends: torch.Tensor, bounds: torch.Tensor
+    ) -> "_FollowedQueries":
+        """Follow the query ranges ``[starts, ends)`` (``[Q]`` each) with ``bounds`` (``[Q]`` in
+        ``[0, n]``) down the levels, for :meth:`sums`."""
+        bound_bits = (bounds.unsqueeze(0) >> self.shifts.unsqueeze(1)) & 1  # [L, Q]
+        side_offset = torch.cat([bound_bits, bound_bits], dim=1) * (self.size + 1)
+        index = torch.cat([ends, starts])  # both ends of every range, followed together
+        level_index = []
+        for level in range(self.num_bits):
+            level_index.append(index)
+            index = self.next_index[level].index_select(0, side_offset[level] + index)
+        # Only (level, query) pairs whose bound bit is 1 add anything: keep those, with their
+        # range ends as flat indices into the per-level prefix sums.
+        num_queries = bounds.shape[0]
+        flat_index = (torch.stack(level_index) + self.level_rows * (self.size + 1)).view(-1)
+        level, query = torch.nonzero(bound_bits, as_tuple=True)
+        end_position = level * (2 * num_queries) + query  # into the flattened [L, 2Q]
+        return _FollowedQueries(
+            flat_index.index_select(0, end_position),
+            flat_index.index_select(0, end_position + num_queries),
+            query,
+            num_queries,
         )
-    else:
-        linear_start = linear_end = torch.searchsorted(sorted_scores, scores, right=False)
-    full_end = torch.full_like(linear_end, n)
-    sums = _sum_in_ranges_below(
-        key_rank[score_order],
-        point_weights,
-        torch.cat([linear_end, linear_start]),
-        torch.cat([full_end, linear_end]),
-        torch.cat([num_lower_keys, num_lower_keys]),
-    )
-    num_channels = weights.shape[1]
-    out = sums[:n, :num_channels]  # H = 1 part
-    if delta > 0:
-        linear_w = sums[n:, :num_channels]
-        linear_sw = sums[n:, num_channels:]
-        out = out + (linear_sw - scores_acc.unsqueeze(1) * linear_w) / (2 * delta) + linear_w / 2
-    return out.to(weights.dtype)
+
+    def sums(self, weights: torch.Tensor, followed: "_FollowedQueries") -> torch.Tensor:
+        """``out[q] = sum of weights[k], k in [starts[q], ends[q]), values[k] < bounds[q]``.
+
+        Args:
+            weights: ``[n, C]`` floating point, in the order of ``values``.
+            followed: what :meth:`follow` returned for the queries.
+
+        Returns:
+            ``[Q, C]`` in the dtype of ``weights``.
+        """
+        num_channels = weights.shape[1]
+        zero_weights = weights.index_select(0, self.level_order.view(-1))
+        zero_weights = zero_weights.view(self.num_bits, self.size, num_channels)
+        zero_weights = zero_weights * self.is_zero.to(weights.dtype).unsqueeze(2)
+        zero_weight_before = torch.cumsum(
+            torch.cat([weights.new_zeros(self.num_bits, 1, num_channels), zero_weights], dim=1),
+            dim=1,
+        ).view(
+            -1, num_channels
+        )  # [L * (n + 1), C]
+        below = zero_weight_before.index_select(0, followed.end_index)
+        below -= zero_weight_before.index_select(0, followed.start_index)
+        out = weights.new_zeros(followed.num_queries, num_channels)
+        return out.index_add_(0, followed.query, below)
+
+
+class _FollowedQueries(NamedTuple):
+    """Range queries of a :class:`_WaveletMatrix`, followed down its levels.
+
+    Attributes:
+        end_index, start_index: ``[K]`` flat indices of the range ends in the ``[L * (n + 1)]``
+            per-level prefix sums, one pair per (level, query) where the bound's bit is 1.
+        query: ``[K]`` the query of each pair.
+        num_queries: ``Q``.
+    """
+
+    end_index: torch.Tensor
+    start_index: torch.Tensor
+    query: torch.Tensor
+    num_queries: int
+
+
+class _KeyRestrictedStepSums:
+    """Sums of ``H`` between points restricted by a strict key order (the sorting error of RS).
+
+    For scores ``s [n]`` and keys ``y [n]``, with ``H(x) = clamp(x / (2 delta) + 1/2, 0, 1)``
+    (the exact step ``x >= 0`` when ``delta == 0``):
+
+    * :meth:`below`: ``out[a] = sum_{p: y_p < y_a} H(s_p - s_a) w_p``;
+    * :meth:`above`: ``out[a] = sum_{p: y_p > y_a} H(s_a - s_p) w_p``.
+
+    With the points ordered by score, each sum splits into points where ``H`` is 1 and points on
+    its linear part, two index ranges of that order; the key restriction is a bound on the keys'
+    ranks. Both are range queries of one :class:`_WaveletMatrix`, followed once for both sums:
+    O(n log n) time and memory. Accumulation is in float64.
+    """
+
+    def __init__(self, scores: torch.Tensor, keys: torch.Tensor, delta: float):
+        """
+        Args:
+            scores: ``[n]`` scores, ``n >= 1``.
+            keys: ``[n]`` keys (ties never count).
+            delta: half-width of ``H``, ``>= 0``.
+        """
+        n = scores.shape[0]
+        acc = _accumulate_dtype(scores.device)
+        self.size = n
+        self.inverse_width = 1 / (2 * delta) if delta > 0 else 0.0
+        self.scores = scores.detach().to(acc)
+        sorted_scores, self.score_order = torch.sort(self.scores, stable=True)
+        self.sorted_scores = sorted_scores
+        sorted_keys, key_order = torch.sort(keys.detach(), stable=True)
+        key_rank = torch.empty_like(key_order)
+        key_rank[key_order] = torch.arange(n, device=scores.device)
+        num_keys_below = torch.searchsorted(sorted_keys, keys, right=False)
+        num_keys_at_most = torch.searchsorted(sorted_keys, keys, right=True)
+
+        # Score-order ranges: [0, low) has s_p <= s_a - delta, [low, high) the linear part of H,
+        # [high, n) has s_p >= s_a + delta. For the exact step, H(s_p - s_a) = 1 from the first
+        # s_p >= s_a on, H(s_a - s_p) = 1 up to the last s_p <= s_a.
+        if delta > 0:
+            low = torch.searchsorted(sorted_scores, self.scores - delta, right=True)
+            high = torch.searchsorted(sorted_scores, self.scores + delta, right=False)
+            low_below, high_below = low, high
+            low_above, high_above = low, high
+        else:
+            low_below = high_below = torch.searchsorted(sorted_scores, self.scores, right=False)
+            low_above = high_above = torch.searchsorted(sorted_scores, self.scores, right=True)
+        self.low_above, self.high_above = low_above, high_above
+        zero = torch.zeros_like(low_above)
+        full = torch.full_like(low_above, n)
+        self.wavelet = _WaveletMatrix(key_rank[self.score_order])
+        # below(): ranges where H = 1 and the linear part, keys strictly below the anchor's.
+        self.followed_below = self.wavelet.follow(
+            torch.cat([high_below, low_below]),
+            torch.cat([full, high_below]),
+            torch.cat([num_keys_below, num_keys_below]),
+        )
+        # above(): the same ranges for H(s_a - s_p); the wavelet sums keys <= the anchor's, the
+        # complement of what above() wants.
+        self.followed_at_most = self.wavelet.follow(
+            torch.cat([zero, low_above]),
+            torch.cat([low_above, high_above]),
+            torch.cat([num_keys_at_most, num_keys_at_most]),
+        )
+
+    def _score_order_channels(self, weights: torch.Tensor) -> torch.Tensor:
+        """``[w, w * s]`` in score order, ``[n, 2C]``."""
+        w = weights.to(self.scores.dtype).index_select(0, self.score_order)
+        return torch.cat([w, w * self.sorted_scores.unsqueeze(1)], dim=1)
+
+    def below(self, weights: torch.Tensor) -> torch.Tensor:
+        """``out[a] = sum_{p: y_p < y_a} H(s_p - s_a) w_p`` for ``weights [n, C]`` -> ``[n, C]``."""
+        n, num_channels = self.size, weights.shape[1]
+        sums = self.wavelet.sums(self._score_order_channels(weights), self.followed_below)
+        linear_w, linear_sw = sums[n:, :num_channels], sums[n:, num_channels:]
+        s = self.scores.unsqueeze(1)
+        return (
+            sums[:n, :num_channels] + (linear_sw - s * linear_w) * self.inverse_width + linear_w / 2
+        )
+
+    def above(self, weights: torch.Tensor) -> torch.Tensor:
+        """``out[a] = sum_{p: y_p > y_a} H(s_a - s_p) w_p`` for ``weights [n, C]`` -> ``[n, C]``."""
+        n, num_channels = self.size, weights.shape[1]
+        channels = self._score_order_channels(weights)
+        sums_at_most = self.wavelet.sums(channels, self.followed_at_most)
+        # Key ranks >= the bound: the range's total minus the wavelet sum.
+        prefix = torch.cat([channels.new_zeros(1, channels.shape[1]), torch.cumsum(channels, 0)])
+        totals = torch.cat(
+            [
+                prefix[self.low_above] - prefix[0],
+                prefix[self.high_above] - prefix[self.low_above],
+            ]
+        )
+        sums = totals - sums_at_most
+        linear_w, linear_sw = sums[n:, :num_channels], sums[n:, num_channels:]
+        s = self.scores.unsqueeze(1)
+        return (
+            sums[:n, :num_channels] + (s * linear_w - linear_sw) * self.inverse_width + linear_w / 2
+        )
 
 
 def _rank_sort_loss_and_gradient(
@@ -174,7 +261,8 @@ def _rank_sort_loss_and_gradient(
     pos_sums = _smoothed_step_sums(pos_logits, problem.sorted_pos, pos_weights, delta)
     # The same over the positives of strictly lower quality only (the missorted ones); the target
     # sorting error uses the complement, the positives with quality >= the anchor's.
-    lower_sums = _lower_key_sums(pos_logits, pos_quality, pos_weights, delta)
+    by_quality = _KeyRestrictedStepSums(pos_logits, pos_quality, delta)
+    lower_sums = by_quality.below(pos_weights)
     num_fp = problem.around_pos.per_positive(problem.is_negative)
 
     rank_pos = pos_sums[:, 0]
@@ -189,16 +277,14 @@ def _rank_sort_loss_and_gradient(
     neg_share = torch.where(has_fp, ranking_error / torch.where(has_fp, num_fp, 1.0), 0.0)
     neg_grad = problem.around_pos.per_entry(neg_share)
     # Sorting: the positive's error goes to the lower-quality positives above it: positive k
-    # receives sum_{i: y_i > y_k} H(s_k - s_i) share_i, i.e. keys -y and scores -s.
+    # receives sum_{i: y_i > y_k} H(s_k - s_i) share_i.
     missorted = lower_sums[:, 0]
     is_missorted = missorted > RANK_SORT_EPS
     pos_grad = pos_grad - torch.where(is_missorted, sorting_error, 0.0)
     sorting_share = torch.where(
         is_missorted, sorting_error / torch.where(is_missorted, missorted, 1.0), 0.0
     )
-    pos_grad = pos_grad + _lower_key_sums(
-        -pos_logits, -pos_quality, sorting_share.unsqueeze(1), delta
-    ).squeeze(1)
+    pos_grad = pos_grad + by_quality.above(sorting_share.unsqueeze(1)).squeeze(1)
 
     grad = _assemble_gradient(problem, pos_grad / num_pos, neg_grad / num_pos, logits)
     return (ranking_error.mean() + sorting_error.mean()).to(logits.dtype), grad

@@ -173,18 +173,22 @@ def test_bad_inputs_raise_value_error_naming_the_argument(loss_fn):
 
 @pytest.mark.parametrize("delta", [0.5, 0.0])
 @pytest.mark.parametrize("num_points", [1, 2, 7, 64, 257])
-def test_lower_key_sums_match_dense(num_points, delta):
+def test_key_restricted_step_sums_match_dense(num_points, delta):
     # The two-dimensional sums behind the sorting error, against a dense [n, n] evaluation, with
     # tied keys and tied scores.
-    from paploss.losses.rank_sort_loss import _lower_key_sums
+    from paploss.losses.rank_sort_loss import _KeyRestrictedStepSums
 
     gen = torch.Generator().manual_seed(num_points)
     scores = torch.randint(-8, 9, (num_points,), generator=gen).to(F64) * 0.125
     keys = torch.randint(0, 6, (num_points,), generator=gen).to(F64) / 5
     weights = torch.rand(num_points, 3, generator=gen, dtype=F64)
-    gaps = scores[None, :] - scores[:, None]  # [anchor, point]
-    step = torch.clamp(gaps / (2 * delta) + 0.5, 0, 1) if delta > 0 else (gaps >= 0).to(F64)
-    lower = keys[None, :] < keys[:, None]
-    expected = (step * lower) @ weights
-    actual = _lower_key_sums(scores, keys, weights, delta)
-    torch.testing.assert_close(actual, expected, rtol=1e-12, atol=1e-12)
+
+    def step(gaps):
+        return torch.clamp(gaps / (2 * delta) + 0.5, 0, 1) if delta > 0 else (gaps >= 0).to(F64)
+
+    gaps = scores[None, :] - scores[:, None]  # [anchor a, point p]: s_p - s_a
+    expected_below = (step(gaps) * (keys[None, :] < keys[:, None])) @ weights
+    expected_above = (step(-gaps) * (keys[None, :] > keys[:, None])) @ weights
+    sums = _KeyRestrictedStepSums(scores, keys, delta)
+    torch.testing.assert_close(sums.below(weights), expected_below, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(sums.above(weights), expected_above, rtol=1e-12, atol=1e-12)
