@@ -46,7 +46,7 @@ def _alrp_classification_and_gradient(
     pos_sums = _smoothed_step_sums(pos_logits, problem.sorted_pos, pos_weights, delta)
     rank_pos = 1 + (pos_sums[:, 0] - 0.5)
     loc_error_above = pos_sums[:, 1] - 0.5 * pos_loc_errors
-    num_fp = problem.around_pos.per_positive(problem.is_negative)
+    num_fp = problem.negatives.false_positives()
     rank = rank_pos + num_fp
     cls_loss = 1 - (rank_pos / rank).mean()
 
@@ -55,7 +55,7 @@ def _alrp_classification_and_gradient(
     has_fp = num_fp > NUM_FP_EPS
     pos_error = torch.where(has_fp, (num_fp + loc_error_above) / rank, 0.0)
     share = pos_error / torch.where(has_fp, num_fp, 1.0)
-    neg_grad = problem.around_pos.per_entry(share)
+    neg_grad = problem.negatives.per_negative(share)
     grad = _assemble_gradient(problem, -pos_error / num_pos, neg_grad / num_pos, logits)
     return cls_loss.to(logits.dtype), grad, rank.to(logits.dtype)
 

@@ -5,7 +5,7 @@ The loss is ``1 - interpolated AP`` of the ranking smoothed by ``H(x) = clamp(x 
 algorithm (``ranking_reference.ap_loss_reference``) loops over the positives, O(P (P + N)). Here
 the sums between positives use the sort + prefix-sum primitive of :mod:`paploss.losses.pairwise`,
 and the sums between positives and negatives sort only the 2P kinks ``s_i -/+ delta`` of ``H`` and
-locate every other entry among them once (:class:`_StepSumsAroundPositives`): the negatives are
+locate every other entry among them once (:class:`_NegativesAroundPositives`): the negatives are
 never sorted. One call costs O(P log P + M log P) time at worst (O(P log P + M) for spread-out
 logits) and O(P + M) memory, with the same values and gradients as the loop.
 
@@ -78,14 +78,15 @@ def _count_at_most(boundaries: torch.Tensor, values: torch.Tensor) -> torch.Tens
     branchless binary search over as many levels as the fullest bucket needs (a few for spread-out
     boundaries; all ``log2 B`` when they are clustered) finishes the count. The bucket function is
     monotone and identical for boundaries and values, so a boundary in a lower (higher) bucket is
-    below (above) the value, whatever the rounding.
+    below (above) the value, whatever the rounding. Three ``[V]`` buffers are allocated in all
+    (fresh large allocations are costly on CPU).
 
     Args:
-        boundaries: ``[B]`` sorted ascending, ``B >= 1``.
+        boundaries: ``[B]`` sorted ascending, ``1 <= B < 2**29``.
         values: ``[V]`` of the dtype of ``boundaries``.
 
     Returns:
-        ``[V]`` int64.
+        ``[V]`` int32.
     """
     num_boundaries = boundaries.shape[0]
     num_buckets = 4 * num_boundaries
@@ -95,50 +96,61 @@ def _count_at_most(boundaries: torch.Tensor, values: torch.Tensor) -> torch.Tens
     if not math.isfinite(scale):  # a denormal span: one bucket, plain binary search
         scale = 0.0
 
-    def bucket(x: torch.Tensor) -> torch.Tensor:  # clamped to >= 0 first, so .long() floors
-        return ((x - low) * scale).clamp_(0, num_buckets - 1).long()
+    def scaled(x: torch.Tensor) -> torch.Tensor:  # clamped to >= 0, so truncation floors
+        return torch.sub(x, low).mul_(scale).clamp_(0, num_buckets - 1)
 
-    bucket_size = torch.bincount(bucket(boundaries), minlength=num_buckets)
-    bucket_start = torch.cat([bucket_size.new_zeros(1), torch.cumsum(bucket_size, dim=0)])
+    bucket_size = torch.bincount(scaled(boundaries).int(), minlength=num_buckets)
+    bucket_start = torch.cat([bucket_size.new_zeros(1), torch.cumsum(bucket_size, dim=0)]).int()
     num_levels = int(bucket_size.max()).bit_length()
     padded = torch.cat([boundaries, boundaries.new_full((1 << num_levels,), float("inf"))])
-    count = bucket_start.index_select(0, bucket(values))
+
+    probe = scaled(values)  # float buffer, reused for the probed boundaries
+    index = probe.int()  # int buffer: bucket, then probe positions
+    count = bucket_start.index_select(0, index)
+    is_below = torch.empty(values.shape, dtype=torch.bool, device=values.device)
     for level in reversed(range(num_levels)):
         step = 1 << level
-        probe = padded.index_select(0, count + (step - 1))
-        count.add_(probe <= values, alpha=step)
+        torch.index_select(padded, 0, torch.add(count, step - 1, out=index), out=probe)
+        count.add_(torch.le(probe, values, out=is_below), alpha=step)
     return count
 
 
-class _StepSumsAroundPositives:
-    """Exact sums of ``H(x_j - s_i)`` between the positives ``s [P]`` and many entries ``x [M]``.
+class _NegativesAroundPositives:
+    """Exact sums of ``H(x_j - s_i)`` between the positives ``s [P]`` and the negatives ``x_j``.
 
     ``H(d) = clamp(d / (2 delta) + 1/2, 0, 1)`` (the exact step ``d >= 0`` for ``delta == 0``) is
     piecewise linear in both arguments with kinks where ``x_j`` meets the 2P breakpoints
     ``s_i - delta`` and ``s_i + delta``. The breakpoints are sorted once and every entry is located
-    among them once (:func:`_count_at_most`, O(M) for spread-out logits); both directions are then
-    a scatter-add or a gather plus prefix sums over the breakpoints:
+    among them once (:func:`_count_at_most`, O(M) for spread-out logits); entries that are not
+    negatives are placed below every breakpoint, where they add nothing and receive nothing. Both
+    directions are then a histogram or a gather plus prefix sums over the breakpoints:
 
-    * :meth:`per_positive`: ``out[i] = sum_j H(x_j - s_i) w_j`` (e.g. the false positives of each
-      positive, with ``w`` the negative indicator);
-    * :meth:`per_entry`: ``out[j] = sum_i H(x_j - s_i) v_i`` (e.g. the negatives' gradient).
+    * :meth:`false_positives`: ``out[i] = sum_{j in N} H(x_j - s_i)``;
+    * :meth:`per_negative`: ``out[j] = sum_i H(x_j - s_i) v_i`` (e.g. the negatives' gradient).
 
-    The entries need not be sorted, so this is O(P log P + M) time and O(P + M) memory (with the
-    ``log P`` search levels per entry only for clustered logits). Accumulation is in float64.
+    The negatives are never sorted: O(P log P + M) time for spread-out logits (O(M log P) at
+    worst) and O(P + M) memory. Accumulation is in float64.
     """
 
-    def __init__(self, pos_logits: torch.Tensor, entry_logits: torch.Tensor, delta: float):
+    def __init__(
+        self,
+        pos_logits: torch.Tensor,
+        logits: torch.Tensor,
+        is_negative: torch.Tensor,
+        delta: float,
+    ):
         """
         Args:
             pos_logits: ``[P]`` logits of the positives, ``P >= 1``.
-            entry_logits: ``[M]`` logits of the entries to pair them with (may include the
-                positives themselves; give those zero weight).
+            logits: ``[M]`` logits of all entries.
+            is_negative: ``[M]`` bool, the negatives among them.
             delta: half-width of ``H``, ``>= 0``.
         """
         acc = _accumulate_dtype(pos_logits.device)
         num_pos = pos_logits.shape[0]
         self.pos_logits = pos_logits.detach().to(acc)
-        self.entry_logits = entry_logits.detach().to(acc)
+        self.logits = logits.detach().to(acc)
+        self.num_bins = 2 * num_pos + 1
         # 1 / (2 delta) on the linear part of H; the linear part is empty when delta == 0.
         self.inverse_width = 1 / (2 * delta) if delta > 0 else 0.0
         breakpoints = torch.cat([self.pos_logits - delta, self.pos_logits + delta])
@@ -147,51 +159,47 @@ class _StepSumsAroundPositives:
         position[order] = torch.arange(2 * num_pos, device=order.device)
         self.lower_position = position[:num_pos]  # where s_i - delta sits among the breakpoints
         self.upper_position = position[num_pos:]  # where s_i + delta sits
-        # Entry j lies at or above exactly the first location[j] breakpoints: at or above
+        # Negative j lies at or above exactly the first location[j] breakpoints: at or above
         # s_i + delta it has H = 1, at or above only s_i - delta it is on the linear part.
-        self.location = _count_at_most(sorted_breakpoints, self.entry_logits)
+        self.location = _count_at_most(sorted_breakpoints, self.logits).mul_(is_negative)
 
-    def per_positive(self, entry_weights: torch.Tensor) -> torch.Tensor:
-        """``out[i] = sum_j H(x_j - s_i) w_j`` for ``entry_weights`` ``[M]``.
-
-        Returns ``[P]`` in the accumulation dtype.
-        """
-        w = entry_weights.to(self.entry_logits.dtype)
-        num_bins = 2 * self.pos_logits.shape[0] + 1
-        # Weight (and weight * x) of the entries at or above breakpoint k, for k = 0 .. 2P - 1.
-        at_or_above = []
-        for values in (w, w * self.entry_logits):
-            histogram = torch.bincount(self.location, weights=values, minlength=num_bins)
-            at_or_above.append(torch.flip(torch.cumsum(torch.flip(histogram, [0]), dim=0), [0])[1:])
-        at_or_above_w, at_or_above_wx = at_or_above
-        above_upper_w = at_or_above_w[self.upper_position]
-        linear_w = at_or_above_w[self.lower_position] - above_upper_w
-        linear_wx = at_or_above_wx[self.lower_position] - at_or_above_wx[self.upper_position]
+    def false_positives(self) -> torch.Tensor:
+        """``out[i] = sum_{j in N} H(x_j - s_i)``, ``[P]`` in the accumulation dtype."""
+        # Number (and sum of x) of the negatives at or above breakpoint k, for k = 0 .. 2P - 1.
+        histograms = (
+            torch.bincount(self.location, minlength=self.num_bins).to(self.logits.dtype),
+            torch.bincount(self.location, weights=self.logits, minlength=self.num_bins),
+        )
+        count, sum_x = (
+            torch.flip(torch.cumsum(torch.flip(histogram, [0]), dim=0), [0])[1:]
+            for histogram in histograms
+        )
+        above_upper = count[self.upper_position]
+        linear_count = count[self.lower_position] - above_upper
+        linear_sum_x = sum_x[self.lower_position] - sum_x[self.upper_position]
         return (
-            above_upper_w
-            + (linear_wx - self.pos_logits * linear_w) * self.inverse_width
-            + linear_w / 2
+            above_upper
+            + (linear_sum_x - self.pos_logits * linear_count) * self.inverse_width
+            + linear_count / 2
         )
 
-    def per_entry(self, pos_weights: torch.Tensor) -> torch.Tensor:
-        """``out[j] = sum_i H(x_j - s_i) v_i`` for ``pos_weights`` ``[P]``.
-
-        Returns ``[M]`` in the accumulation dtype.
-        """
+    def per_negative(self, pos_weights: torch.Tensor) -> torch.Tensor:
+        """``out[j] = sum_i H(x_j - s_i) v_i`` at the negatives, 0 elsewhere, for ``pos_weights``
+        ``[P]``. Returns ``[M]`` in the accumulation dtype."""
         v = pos_weights.to(self.pos_logits.dtype)
-        num_bins = 2 * self.pos_logits.shape[0] + 1
         # Per positive, H(x - s_i) v_i = slope * x + intercept: (0, 0) below s_i - delta,
         # (v / (2 delta), v (1/2 - s_i / (2 delta))) on the linear part, (0, v) above s_i + delta.
         slope = v * self.inverse_width
         intercept = v * (0.5 - self.pos_logits * self.inverse_width)
-        coefficients = []
+        tables = []
         for at_lower, at_upper in ((slope, -slope), (intercept, v - intercept)):
-            changes = v.new_zeros(num_bins)
+            changes = v.new_zeros(self.num_bins)
             changes[self.lower_position + 1] = at_lower
             changes[self.upper_position + 1] = at_upper
-            coefficients.append(torch.cumsum(changes, dim=0).index_select(0, self.location))
-        entry_slope, entry_intercept = coefficients
-        return torch.addcmul(entry_intercept, entry_slope, self.entry_logits)
+            tables.append(torch.cumsum(changes, dim=0))
+        slope_table, intercept_table = tables
+        out = intercept_table.index_select(0, self.location)
+        return out.addcmul_(slope_table.index_select(0, self.location), self.logits)
 
 
 class _RankingProblem(NamedTuple):
@@ -200,25 +208,23 @@ class _RankingProblem(NamedTuple):
     Attributes:
         pos_index: ``[P]`` int64 indices of the positives (``targets == 1``) in the ``[M]`` input.
         pos_logits: ``[P]`` their logits (detached, accumulation dtype).
-        is_negative: ``[M]`` bool, ``targets == 0``.
         sorted_pos: ``pos_logits`` sorted, for the sums between positives.
-        around_pos: sums of ``H`` between the positives and all ``M`` entries.
+        negatives: sums of ``H`` between the positives and the negatives.
     """
 
     pos_index: torch.Tensor
     pos_logits: torch.Tensor
-    is_negative: torch.Tensor
     sorted_pos: SortedScores
-    around_pos: _StepSumsAroundPositives
+    negatives: _NegativesAroundPositives
 
 
 def _prepare_ranking_problem(
     logits: torch.Tensor, targets: torch.Tensor, delta: float
 ) -> Optional[_RankingProblem]:
-    """Locate the positives and pair them with every entry; ``None`` if there is no positive.
+    """Locate the positives and pair them with the negatives; ``None`` if there is no positive.
 
     Negatives far below every positive are not pruned: they land below every breakpoint and add
-    nothing, which is cheaper than removing them. Ignored entries get zero weight.
+    nothing, which is cheaper than removing them. Ignored entries take no part.
     """
     logits = logits.detach()
     pos_index = torch.nonzero(targets == 1).squeeze(1)
@@ -228,18 +234,17 @@ def _prepare_ranking_problem(
     return _RankingProblem(
         pos_index,
         pos_logits,
-        targets == 0,
         sort_scores(pos_logits),
-        _StepSumsAroundPositives(pos_logits, logits, delta),
+        _NegativesAroundPositives(pos_logits, logits, targets == 0, delta),
     )
 
 
 def _assemble_gradient(
-    problem: _RankingProblem, pos_grad: torch.Tensor, entry_grad: torch.Tensor, like: torch.Tensor
+    problem: _RankingProblem, pos_grad: torch.Tensor, neg_grad: torch.Tensor, like: torch.Tensor
 ) -> torch.Tensor:
-    """``[M]`` gradient: ``pos_grad [P]`` at the positives, ``entry_grad [M]`` at the negatives,
-    zero at ignored entries, in the dtype of ``like``."""
-    grad = torch.where(problem.is_negative, entry_grad, 0.0).to(like.dtype)
+    """``[M]`` gradient in the dtype of ``like``: ``pos_grad [P]`` at the positives and
+    ``neg_grad [M]`` elsewhere (zero at ignored entries, as :meth:`per_negative` gives)."""
+    grad = neg_grad.to(like.dtype)
     return grad.index_copy_(0, problem.pos_index, pos_grad.to(like.dtype))
 
 
@@ -256,7 +261,7 @@ def _ap_loss_and_gradient(logits: torch.Tensor, targets: torch.Tensor, delta: fl
         pos_logits, problem.sorted_pos, torch.ones_like(pos_logits), delta
     )
     rank_pos = 1 + (pos_above - 0.5)
-    num_fp = problem.around_pos.per_positive(problem.is_negative)
+    num_fp = problem.negatives.false_positives()
     rank = rank_pos + num_fp
     prec = rank_pos / rank
 
@@ -269,7 +274,7 @@ def _ap_loss_and_gradient(logits: torch.Tensor, targets: torch.Tensor, delta: fl
     is_max = prec >= interpolated
     rescale = torch.where(is_max, 1.0, (1 - interpolated) / torch.where(is_max, 1.0, 1 - prec))
 
-    neg_grad = problem.around_pos.per_entry(rescale / rank)
+    neg_grad = problem.negatives.per_negative(rescale / rank)
     grad = _assemble_gradient(problem, -(1 - interpolated) / num_pos, neg_grad / num_pos, logits)
     return (1 - interpolated.mean()).to(logits.dtype), grad
 

@@ -263,7 +263,7 @@ def _rank_sort_loss_and_gradient(
     # sorting error uses the complement, the positives with quality >= the anchor's.
     by_quality = _KeyRestrictedStepSums(pos_logits, pos_quality, delta)
     lower_sums = by_quality.below(pos_weights)
-    num_fp = problem.around_pos.per_positive(problem.is_negative)
+    num_fp = problem.negatives.false_positives()
 
     rank_pos = pos_sums[:, 0]
     ranking_error = num_fp / (rank_pos + num_fp)
@@ -275,7 +275,7 @@ def _rank_sort_loss_and_gradient(
     has_fp = num_fp > RANK_SORT_EPS
     pos_grad = -torch.where(has_fp, ranking_error, 0.0)
     neg_share = torch.where(has_fp, ranking_error / torch.where(has_fp, num_fp, 1.0), 0.0)
-    neg_grad = problem.around_pos.per_entry(neg_share)
+    neg_grad = problem.negatives.per_negative(neg_share)
     # Sorting: the positive's error goes to the lower-quality positives above it: positive k
     # receives sum_{i: y_i > y_k} H(s_k - s_i) share_i.
     missorted = lower_sums[:, 0]

@@ -180,20 +180,22 @@ def test_count_at_most_matches_searchsorted(seed):
         [boundaries, torch.randn(5000, generator=gen, dtype=F64) * 3, boundaries + 1e-300]
     )
     expected = torch.searchsorted(boundaries, values, right=True)
-    assert torch.equal(_count_at_most(boundaries, values), expected)
+    assert torch.equal(_count_at_most(boundaries, values).long(), expected)
 
 
 @pytest.mark.parametrize("delta", [1.0, 0.0])
-def test_step_sums_around_positives_match_dense(delta):
-    from paploss.losses.ap_loss import _StepSumsAroundPositives
+def test_negatives_around_positives_match_dense(delta):
+    from paploss.losses.ap_loss import _NegativesAroundPositives
 
     gen = torch.Generator().manual_seed(3)
     pos = torch.randint(-6, 7, (40,), generator=gen).to(F64) * 0.5
-    entries = torch.cat([pos, torch.randint(-10, 11, (300,), generator=gen).to(F64) * 0.5])
-    gaps = entries[None, :] - pos[:, None]  # [P, M]
+    logits = torch.cat([pos, torch.randint(-10, 11, (300,), generator=gen).to(F64) * 0.5])
+    is_negative = torch.rand(logits.shape[0], generator=gen) < 0.7
+    is_negative[:40] = False  # the positives themselves
+    gaps = logits[None, :] - pos[:, None]  # [P, M]
     step = torch.clamp(gaps / (2 * delta) + 0.5, 0, 1) if delta > 0 else (gaps >= 0).to(F64)
-    entry_weights = torch.rand(entries.shape[0], generator=gen, dtype=F64)
+    step = step * is_negative
     pos_weights = torch.rand(pos.shape[0], generator=gen, dtype=F64)
-    sums = _StepSumsAroundPositives(pos, entries, delta)
-    torch.testing.assert_close(sums.per_positive(entry_weights), step @ entry_weights)
-    torch.testing.assert_close(sums.per_entry(pos_weights), pos_weights @ step)
+    sums = _NegativesAroundPositives(pos, logits, is_negative, delta)
+    torch.testing.assert_close(sums.false_positives(), step.sum(1))
+    torch.testing.assert_close(sums.per_negative(pos_weights), pos_weights @ step)
