@@ -120,8 +120,9 @@ def alrp_loss(
           positives ranked by descending logit (tied logits: larger index first) and ``rank``
           detached; its gradient flows to ``loc_errors`` only.
 
-        Exactly the values of :func:`~paploss.losses.ranking_reference.alrp_loss_reference`, in
-        O((P + M) log P) time.
+        Values and gradients equal those of
+        :func:`~paploss.losses.ranking_reference.alrp_loss_reference` up to rounding; the cost is
+        O((P + M) log P) time and O(P + M) memory for ``M`` entries.
 
     Raises:
         ValueError: on malformed inputs, naming the argument.

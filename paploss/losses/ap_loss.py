@@ -312,8 +312,9 @@ def ap_loss(logits: torch.Tensor, targets: torch.Tensor, delta: float = 1.0) -> 
         AP-Loss gradient instead of the derivative of the value: ``-(1 - prec_interp(i)) / |P|``
         for a positive ``i``, and ``sum_i c_i H(s_j - s_i) / rank(i) / |P|`` for a negative ``j``
         with ``c_i = (1 - prec_interp(i)) / (1 - prec(i))`` for interpolated positives, else 1.
-        Exactly the values of :func:`~paploss.losses.ranking_reference.ap_loss_reference`, in
-        O((P + M) log P) time and O(P + M) memory.
+        Values and gradients equal those of
+        :func:`~paploss.losses.ranking_reference.ap_loss_reference` up to rounding; the cost is
+        O((P + M) log P) time and O(P + M) memory for ``M`` entries.
 
     Raises:
         ValueError: on malformed inputs, naming the argument.

@@ -342,9 +342,9 @@ def rank_sort_loss(
         backward gives the identity update: a positive ``i`` with ``N_FP(i) > 1e-10`` passes
         ``-l_R(i) / |P|`` onto the negatives ``j`` in proportion to ``H(s_j - s_i) / N_FP(i)``;
         with lower-quality positives above it (``sum_{k: y_k < y_i} H(s_k - s_i) > 1e-10``) it
-        passes its sorting error onto those in the same way. Exactly the values of
-        :func:`~paploss.losses.ranking_reference.rank_sort_loss_reference`, in
-        O((P + M) log P) time.
+        passes its sorting error onto those in the same way. Values and gradients equal those of
+        :func:`~paploss.losses.ranking_reference.rank_sort_loss_reference` up to rounding; the
+        cost is O((P + M) log P) time and O(P log P + M) memory for ``M`` entries.
 
     Raises:
         ValueError: on malformed inputs, naming the argument.
