@@ -198,3 +198,15 @@ def test_balancer_follows_the_published_schedule():
     assert restored.update(1.0, 1.0) == balancer.update(1.0, 1.0)
     with pytest.raises(ValueError, match="period"):
         ALRPLossBalancer(period=0)
+
+
+def test_fast_matches_reference_medium_size():
+    gen = torch.Generator().manual_seed(22)
+    logits = torch.round(torch.randn(3000, generator=gen, dtype=F64) * 8) / 4
+    targets = torch.where(torch.rand(3000, generator=gen) < 0.1, 1, 0)
+    targets[torch.rand(3000, generator=gen) < 0.1] = -1
+    loc_errors = torch.rand(3000, generator=gen, dtype=F64)
+    expected = _run(alrp_loss_reference, logits, targets, loc_errors)
+    actual = _run(alrp_loss, logits, targets, loc_errors)
+    for a, e in zip(actual, expected):
+        torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-12)

@@ -199,3 +199,15 @@ def test_negatives_around_positives_match_dense(delta):
     sums = _NegativesAroundPositives(pos, logits, is_negative, delta)
     torch.testing.assert_close(sums.false_positives(), step.sum(1))
     torch.testing.assert_close(sums.per_negative(pos_weights), pos_weights @ step)
+
+
+def test_fast_matches_reference_medium_size():
+    # Enough positives for clustered breakpoints (a deeper bucketed search) and many ties.
+    gen = torch.Generator().manual_seed(21)
+    logits = torch.round(torch.randn(3000, generator=gen, dtype=F64) * 8) / 4
+    targets = torch.where(torch.rand(3000, generator=gen) < 0.1, 1, 0)
+    targets[torch.rand(3000, generator=gen) < 0.1] = -1
+    loss_ref, grad_ref = _loss_and_grad(ap_loss_reference, logits, targets)
+    loss, grad = _loss_and_grad(ap_loss, logits, targets)
+    torch.testing.assert_close(loss, loss_ref, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(grad, grad_ref, rtol=1e-10, atol=1e-12)

@@ -75,6 +75,21 @@ def test_fast_matches_reference_many_ties():
     torch.testing.assert_close(grad, grad_ref, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("delta", [0.5, 0.0])
+def test_fast_matches_reference_medium_size(delta):
+    gen = torch.Generator().manual_seed(23)
+    logits = torch.round(torch.randn(3000, generator=gen, dtype=F64) * 8) / 4
+    targets = torch.where(torch.rand(3000, generator=gen) < 0.1, 1, 0)
+    targets[torch.rand(3000, generator=gen) < 0.1] = -1
+    quality = torch.round(torch.rand(3000, generator=gen, dtype=F64) * 20) / 20
+    loss_ref, grad_ref = _loss_and_grad(
+        rank_sort_loss_reference, logits, targets, quality, delta=delta
+    )
+    loss, grad = _loss_and_grad(rank_sort_loss, logits, targets, quality, delta=delta)
+    torch.testing.assert_close(loss, loss_ref, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(grad, grad_ref, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("loss_fn", [rank_sort_loss, rank_sort_loss_reference])
 def test_hand_computed(loss_fn):
     # delta = 0.5, H(x) = clamp(x + 1/2, 0, 1).
