@@ -23,6 +23,8 @@ from .ap_loss import (
 
 __all__ = ["alrp_loss", "ALRPLossBalancer"]
 
+Number = Union[float, torch.Tensor]
+
 # A positive's error is distributed over the negatives above it only if its smoothed number of
 # false positives exceeds this (the published value).
 NUM_FP_EPS = 1e-5
@@ -134,17 +136,14 @@ def alrp_loss(
     cls_loss, rank = _ALRPClassification.apply(
         logits, targets, loc_errors.detach().to(logits.dtype), delta
     )
-    pos_mask = targets == 1
-    pos_loc_errors = loc_errors[pos_mask].to(logits.dtype)
+    pos_index = torch.nonzero(targets == 1).squeeze(1)
+    pos_loc_errors = loc_errors.index_select(0, pos_index).to(logits.dtype)
     if pos_loc_errors.numel() == 0:
         return cls_loss, pos_loc_errors.sum()  # zero, with a (zero) gradient path
-    descending = torch.argsort(logits.detach()[pos_mask], stable=True).flip(0)
+    descending = torch.argsort(logits.detach().index_select(0, pos_index), stable=True).flip(0)
     running_loc_error = torch.cumsum(pos_loc_errors[descending], dim=0)
     loc_loss = (running_loc_error / rank[descending]).mean()
     return cls_loss, loc_loss
-
-
-Number = Union[float, torch.Tensor]
 
 
 class ALRPLossBalancer:
