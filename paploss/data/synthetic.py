@@ -2,7 +2,7 @@
 
 Each image shows a textured background with clutter (lines, speckles and small distractor blobs)
 and several objects of four classes (rectangle, ellipse, triangle, cross), drawn in random colours,
-scales (about 6 to 64 px) and aspect ratios (1:2.5 to 2.5:1). Objects may overlap; later objects
+scales (about 10 to 64 px) and aspect ratios (1:2.5 to 2.5:1). Objects may overlap; later objects
 occlude earlier ones, and each annotation is the box of the object's *visible* pixels. Objects
 whose visible part is under ``MIN_VISIBLE_FRACTION`` of their area are not annotated (they look
 like clutter). Small objects, occlusion and clutter make AP75 clearly harder than AP50, so the
@@ -38,7 +38,7 @@ __all__ = [
 CLASS_NAMES: Tuple[str, ...] = ("rectangle", "ellipse", "triangle", "cross")
 SPLITS: Tuple[str, ...] = ("train", "search_train", "search_val", "val")
 MIN_VISIBLE_FRACTION = 0.35
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -123,9 +123,9 @@ def _add_clutter(image: Image.Image, rng: np.random.Generator) -> None:
     for _ in range(int(rng.integers(2, 7))):
         points = [tuple(float(v) for v in rng.uniform(0, size, 2)) for _ in range(2)]
         draw.line(points, fill=_random_colour(rng), width=int(rng.integers(1, 3)))
-    for _ in range(int(rng.integers(3, 10))):
+    for _ in range(int(rng.integers(2, 6))):
         cx, cy = rng.uniform(0, size, 2)
-        r = rng.uniform(1.0, 3.5)
+        r = rng.uniform(1.0, 3.0)
         draw.ellipse((cx - r, cy - r, cx + r, cy + r), fill=_random_colour(rng))
     for _ in range(int(rng.integers(0, 3))):  # ring-shaped distractors
         cx, cy = rng.uniform(0, size, 2)
@@ -145,14 +145,14 @@ def render_image(spec: SyntheticSplitSpec, index: int) -> Tuple[Image.Image, Lis
     image = _background(rng, size)
     _add_clutter(image, rng)
 
-    num_objects = int(rng.integers(2, 9))
+    num_objects = int(rng.integers(2, 7))
     owner = np.full((size, size), -1, dtype=np.int32)  # which object each pixel shows
     full_areas: List[int] = []
     classes: List[int] = []
     draw = ImageDraw.Draw(image)
     for obj in range(num_objects):
         cls = int(rng.integers(0, len(CLASS_NAMES)))
-        scale = float(np.exp(rng.uniform(np.log(6.0), np.log(64.0))))
+        scale = float(np.exp(rng.uniform(np.log(10.0), np.log(64.0))))
         aspect = float(np.exp(rng.uniform(-np.log(2.5), np.log(2.5))))
         w = min(scale * np.sqrt(aspect), size - 2.0)
         h = min(scale / np.sqrt(aspect), size - 2.0)

@@ -14,7 +14,8 @@ def load_config(config_file: Optional[str] = None, opts: Sequence = ()) -> CfgNo
 
     Raises:
         FileNotFoundError: if ``config_file`` does not exist.
-        KeyError: (from Detectron2) naming a config key that does not exist.
+        ValueError: naming the source and the key when a key does not exist or a value has the
+            wrong type.
     """
     import os
 
@@ -27,9 +28,17 @@ def load_config(config_file: Optional[str] = None, opts: Sequence = ()) -> CfgNo
     if config_file:
         if not os.path.isfile(config_file):
             raise FileNotFoundError(f"config file '{config_file}' does not exist")
-        cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts))
+        _merge(cfg.merge_from_file, config_file, f"config file '{config_file}'")
+    _merge(cfg.merge_from_list, list(opts), "command-line overrides")
     return cfg
+
+
+def _merge(merge, source, description: str) -> None:
+    # yacs reports unknown keys and type mismatches with bare assertions.
+    try:
+        merge(source)
+    except (AssertionError, KeyError, TypeError) as e:
+        raise ValueError(f"{description}: {e}") from e
 
 
 def setup_cfg(config_file: Optional[str] = None, opts: Sequence = ()) -> CfgNode:

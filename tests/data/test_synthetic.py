@@ -74,7 +74,7 @@ def test_objects_vary_in_scale_aspect_and_class():
     boxes = np.array(boxes)
     sizes = np.sqrt(boxes[:, 2] * boxes[:, 3])
     aspects = boxes[:, 2] / boxes[:, 3]
-    assert sizes.min() < 12 and sizes.max() > 40
+    assert sizes.min() < 16 and sizes.max() > 40
     assert aspects.min() < 0.6 and aspects.max() > 1.6
     assert set(classes) == {1, 2, 3, 4}
 
