@@ -1,0 +1,1032 @@
+"""Screening of candidate losses before any proxy training (AutoLoss-Zero style).
+
+Three independent checks, each switchable in :class:`ScreeningSettings`:
+
+1. **Gradient-equivalence check** (:func:`gradient_fingerprint`, :class:`EquivalenceRegistry`).
+   A candidate is fingerprinted by its per-sample gradient norms on fixed random probe rankings
+   (:class:`GradientProbes`): for each probe sample ``b`` and each head, ``||dL_b/ds_b||`` over the
+   logits and ``||dL_b/du_b||`` over the positives' qualities (the latter after the head's
+   gradient scale λ), rounded to a few significant digits. Equal fingerprints mean equivalent
+   candidates: the later one reuses the reward of the first (status ``duplicate``).
+2. **Loss-rejection protocol** (:class:`RejectionProtocol`). A fixed batch of predictions of a
+   randomly initialised detector (:func:`paploss.search.screening_data.build_screening_batches`,
+   one network forward per search) is optimised directly under the candidate's PAP loss: the
+   flattened logits and the positives' box deltas are leaf tensors, updated by Adam for a fixed
+   number of steps. COCO bbox AP (pycocotools, AP@[.5:.95], as the reward) of the detections
+   decoded from the predictions is measured before and after; a candidate whose gain is below a
+   threshold is rejected (status ``rejected``) and never trained.
+3. **Early stop of invalid trainings** (:class:`InvalidTrainingHook`): a Detectron2 hook that
+   stops a proxy training as soon as its predictions or its loss become NaN/infinite, or its loss
+   stays constant over a window, by raising an :class:`InvalidTrainingError` (a
+   ``FloatingPointError``, so the trial runner marks the trial *diverged*).
+
+:class:`Screener` combines 1 and 2 for the search controller::
+
+    screener = Screener.build(settings.screening, cfg, dataset=proxy_train_set)
+    decision = screener.screen(space.to_overrides(theta), key=(round_index, trial_index))
+    decision.status        # "accepted", "rejected" or "duplicate"
+    decision.metrics()     # JSON-able, for the journal
+
+**What the rejection score does and does not measure.** With Adam each prediction gets its own
+step size, so the score asks whether the candidate's gradient *directions* sort positives above
+negatives and tighten the boxes; it is invariant to the overall gradient scale and to λ (λ only
+rescales the box gradient). Those are judged by the proxy training (and λ is part of the
+fingerprint). ``optimizer: sgd`` makes the protocol scale-sensitive instead.
+
+**Heads.** Every searched head is screened on its own batch, captured from the searched model
+itself: RetinaNet anchors × classes, RPN anchors (one class, class-agnostic AP), ROI-head RoIs ×
+classes (proposals of the random RPN plus the ground truth boxes, as in training, with per-class
+deltas). A multi-head candidate is rejected when any head's gain is below the threshold.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import io
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, Hashable, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+
+import torch
+from detectron2.engine.train_loop import HookBase
+
+from paploss.losses import PAPFunctions, pap_loss, scale_grad
+from paploss.losses.box_quality import box_quality
+
+from .screening_data import HeadBatch, build_screening_batches
+
+__all__ = [
+    "RejectionSettings",
+    "EquivalenceSettings",
+    "EarlyStopSettings",
+    "ScreeningSettings",
+    "HeadLossParameters",
+    "head_parameters",
+    "RejectionResult",
+    "RejectionProtocol",
+    "GradientProbes",
+    "Fingerprint",
+    "gradient_fingerprint",
+    "EquivalenceRegistry",
+    "ScreeningDecision",
+    "Screener",
+    "InvalidTrainingError",
+    "NonFiniteTrainingError",
+    "ConstantLossError",
+    "InvalidTrainingHook",
+    "SCREENING_STATUSES",
+]
+
+#: Outcomes of :meth:`Screener.screen`.
+SCREENING_STATUSES = ("accepted", "rejected", "duplicate")
+#: Head subtrees of ``MODEL.PAPLOSS`` in search-space order.
+_HEADS = ("RETINANET", "RPN", "ROI_HEADS")
+_CONFIG_PREFIX = "MODEL.PAPLOSS"
+_OPTIMIZERS = ("adam", "sgd")
+
+
+# ------------------------------------------------------------------------------------ settings
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+def _is_int(value: Any, minimum: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _is_number(value: Any) -> bool:
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(float(value))
+    )
+
+
+@dataclass(frozen=True)
+class RejectionSettings:
+    """The loss-rejection protocol.
+
+    Attributes:
+        enabled: run the protocol (a rejected candidate is not trained).
+        min_ap_gain: reject when ``AP(after) - AP(before)`` is below this, in AP points (0-100),
+            for any screened head.
+        steps: optimisation steps on the predictions.
+        optimizer: ``"adam"`` (per-prediction step sizes, the default) or ``"sgd"`` (momentum
+            0.9; sensitive to the gradient scale and λ, needs much larger learning rates).
+        logit_lr: learning rate of the logits.
+        box_lr: learning rate of the positives' box deltas.
+        num_images: images in the fixed batch.
+        seed: seeds the image choice and the random network.
+        dataset: registered dataset of the images; None: the proxy training split.
+        eval_every: also measure AP every this many steps (the curve is reported; 0: only at the
+            end). Each measurement costs about as much as a few optimisation steps.
+        candidates_per_image: top-scoring (anchor, class) pairs per image decoded before NMS.
+        nms_threshold: IoU threshold of the per-class NMS.
+        detections_per_image: detections kept per image after NMS (COCO's maxDets).
+        rejected_reward: reward a rejected candidate gets for the policy update (AP units).
+    """
+
+    enabled: bool = True
+    min_ap_gain: float = 5.0
+    steps: int = 100
+    optimizer: str = "adam"
+    logit_lr: float = 0.1
+    box_lr: float = 0.02
+    num_images: int = 8
+    seed: int = 0
+    dataset: Optional[str] = None
+    eval_every: int = 0
+    candidates_per_image: int = 1000
+    nms_threshold: float = 0.5
+    detections_per_image: int = 100
+    rejected_reward: float = 0.0
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first invalid field."""
+        p = "screening.rejection"
+        _check(isinstance(self.enabled, bool), f"{p}.enabled must be true or false")
+        for name in ("min_ap_gain", "rejected_reward"):
+            _check(_is_number(getattr(self, name)), f"{p}.{name} must be a finite number")
+        for name in ("steps", "num_images", "candidates_per_image", "detections_per_image"):
+            value = getattr(self, name)
+            _check(_is_int(value, 1), f"{p}.{name} must be an integer >= 1, got {value!r}")
+        for name in ("seed", "eval_every"):
+            value = getattr(self, name)
+            _check(_is_int(value, 0), f"{p}.{name} must be an integer >= 0, got {value!r}")
+        _check(
+            self.optimizer in _OPTIMIZERS,
+            f"{p}.optimizer must be one of {_OPTIMIZERS}, got {self.optimizer!r}",
+        )
+        for name in ("logit_lr", "box_lr"):
+            value = getattr(self, name)
+            _check(_is_number(value) and value > 0, f"{p}.{name} must be > 0, got {value!r}")
+        _check(
+            _is_number(self.nms_threshold) and 0 < self.nms_threshold <= 1,
+            f"{p}.nms_threshold must lie in (0, 1], got {self.nms_threshold!r}",
+        )
+        _check(
+            self.dataset is None or (isinstance(self.dataset, str) and bool(self.dataset)),
+            f"{p}.dataset must be a dataset name or null",
+        )
+
+
+@dataclass(frozen=True)
+class EquivalenceSettings:
+    """The gradient-equivalence check.
+
+    Attributes:
+        enabled: fingerprint candidates; an equivalent one reuses the first one's reward.
+        significant_digits: digits each gradient norm is rounded to.
+        probe_samples: probe rankings ``B`` (each gives two norms per head).
+        probe_entries: entries per probe ranking.
+        probe_positives: positives per probe ranking (a few more are ignored entries).
+        seed: seed of the probes.
+    """
+
+    enabled: bool = True
+    significant_digits: int = 2
+    probe_samples: int = 16
+    probe_entries: int = 64
+    probe_positives: int = 8
+    seed: int = 0
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first invalid field."""
+        p = "screening.equivalence"
+        _check(isinstance(self.enabled, bool), f"{p}.enabled must be true or false")
+        for name, minimum in (
+            ("significant_digits", 1),
+            ("probe_samples", 1),
+            ("probe_positives", 1),
+            ("seed", 0),
+        ):
+            value = getattr(self, name)
+            _check(_is_int(value, minimum), f"{p}.{name} must be an integer >= {minimum}")
+        _check(
+            _is_int(self.probe_entries, 2 * self.probe_positives + 1),
+            f"{p}.probe_entries must be an integer > 2 * probe_positives",
+        )
+
+
+@dataclass(frozen=True)
+class EarlyStopSettings:
+    """Stopping proxy trainings whose loss is invalid (see :class:`InvalidTrainingHook`).
+
+    Attributes:
+        enabled: install the hook in proxy trainings.
+        window: iterations over which an unchanged ``total_loss`` counts as constant (0: off).
+        tolerance: relative tolerance of that check.
+        check_predictions: also stop as soon as a PAP-loss head receives NaN/infinite
+            predictions (see :class:`InvalidTrainingHook`).
+    """
+
+    enabled: bool = True
+    window: int = 50
+    tolerance: float = 1e-6
+    check_predictions: bool = True
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first invalid field."""
+        p = "screening.early_stop"
+        _check(isinstance(self.enabled, bool), f"{p}.enabled must be true or false")
+        _check(isinstance(self.check_predictions, bool), f"{p}.check_predictions must be a bool")
+        _check(_is_int(self.window, 0), f"{p}.window must be an integer >= 0")
+        _check(_is_number(self.tolerance) and self.tolerance >= 0, f"{p}.tolerance must be >= 0")
+
+    def build_hook(self) -> Optional["InvalidTrainingHook"]:
+        """The hook to add to a proxy trainer, or None when disabled."""
+        if not self.enabled:
+            return None
+        return InvalidTrainingHook(
+            window=self.window, tolerance=self.tolerance, check_predictions=self.check_predictions
+        )
+
+
+@dataclass(frozen=True)
+class ScreeningSettings:
+    """All screening settings: the ``screening:`` section of a search settings file.
+
+    Example (every key optional)::
+
+        screening:
+          rejection: {enabled: true, min_ap_gain: 5.0, steps: 100, num_images: 8}
+          equivalence: {enabled: true, significant_digits: 2}
+          early_stop: {enabled: true, window: 50}
+    """
+
+    rejection: RejectionSettings = RejectionSettings()
+    equivalence: EquivalenceSettings = EquivalenceSettings()
+    early_stop: EarlyStopSettings = EarlyStopSettings()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first invalid field."""
+        self.rejection.validate()
+        self.equivalence.validate()
+        self.early_stop.validate()
+
+    @property
+    def screens_candidates(self) -> bool:
+        """Whether :class:`Screener` has anything to do."""
+        return self.rejection.enabled or self.equivalence.enabled
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Nested plain data (JSON/YAML-able)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Optional[Mapping[str, Any]]) -> "ScreeningSettings":
+        """Build and validate from nested plain data; missing keys keep their defaults.
+
+        Raises:
+            ValueError: naming an unknown key or an invalid value.
+        """
+        data = dict(data or {})
+        parts = {"rejection": RejectionSettings, "equivalence": EquivalenceSettings}
+        parts["early_stop"] = EarlyStopSettings
+        unknown = sorted(set(data) - set(parts))
+        _check(not unknown, f"unknown screening setting(s) {unknown}; known: {sorted(parts)}")
+        values = {}
+        for name, part in parts.items():
+            section = data.get(name) or {}
+            _check(isinstance(section, Mapping), f"screening.{name} must be a mapping")
+            known = {f.name for f in dataclasses.fields(part)}
+            unknown = sorted(set(section) - known)
+            _check(
+                not unknown,
+                f"unknown screening.{name} setting(s) {unknown}; known: {sorted(known)}",
+            )
+            values[name] = part(**section)
+        settings = cls(**values)
+        settings.validate()
+        return settings
+
+
+# ------------------------------------------------------------------------------------ candidates
+
+
+class HeadLossParameters(NamedTuple):
+    """The PAP-loss parameters of one head of a candidate."""
+
+    functions: PAPFunctions
+    grad_scale: float
+
+
+def head_parameters(
+    overrides: Mapping[str, Any], heads: Optional[Sequence[str]] = None
+) -> Dict[str, HeadLossParameters]:
+    """Per-head PAP functions and λ from config overrides (``SearchSpace.to_overrides``).
+
+    Args:
+        overrides: ``MODEL.PAPLOSS.<HEAD>.FUNCTIONS.<NAME>`` → interior knots and
+            ``MODEL.PAPLOSS.<HEAD>.GRAD_SCALE`` → λ; other keys are ignored.
+        heads: heads to read (default: every head with keys in ``overrides``).
+
+    Returns:
+        Head → :class:`HeadLossParameters`, in search-space head order. A head without a
+        ``GRAD_SCALE`` key gets λ = 1.
+
+    Raises:
+        ValueError: if a requested head has no functions, or its knots are invalid.
+    """
+    present = [h for h in _HEADS if any(k.startswith(f"{_CONFIG_PREFIX}.{h}.") for k in overrides)]
+    wanted = present if heads is None else [h for h in _HEADS if h in heads]
+    result: Dict[str, HeadLossParameters] = {}
+    for head in wanted:
+        prefix = f"{_CONFIG_PREFIX}.{head}.FUNCTIONS."
+        knots = {k[len(prefix) :]: v for k, v in overrides.items() if k.startswith(prefix)}
+        if not knots:
+            raise ValueError(f"overrides have no {prefix}* values for head {head}")
+        functions = PAPFunctions.identity().to_dict()
+        functions.update(knots)
+        lam = float(overrides.get(f"{_CONFIG_PREFIX}.{head}.GRAD_SCALE", 1.0))
+        result[head] = HeadLossParameters(PAPFunctions.from_knots(functions), lam)
+    return result
+
+
+# ------------------------------------------------------------------------------------ rejection
+
+
+@dataclass(frozen=True)
+class RejectionResult:
+    """The loss-rejection protocol on one head.
+
+    Attributes:
+        head: the head.
+        ap_before: AP (0-100) of the random network's predictions.
+        ap_after: AP after optimising the predictions under the candidate loss.
+        gain: ``ap_after - ap_before``.
+        loss_first: the candidate loss at the first step.
+        loss_last: the candidate loss at the last step.
+        curve: ``(step, AP)`` measured every ``eval_every`` steps (last step included).
+        seconds: wall time of the optimisation and evaluation.
+    """
+
+    head: str
+    ap_before: float
+    ap_after: float
+    gain: float
+    loss_first: float
+    loss_last: float
+    curve: Tuple[Tuple[int, float], ...]
+    seconds: float
+
+    @property
+    def mean_gain(self) -> float:
+        """Mean gain over the measured curve (rewards fast progress, not only the end point)."""
+        if not self.curve:
+            return self.gain
+        return sum(ap for _, ap in self.curve) / len(self.curve) - self.ap_before
+
+    def to_dict(self) -> Dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["curve"] = [list(point) for point in self.curve]
+        return data
+
+
+class RejectionProtocol:
+    """Optimise one head's fixed predictions under a candidate loss and measure the AP gain.
+
+    The ranking is the head's flattened ``[R * K]`` logits with targets from
+    :func:`paploss.modeling.head_loss.class_targets`; the positives' qualities are
+    ``box_quality(decoded box, matched ground truth)`` through ``scale_grad(·, λ)``, exactly as
+    :class:`paploss.modeling.head_loss.RankingHeadLoss` computes them in training. Only the
+    positives' deltas can receive a gradient, so only they are leaf tensors.
+
+    Detections for AP: per image, the ``candidates_per_image`` highest (anchor, class) logits,
+    decoded, clipped to the image, per-class NMS, the ``detections_per_image`` best kept. Logits
+    are used as scores directly (a ranking loss fixes no scale, so no score threshold; no sigmoid
+    saturation ties). AP is COCO's AP@[.5:.95] (area "all", 100 detections) against every ground
+    truth box of the batch images, in the network input frame.
+
+    Args:
+        batch: the head's fixed predictions.
+        settings: the protocol's settings.
+    """
+
+    def __init__(self, batch: HeadBatch, settings: RejectionSettings) -> None:
+        from detectron2.modeling.box_regression import Box2BoxTransform
+
+        self.batch = batch
+        self.settings = settings
+        self._transform = Box2BoxTransform(batch.box_weights, batch.scale_clamp)
+        self._coco_gt = _coco_ground_truth(batch)
+        self._image_rows = [
+            torch.nonzero(batch.image_index == i, as_tuple=True)[0] for i in range(batch.num_images)
+        ]
+        num_classes = batch.num_classes
+        self._targets = batch.flat_targets()
+        self._positive_rows = torch.nonzero(batch.positive_mask, as_tuple=True)[0]
+        self._positive_labels = batch.labels[self._positive_rows]
+        self._positive_index = self._positive_rows * num_classes + self._positive_labels
+        self._ap_before: Optional[float] = None
+
+    @property
+    def ap_before(self) -> float:
+        """AP of the random network's predictions (computed once)."""
+        if self._ap_before is None:
+            self._ap_before = self.average_precision(self.batch.logits, self.batch.deltas)
+        return self._ap_before
+
+    def _positive_deltas(self, deltas: torch.Tensor) -> torch.Tensor:
+        if deltas.dim() == 2:
+            return deltas[self._positive_rows]
+        return deltas[self._positive_rows, self._positive_labels]
+
+    def _with_positive_deltas(self, positive_deltas: torch.Tensor) -> torch.Tensor:
+        deltas = self.batch.deltas.clone()
+        if deltas.dim() == 2:
+            deltas[self._positive_rows] = positive_deltas
+        else:
+            deltas[self._positive_rows, self._positive_labels] = positive_deltas
+        return deltas
+
+    def loss(
+        self, logits: torch.Tensor, positive_deltas: torch.Tensor, params: HeadLossParameters
+    ) -> torch.Tensor:
+        """The candidate's PAP loss of predictions (as the head computes it in training).
+
+        Args:
+            logits: ``[R * K]`` flattened logits.
+            positive_deltas: ``[P, 4]`` deltas of the positives (in label order).
+            params: the candidate's functions and λ for this head.
+        """
+        boxes = self._transform.apply_deltas(
+            positive_deltas, self.batch.reference_boxes[self._positive_rows]
+        )
+        matched = self.batch.matched_gt_boxes[self._positive_rows]
+        quality_of_positives = scale_grad(
+            box_quality(boxes, matched, self.batch.quality_type), params.grad_scale
+        )
+        quality = torch.zeros_like(logits).index_put(
+            (self._positive_index,), quality_of_positives.to(logits.dtype)
+        )
+        return pap_loss(logits, self._targets, quality, params.functions)
+
+    def run(self, params: HeadLossParameters) -> RejectionResult:
+        """Optimise the predictions for ``settings.steps`` steps and measure the AP gain."""
+        start = time.perf_counter()
+        settings = self.settings
+        ap_before = self.ap_before
+        logits = self.batch.logits.reshape(-1).clone().requires_grad_(True)
+        positive_deltas = self._positive_deltas(self.batch.deltas).clone().requires_grad_(True)
+        groups = [
+            {"params": [logits], "lr": settings.logit_lr},
+            {"params": [positive_deltas], "lr": settings.box_lr},
+        ]
+        if settings.optimizer == "adam":
+            optimizer: torch.optim.Optimizer = torch.optim.Adam(groups)
+        else:
+            optimizer = torch.optim.SGD(groups, momentum=0.9)
+        curve: List[Tuple[int, float]] = []
+        loss_first = loss_last = float("nan")
+        for step in range(1, settings.steps + 1):
+            loss = self.loss(logits, positive_deltas, params)
+            loss_last = float(loss.detach())
+            if step == 1:
+                loss_first = loss_last
+            if not math.isfinite(loss_last):
+                break
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if not bool(torch.isfinite(logits).all()):  # a non-finite gradient
+                break
+            if settings.eval_every and step % settings.eval_every == 0 and step < settings.steps:
+                curve.append((step, self._ap_of(logits, positive_deltas)))
+        if math.isfinite(loss_last) and bool(torch.isfinite(logits).all()):
+            ap_after = self._ap_of(logits, positive_deltas)
+        else:
+            ap_after = 0.0  # the candidate broke the predictions
+        curve.append((settings.steps, ap_after))
+        return RejectionResult(
+            head=self.batch.head,
+            ap_before=ap_before,
+            ap_after=ap_after,
+            gain=ap_after - ap_before,
+            loss_first=loss_first,
+            loss_last=loss_last,
+            curve=tuple(curve),
+            seconds=time.perf_counter() - start,
+        )
+
+    def _ap_of(self, logits: torch.Tensor, positive_deltas: torch.Tensor) -> float:
+        with torch.no_grad():
+            deltas = self._with_positive_deltas(positive_deltas.detach())
+            return self.average_precision(logits.detach().reshape(self.batch.logits.shape), deltas)
+
+    @torch.no_grad()
+    def average_precision(self, logits: torch.Tensor, deltas: torch.Tensor) -> float:
+        """COCO AP@[.5:.95] (0-100) of the detections decoded from predictions.
+
+        Args:
+            logits: ``[R, K]`` logits.
+            deltas: ``[R, 4]`` or ``[R, K, 4]`` box deltas.
+        """
+        from torchvision.ops import batched_nms
+
+        settings = self.settings
+        num_classes = self.batch.num_classes
+        detections: List[Dict[str, Any]] = []
+        for image, rows in enumerate(self._image_rows):
+            scores = logits[rows].reshape(-1)
+            top = scores.topk(min(settings.candidates_per_image, scores.numel())).indices
+            candidate_rows, classes = rows[top // num_classes], top % num_classes
+            candidate_deltas = (
+                deltas[candidate_rows] if deltas.dim() == 2 else deltas[candidate_rows, classes]
+            )
+            boxes = self._transform.apply_deltas(
+                candidate_deltas, self.batch.reference_boxes[candidate_rows]
+            )
+            height, width = self.batch.image_sizes[image]
+            boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
+            boxes[:, 1::2] = boxes[:, 1::2].clamp(0, height)
+            candidate_scores = scores[top]
+            keep = batched_nms(
+                boxes.float(), candidate_scores.float(), classes, settings.nms_threshold
+            )
+            keep = keep[: settings.detections_per_image]
+            for (x0, y0, x1, y1), category, score in zip(
+                boxes[keep].tolist(), classes[keep].tolist(), candidate_scores[keep].tolist()
+            ):
+                detections.append(
+                    {
+                        "image_id": image,
+                        "category_id": category,
+                        "bbox": [x0, y0, x1 - x0, y1 - y0],
+                        "score": score,
+                    }
+                )
+        return _coco_box_ap(self._coco_gt, detections, settings.detections_per_image)
+
+
+def _coco_ground_truth(batch: HeadBatch) -> Any:
+    """An in-memory pycocotools ``COCO`` of the batch images' ground truth (input frame)."""
+    from pycocotools.coco import COCO
+
+    images, annotations = [], []
+    for image, ((height, width), boxes, classes) in enumerate(
+        zip(batch.image_sizes, batch.gt_boxes, batch.gt_classes)
+    ):
+        images.append({"id": image, "height": height, "width": width})
+        for (x0, y0, x1, y1), category in zip(boxes.tolist(), classes.tolist()):
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image,
+                    "category_id": int(category),
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "area": (x1 - x0) * (y1 - y0),
+                    "iscrowd": 0,
+                }
+            )
+    coco = COCO()
+    coco.dataset = {
+        "images": images,
+        "annotations": annotations,
+        "categories": [{"id": k, "name": str(k)} for k in range(batch.num_classes)],
+    }
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def _coco_box_ap(coco_gt: Any, detections: List[Dict[str, Any]], max_detections: int) -> float:
+    """COCO AP@[.5:.95] in percent, as ``COCOeval.summarize`` reports it (stats[0])."""
+    from pycocotools.cocoeval import COCOeval
+
+    if not detections:
+        return 0.0
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco_dt = coco_gt.loadRes(detections)
+        evaluator = COCOeval(coco_gt, coco_dt, "bbox")
+        evaluator.params.maxDets = [1, 10, max_detections]
+        evaluator.evaluate()
+        evaluator.accumulate()
+    precision = evaluator.eval["precision"][:, :, :, 0, -1]  # [T, R, K], area "all", max dets
+    valid = precision[precision > -1]
+    return 100.0 * float(valid.mean()) if valid.size else 0.0
+
+
+# ------------------------------------------------------------------------------------ equivalence
+
+
+class GradientProbes:
+    """Fixed random rankings on which candidates are fingerprinted.
+
+    Each of the ``B`` samples has ``M`` entries: ``num_positives`` positives with qualities
+    uniform in [0, 1], a few ignored entries, the rest negatives. Logits are normal with a
+    per-sample spread from 0.1 to 3, so the probes exercise H1/H2 both on the ramp around a
+    zero logit gap and far from it.
+
+    Attributes:
+        logits: ``[B, M]`` float64.
+        targets: ``[B, M]`` int8 in {1, 0, -1}.
+        quality: ``[B, M]`` float64, in [0, 1] at positives, 0 elsewhere.
+    """
+
+    def __init__(
+        self, num_samples: int = 16, num_entries: int = 64, num_positives: int = 8, seed: int = 0
+    ) -> None:
+        generator = torch.Generator().manual_seed(seed)
+        spreads = torch.logspace(-1, math.log10(3.0), num_samples, dtype=torch.float64)
+        self.logits = torch.randn(
+            num_samples, num_entries, generator=generator, dtype=torch.float64
+        )
+        self.logits *= spreads[:, None]
+        order = torch.argsort(torch.rand(num_samples, num_entries, generator=generator), dim=1)
+        targets = torch.zeros(num_samples, num_entries, dtype=torch.int8)
+        num_ignored = max(1, num_positives // 4)
+        targets.scatter_(1, order[:, :num_positives], 1)
+        targets.scatter_(1, order[:, num_positives : num_positives + num_ignored], -1)
+        self.targets = targets
+        quality = torch.rand(num_samples, num_entries, generator=generator, dtype=torch.float64)
+        self.quality = torch.where(targets == 1, quality, torch.zeros_like(quality))
+
+    @classmethod
+    def from_settings(cls, settings: EquivalenceSettings) -> "GradientProbes":
+        return cls(
+            settings.probe_samples, settings.probe_entries, settings.probe_positives, settings.seed
+        )
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.logits.shape[0])
+
+    def gradient_norms(self, params: HeadLossParameters) -> torch.Tensor:
+        """``[B, 2]`` per-sample ``(||dL_b/ds_b||, ||dL_b/du_b||)`` (u after ``scale_grad``)."""
+        norms = torch.empty(self.num_samples, 2, dtype=torch.float64)
+        for b in range(self.num_samples):
+            logits = self.logits[b].clone().requires_grad_(True)
+            quality = self.quality[b].clone().requires_grad_(True)
+            loss = pap_loss(
+                logits, self.targets[b], scale_grad(quality, params.grad_scale), params.functions
+            )
+            grad_logits, grad_quality = torch.autograd.grad(loss, (logits, quality))
+            norms[b, 0] = grad_logits.norm()
+            norms[b, 1] = grad_quality.norm()
+        return norms
+
+
+def _round_significant(value: float, digits: int) -> float:
+    if value == 0 or not math.isfinite(value):
+        return value
+    return float(f"{value:.{digits - 1}e}")
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """A candidate's rounded per-sample gradient norms.
+
+    Attributes:
+        values: per head, ``(head, ((||ds||, ||du||) rounded, ...) per probe sample)``.
+        digest: SHA-256 hex digest of ``values`` (what registries and journals store).
+    """
+
+    values: Tuple[Tuple[str, Tuple[Tuple[float, float], ...]], ...]
+    digest: str
+
+
+def gradient_fingerprint(
+    params: Mapping[str, HeadLossParameters], probes: GradientProbes, significant_digits: int = 2
+) -> Fingerprint:
+    """Fingerprint a candidate by its per-sample gradient norms on ``probes``.
+
+    Args:
+        params: head → the candidate's functions and λ.
+        probes: the fixed probe rankings (the same for the whole search).
+        significant_digits: digits each norm is rounded to.
+
+    Returns:
+        A hashable :class:`Fingerprint`; candidates that differ only below the rounding get equal
+        ones.
+    """
+    values = []
+    for head in sorted(params, key=lambda h: _HEADS.index(h) if h in _HEADS else len(_HEADS)):
+        norms = probes.gradient_norms(params[head]).tolist()
+        rounded = tuple(
+            (_round_significant(ds, significant_digits), _round_significant(du, significant_digits))
+            for ds, du in norms
+        )
+        values.append((head, rounded))
+    text = json.dumps(values, separators=(",", ":"))
+    return Fingerprint(tuple(values), hashlib.sha256(text.encode("utf-8")).hexdigest())
+
+
+class EquivalenceRegistry:
+    """Fingerprint digest → the first trial that had it.
+
+    Keys are whatever identifies a trial for the caller (e.g. ``(round, index)`` or a trial id).
+    Rebuild it on resume by registering the stored digests in trial order.
+    """
+
+    def __init__(self) -> None:
+        self._first: Dict[str, Hashable] = {}
+
+    def __len__(self) -> int:
+        return len(self._first)
+
+    def __contains__(self, digest: object) -> bool:
+        return digest in self._first
+
+    def lookup(self, digest: str) -> Optional[Hashable]:
+        """The trial that first had ``digest``, or None."""
+        return self._first.get(digest)
+
+    def register(self, digest: str, key: Hashable) -> Optional[Hashable]:
+        """Record ``key`` under ``digest`` unless already taken.
+
+        Returns:
+            None if ``key`` is the first with this digest (or re-registers itself), otherwise the
+            key of the earlier equivalent trial (the registry is unchanged).
+        """
+        first = self._first.setdefault(digest, key)
+        return None if first == key else first
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"first": [[digest, key] for digest, key in self._first.items()]}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "EquivalenceRegistry":
+        registry = cls()
+        for digest, key in data.get("first", []):
+            registry.register(digest, tuple(key) if isinstance(key, list) else key)
+        return registry
+
+
+# ------------------------------------------------------------------------------------ screener
+
+
+@dataclass(frozen=True)
+class ScreeningDecision:
+    """What screening decided about one candidate.
+
+    Attributes:
+        status: ``"accepted"`` (train it), ``"rejected"`` or ``"duplicate"``.
+        fingerprint: the candidate's fingerprint digest (None with the check disabled).
+        duplicate_of: the key of the earlier equivalent trial (``duplicate`` only).
+        rejection: per-head results of the rejection protocol (empty when it did not run).
+        reward: the reward to record now: ``rejected_reward`` for ``rejected``, else None (a
+            duplicate takes its original's reward once that is known).
+        seconds: wall time of the screening.
+    """
+
+    status: str
+    fingerprint: Optional[str] = None
+    duplicate_of: Optional[Hashable] = None
+    rejection: Dict[str, RejectionResult] = field(default_factory=dict)
+    reward: Optional[float] = None
+    seconds: float = 0.0
+
+    @property
+    def journal_status(self) -> str:
+        """Initial journal status: ``pending`` (to train), ``rejected`` or ``duplicate``."""
+        return "pending" if self.status == "accepted" else self.status
+
+    @property
+    def score(self) -> Optional[float]:
+        """The rejection score: the smallest per-head AP gain (None when not run)."""
+        return min(r.gain for r in self.rejection.values()) if self.rejection else None
+
+    def metrics(self) -> Dict[str, Any]:
+        """JSON-able record for the trial's journal metrics (under a ``screening`` key)."""
+        duplicate_of = self.duplicate_of
+        if isinstance(duplicate_of, tuple):
+            duplicate_of = list(duplicate_of)
+        return {
+            "status": self.status,
+            "fingerprint": self.fingerprint,
+            "duplicate_of": duplicate_of,
+            "score": self.score,
+            "rejection": {head: r.to_dict() for head, r in self.rejection.items()},
+            "seconds": self.seconds,
+        }
+
+
+class Screener:
+    """Screens candidates of one search: equivalence check first, then the rejection protocol.
+
+    Args:
+        settings: screening settings.
+        batches: head → fixed prediction batch (needed when the rejection protocol is enabled).
+        probes: probe rankings (default: from ``settings.equivalence``).
+        registry: fingerprint registry (default: empty).
+    """
+
+    def __init__(
+        self,
+        settings: ScreeningSettings,
+        batches: Optional[Mapping[str, HeadBatch]] = None,
+        probes: Optional[GradientProbes] = None,
+        registry: Optional[EquivalenceRegistry] = None,
+    ) -> None:
+        settings.validate()
+        self.settings = settings
+        self.protocols: Dict[str, RejectionProtocol] = {}
+        if settings.rejection.enabled:
+            if not batches:
+                raise ValueError("the rejection protocol is enabled but no batch was given")
+            self.protocols = {
+                head: RejectionProtocol(batch, settings.rejection)
+                for head, batch in batches.items()
+            }
+        self.probes = probes
+        if settings.equivalence.enabled and probes is None:
+            self.probes = GradientProbes.from_settings(settings.equivalence)
+        self.registry = registry if registry is not None else EquivalenceRegistry()
+
+    @classmethod
+    def build(
+        cls,
+        settings: ScreeningSettings,
+        cfg: Any,
+        *,
+        dataset: str,
+        heads: Optional[Sequence[str]] = None,
+    ) -> "Screener":
+        """A screener for the model of ``cfg``: captures the batches (one network forward).
+
+        Args:
+            settings: screening settings.
+            cfg: the searched model's Detectron2 config (:func:`paploss.engine.setup_cfg`).
+            dataset: the proxy training split (used unless ``rejection.dataset`` is set).
+            heads: searched heads (default: every PAP head of the model).
+        """
+        batches = None
+        if settings.rejection.enabled:
+            batches = build_screening_batches(
+                cfg,
+                dataset=settings.rejection.dataset or dataset,
+                num_images=settings.rejection.num_images,
+                seed=settings.rejection.seed,
+                heads=heads,
+            )
+        return cls(settings, batches)
+
+    def fingerprint(self, overrides: Mapping[str, Any]) -> Fingerprint:
+        """The candidate's fingerprint (works with the check disabled too)."""
+        probes = self.probes or GradientProbes.from_settings(self.settings.equivalence)
+        return gradient_fingerprint(
+            head_parameters(overrides), probes, self.settings.equivalence.significant_digits
+        )
+
+    def reject_score(self, overrides: Mapping[str, Any]) -> Dict[str, RejectionResult]:
+        """Run the rejection protocol on every screened head (no decision, no registry)."""
+        params = head_parameters(overrides, heads=list(self.protocols))
+        return {head: protocol.run(params[head]) for head, protocol in self.protocols.items()}
+
+    def screen(self, overrides: Mapping[str, Any], key: Hashable) -> ScreeningDecision:
+        """Decide about one candidate and register its fingerprint under ``key``.
+
+        Args:
+            overrides: the candidate's config values (``SearchSpace.to_overrides(theta)``).
+            key: identifies the trial (e.g. ``(round, index)``); a later equivalent candidate
+                is reported as a duplicate of it.
+
+        Returns:
+            The decision; ``accepted`` when screening is disabled.
+        """
+        start = time.perf_counter()
+        digest = None
+        if self.settings.equivalence.enabled:
+            digest = self.fingerprint(overrides).digest
+            earlier = self.registry.lookup(digest)
+            if earlier is not None and earlier != key:
+                return ScreeningDecision(
+                    status="duplicate",
+                    fingerprint=digest,
+                    duplicate_of=earlier,
+                    seconds=time.perf_counter() - start,
+                )
+            self.registry.register(digest, key)
+        rejection: Dict[str, RejectionResult] = {}
+        status, reward = "accepted", None
+        if self.protocols:
+            rejection = self.reject_score(overrides)
+            if min(r.gain for r in rejection.values()) < self.settings.rejection.min_ap_gain:
+                status, reward = "rejected", float(self.settings.rejection.rejected_reward)
+        return ScreeningDecision(
+            status=status,
+            fingerprint=digest,
+            rejection=rejection,
+            reward=reward,
+            seconds=time.perf_counter() - start,
+        )
+
+
+# ------------------------------------------------------------------------------------ early stop
+
+
+class InvalidTrainingError(FloatingPointError):
+    """A proxy training was stopped because its loss is invalid (the trial *diverged*).
+
+    A ``FloatingPointError``, like Detectron2's own NaN-loss error, so trial runners that treat
+    that as divergence need no change.
+
+    Attributes:
+        iteration: the iteration at which the training was stopped.
+    """
+
+    def __init__(self, message: str, iteration: int) -> None:
+        super().__init__(message)
+        self.iteration = iteration
+
+
+class NonFiniteTrainingError(InvalidTrainingError):
+    """The loss or a weight became NaN or infinite."""
+
+
+class ConstantLossError(InvalidTrainingError):
+    """The total loss stayed constant over a window of iterations."""
+
+
+class InvalidTrainingHook(HookBase):
+    """Detectron2 hook that stops a training whose loss is invalid, at the iteration it happens.
+
+    * **Non-finite predictions** (``check_predictions``): a forward pre-hook on every PAP-loss
+      module of the model (:class:`paploss.modeling.head_loss.RankingHeadLoss`) raises
+      :class:`NonFiniteTrainingError` when the logits or boxes it receives are NaN/infinite.
+      Without it such an iteration fails inside the loss with the ``ValueError`` of its input
+      check, which a trial runner would take for a crash rather than a divergence.
+    * **Non-finite loss**: after every step, a NaN/infinite logged ``total_loss`` raises
+      :class:`NonFiniteTrainingError` (Detectron2's ``SimpleTrainer`` raises its own
+      ``FloatingPointError`` for this inside the step already; this covers trainers that only
+      log it).
+    * **Constant loss**: after every step, when the last ``window`` logged ``total_loss`` values
+      satisfy ``max - min <= tolerance * max(1, |mean|)``, raises :class:`ConstantLossError`.
+
+    Args:
+        window: iterations of the constant-loss check (0 disables it).
+        tolerance: relative tolerance of the constant-loss check.
+        check_predictions: check what the PAP-loss modules receive.
+    """
+
+    def __init__(
+        self, window: int = 50, tolerance: float = 1e-6, check_predictions: bool = True
+    ) -> None:
+        if not _is_int(window, 0):
+            raise ValueError(f"window must be an integer >= 0, got {window!r}")
+        if not (_is_number(tolerance) and tolerance >= 0):
+            raise ValueError(f"tolerance must be a number >= 0, got {tolerance!r}")
+        self.window = int(window)
+        self.tolerance = float(tolerance)
+        self.check_predictions = bool(check_predictions)
+        self._handles: List[Any] = []
+
+    def before_train(self) -> None:
+        if not self.check_predictions:
+            return
+        from paploss.modeling.head_loss import RankingHeadLoss
+
+        model = getattr(self.trainer, "model", None)
+        model = getattr(model, "module", model)  # unwrap DistributedDataParallel
+        if model is None:
+            return
+        for module in model.modules():
+            if isinstance(module, RankingHeadLoss):
+                self._handles.append(module.register_forward_pre_hook(self._check_inputs))
+
+    def after_train(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def _check_inputs(self, module: torch.nn.Module, inputs: Tuple[Any, ...]) -> None:
+        logits, _, pred_boxes = inputs[:3]
+        if not (bool(torch.isfinite(logits).all()) and bool(torch.isfinite(pred_boxes).all())):
+            iteration = int(self.trainer.iter)
+            raise NonFiniteTrainingError(
+                f"{getattr(module, 'head_name', 'head')}: predictions became NaN or infinite at "
+                f"iteration {iteration}",
+                iteration,
+            )
+
+    def after_step(self) -> None:
+        iteration = int(self.trainer.iter)
+        try:
+            history = self.trainer.storage.history("total_loss")
+        except KeyError:  # nothing logged (yet, or not the main process)
+            return
+        latest = float(history.latest())
+        if not math.isfinite(latest):
+            raise NonFiniteTrainingError(
+                f"total loss is {latest} at iteration {iteration}", iteration
+            )
+        if self.window <= 0:
+            return
+        values = [value for value, _ in history.values()[-self.window :]]
+        if len(values) < self.window:
+            return
+        spread = max(values) - min(values)
+        if spread <= self.tolerance * max(1.0, abs(sum(values) / len(values))):
+            raise ConstantLossError(
+                f"total loss constant at {latest:.6g} for {self.window} iterations "
+                f"(spread {spread:.3g}) at iteration {iteration}",
+                iteration,
+            )
