@@ -1,0 +1,54 @@
+"""Every shipped Detectron2 config loads and builds a model; published parameters match."""
+import glob
+import os
+
+import pytest
+import torch
+from detectron2.modeling import build_model
+
+from paploss.engine import load_config
+from paploss.losses import published_grad_scale, published_knots
+
+CONFIGS = sorted(
+    path
+    for path in glob.glob("configs/**/*.yaml", recursive=True)
+    if not path.startswith(os.path.join("configs", "search"))
+)
+
+
+def test_configs_are_found():
+    assert len(CONFIGS) >= 12
+    assert "configs/coco/pap_retinanet_R50_FPN_512.yaml" in CONFIGS
+
+
+@pytest.mark.parametrize("path", CONFIGS)
+def test_config_loads_and_builds_a_model(path):
+    cfg = load_config(path, ["MODEL.DEVICE", "cpu"])
+    model = build_model(cfg)
+    assert sum(p.numel() for p in model.parameters()) > 0
+    if "pap" in os.path.basename(path):
+        assert "PAP" in cfg.MODEL.META_ARCHITECTURE + cfg.MODEL.PROPOSAL_GENERATOR.NAME
+
+
+@pytest.mark.parametrize(
+    "path, head, name",
+    [
+        ("configs/coco/pap_retinanet_R50_FPN_512.yaml", "RETINANET", "retinanet"),
+        ("configs/synthetic/pap_retinanet_published.yaml", "RETINANET", "retinanet"),
+        ("configs/coco/pap_faster_rcnn_R50_FPN_512.yaml", "RPN", "faster_rcnn_rpn"),
+        ("configs/coco/pap_faster_rcnn_R50_FPN_512.yaml", "ROI_HEADS", "faster_rcnn_roi"),
+        ("configs/synthetic/pap_faster_rcnn_published.yaml", "RPN", "faster_rcnn_rpn"),
+        ("configs/synthetic/pap_faster_rcnn_published.yaml", "ROI_HEADS", "faster_rcnn_roi"),
+    ],
+)
+def test_published_configs_carry_the_published_parameters(path, head, name):
+    node = load_config(path).MODEL.PAPLOSS[head]
+    expected = published_knots(name)
+    for function, knots in expected.items():
+        torch.testing.assert_close(
+            torch.tensor(node.FUNCTIONS[function], dtype=torch.float64),
+            torch.tensor(knots, dtype=torch.float64),
+            atol=1e-4,
+            rtol=0,
+        )
+    assert node.GRAD_SCALE == pytest.approx(published_grad_scale(name), abs=1e-4)
