@@ -1,0 +1,603 @@
+"""The search loop: sample candidates, score them with proxy trainings, update the policy.
+
+One round::
+
+    θ_1..θ_S ~ policy            (+ μ itself when search.score_mean)
+    journal.begin_round(...)     candidates + the policy state *after* sampling (RNG included)
+    launch the trials, record each outcome as it arrives, retry failures up to max_attempts
+    policy.update(θ, rewards)    PPO on the scored samples (diverged ones with their penalty)
+    journal.end_round(...)       the policy state after the update
+
+The journal (:class:`~paploss.search.journal.SearchJournal`) is the only durable state, and the
+controller is its only writer. A killed search resumes exactly: closed rounds are never repeated,
+the open round continues with its stored candidates (finished trials keep their results, pending
+and running ones are re-attached when their jobs still exist and launched again otherwise; their
+folders make both safe), and the policy restarts from the stored state, so a resumed search ends
+where an uninterrupted one with the same settings would.
+
+Output folder layout::
+
+    <output>/journal.sqlite       the journal
+    <output>/settings.yaml        a readable copy of the settings the search was started with
+    <output>/trials/round000_trial00/ ...   one folder per trial (see paploss.search.trial)
+    <output>/jobs/                submitit's pickles and job logs
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import yaml
+
+from paploss.search.journal import JournalError, NewTrial, SearchJournal, TrialRecord
+from paploss.search.launcher import LAUNCHER_KINDS, TrialHandle, TrialLauncher, TrialOutcome
+from paploss.search.policy import TruncatedNormalPolicy
+from paploss.search.settings import SearchSettings, settings_summary
+from paploss.search.space import SearchSpace
+from paploss.search.trial import TrialResult, TrialSpec, run_trial, trial_folder_name
+
+__all__ = [
+    "SearchError",
+    "SearchOutput",
+    "SearchController",
+    "SearchSummary",
+    "journal_settings",
+    "round_seed",
+]
+
+logger = logging.getLogger(__name__)
+
+TrialFunction = Callable[[TrialSpec], TrialResult]
+
+
+class SearchError(RuntimeError):
+    """The search cannot start or continue (bad output folder, no scorable trial, ...)."""
+
+
+@dataclass(frozen=True)
+class SearchOutput:
+    """Paths inside a search's output folder."""
+
+    root: Path
+
+    @property
+    def journal(self) -> Path:
+        return self.root / "journal.sqlite"
+
+    @property
+    def settings(self) -> Path:
+        return self.root / "settings.yaml"
+
+    @property
+    def trials(self) -> Path:
+        return self.root / "trials"
+
+    @property
+    def jobs(self) -> Path:
+        return self.root / "jobs"
+
+    @property
+    def plots(self) -> Path:
+        return self.root / "plots"
+
+    def export(self, which: str = "best") -> Path:
+        """Default path of an exported config (``best.yaml`` / ``mean.yaml``)."""
+        return self.root / f"{which}.yaml"
+
+
+@dataclass(frozen=True)
+class SearchSummary:
+    """What a finished (or stopped) search produced.
+
+    Attributes:
+        rounds_closed: number of closed rounds.
+        trials_run: trials launched by this controller run (reused results not counted).
+        best: the best ``done`` trial, if any.
+        final_mean: μ after the last closed round.
+        wall_s: duration of this controller run.
+    """
+
+    rounds_closed: int
+    trials_run: int
+    best: Optional[TrialRecord]
+    final_mean: Optional[List[float]]
+    wall_s: float
+
+
+def round_seed(search_seed: int, round_index: int) -> int:
+    """Training seed shared by the trials of round ``round_index`` (common random numbers)."""
+    state = np.random.SeedSequence([int(search_seed), int(round_index)]).generate_state(1)
+    return int(state[0] & 0x7FFFFFFF)
+
+
+def journal_settings(settings: SearchSettings, space: SearchSpace, config_digest: str) -> Dict:
+    """Everything the journal stores and compares on resume.
+
+    The search settings without the launcher, the resolved search space (so reports can rebuild
+    it without Detectron2) and a digest of the fully merged model config (an edited model config
+    or base file is a different search).
+    """
+    data = settings.journal_settings()
+    data["space"] = space.to_dict()
+    data["model_config_sha256"] = config_digest
+    return data
+
+
+class SearchController:
+    """Runs a loss search into an output folder.
+
+    Args:
+        settings: the search.
+        output_dir: the search's folder (created if needed).
+        resume: continue the journal in ``output_dir`` if there is one. Without it, an existing
+            journal is an error (a search is never restarted over an old one by accident).
+        trial_fn: the trial function (:func:`~paploss.search.trial.run_trial`; tests may pass
+            another picklable function with the same contract).
+        launcher: a ready launcher; built from ``settings.launcher`` when None.
+    """
+
+    def __init__(
+        self,
+        settings: SearchSettings,
+        output_dir: os.PathLike,
+        *,
+        resume: bool = False,
+        trial_fn: TrialFunction = run_trial,
+        launcher: Optional[TrialLauncher] = None,
+    ) -> None:
+        self.settings = settings
+        self.output = SearchOutput(Path(output_dir).expanduser().absolute())
+        self.resume = resume
+        self.trial_fn = trial_fn
+        self._launcher = launcher
+        self._journal: Optional[SearchJournal] = None
+        self._space: Optional[SearchSpace] = None
+        self._policy: Optional[TruncatedNormalPolicy] = None
+        self._trials_run = 0
+        self._datasets_root: Optional[str] = None
+
+    # ------------------------------------------------------------------ public
+    def run(self) -> SearchSummary:
+        """Run (or continue) the search until its last round is closed.
+
+        Raises:
+            SearchError: for an output folder that already holds a search (without ``resume``),
+                a model without PAP-loss heads, or a round in which no trial could be scored.
+            JournalError: for a corrupt or foreign journal, or different settings on resume.
+            LaunchError: when trials cannot be submitted.
+        """
+        start = time.monotonic()
+        self._open()
+        journal, policy = self._journal, self._policy
+        assert journal is not None and policy is not None
+        try:
+            total = self.settings.search.rounds
+            for round_index in range(self._first_round(), total):
+                self._run_round(round_index)
+            rounds = journal.rounds()
+            closed = [r for r in rounds if r.status == "closed"]
+            summary = SearchSummary(
+                rounds_closed=len(closed),
+                trials_run=self._trials_run,
+                best=journal.best_trial(),
+                final_mean=[float(v) for v in policy.mean],
+                wall_s=time.monotonic() - start,
+            )
+            best = summary.best
+            logger.info(
+                "search finished: %d rounds, %d trial(s) run now, best reward %s in %.0f s",
+                summary.rounds_closed,
+                summary.trials_run,
+                "n/a" if best is None else f"{best.reward:.4f} ({best.folder})",
+                summary.wall_s,
+            )
+            return summary
+        finally:
+            journal.close()
+            self._journal = None
+
+    @property
+    def space(self) -> SearchSpace:
+        """The search space (available once :meth:`run` has started)."""
+        if self._space is None:
+            self._space = self._build_space()[0]
+        return self._space
+
+    # ------------------------------------------------------------------ set-up
+    def _open(self) -> None:
+        output = self.output
+        exists = output.journal.exists() or output.journal.is_symlink()
+        if exists and not self.resume:
+            raise SearchError(
+                f"{output.root} already holds a search ({output.journal.name}); pass --resume to "
+                "continue it, or choose another output folder"
+            )
+        space, config_digest = self._build_space()
+        self._space = space
+        stored = journal_settings(self.settings, space, config_digest)
+        if exists:
+            self._journal = SearchJournal.open(str(output.journal), stored)
+            logger.info("resuming the search in %s", output.root)
+        else:
+            if self.resume:
+                logger.info("no journal in %s yet: starting a new search", output.root)
+            output.root.mkdir(parents=True, exist_ok=True)
+            self._journal = SearchJournal.create(str(output.journal), stored)
+            with open(output.settings, "w") as handle:
+                yaml.safe_dump(self.settings.to_dict(), handle, sort_keys=False)
+        for line in settings_summary(self.settings):
+            logger.info("%s", line)
+        logger.info("search space: %d dimensions (%s)", space.dim, ", ".join(space.heads))
+
+        loop, policy_settings = self.settings.search, self.settings.policy
+        policy = TruncatedNormalPolicy(
+            space.identity_theta(),
+            sigma_schedule=policy_settings.sigma,
+            ppo=policy_settings.ppo,
+            seed=loop.seed,
+        )
+        state = self._journal.latest_policy_state()
+        if state is not None:
+            try:
+                policy.load_state_dict(state)
+            except (ValueError, KeyError, TypeError) as exc:
+                raise JournalError(
+                    f"{output.journal}: its policy state does not fit this search ({exc})"
+                ) from None
+        self._policy = policy
+
+    def _build_space(self) -> Tuple[SearchSpace, str]:
+        """The search space and a digest of the merged model config."""
+        import hashlib
+
+        from paploss.data import datasets_root, ensure_dataset_files
+        from paploss.engine import load_config
+
+        model = self.settings.model
+        try:
+            cfg = load_config(model.config)
+        except Exception as exc:  # Detectron2 raises plain exceptions for bad config files
+            raise SearchError(f"cannot load the model config '{model.config}': {exc}") from None
+        try:
+            if model.heads:
+                space = SearchSpace(model.heads, fixed=model.fixed or None)
+            else:
+                space = SearchSpace.from_config(cfg, fixed=model.fixed or None)
+        except ValueError as exc:
+            raise SearchError(f"model.config '{model.config}': {exc}") from None
+        self._datasets_root = datasets_root()
+        for name in (self.settings.proxy.train_dataset, self.settings.proxy.val_dataset):
+            ensure_dataset_files(name)  # once here, not in every trial at the same time
+        digest = hashlib.sha256(cfg.dump().encode("utf-8")).hexdigest()
+        return space, digest
+
+    def _make_launcher(self) -> TrialLauncher:
+        if self._launcher is None:
+            options = self.settings.launcher
+            self._launcher = TrialLauncher(
+                options.kind, self.output.jobs, **options.launcher_options()
+            )
+        return self._launcher
+
+    def _first_round(self) -> int:
+        journal = self._journal
+        assert journal is not None
+        current = journal.open_round()
+        return current.round if current is not None else journal.next_round_index()
+
+    # ------------------------------------------------------------------ rounds
+    def _run_round(self, round_index: int) -> None:
+        journal, policy, space = self._journal, self._policy, self._space
+        assert journal is not None and policy is not None and space is not None
+        loop = self.settings.search
+        total = loop.rounds
+        current = journal.open_round()
+        if current is None:
+            if policy.round != round_index:
+                raise JournalError(
+                    f"{journal.path}: the policy is at round {policy.round}, the journal at "
+                    f"round {round_index}"
+                )
+            thetas = policy.sample(loop.candidates)
+            seed = round_seed(loop.seed, round_index)
+            candidates = [(theta, "sample") for theta in thetas]
+            if loop.score_mean:
+                candidates.append((policy.mean, "mean"))
+            new_trials = [
+                NewTrial(
+                    theta=[float(v) for v in theta],
+                    overrides=space.to_overrides(theta),
+                    seed=seed,
+                    role=role,
+                    folder=os.path.join("trials", trial_folder_name(round_index, index)),
+                )
+                for index, (theta, role) in enumerate(candidates)
+            ]
+            journal.begin_round(round_index, policy.state_dict(), new_trials)
+            logger.info(
+                "round %d/%d: %d trial(s), sigma %.4f, seed %d",
+                round_index + 1,
+                total,
+                len(new_trials),
+                policy.sigma,
+                seed,
+            )
+        else:
+            if current.round != round_index or policy.round != round_index:
+                raise JournalError(
+                    f"{journal.path}: open round {current.round} does not match the policy "
+                    f"(round {policy.round})"
+                )
+            trials = journal.trials(round=round_index)
+            done = sum(t.is_final for t in trials)
+            logger.info(
+                "round %d/%d: resuming, %d of %d trial(s) already finished",
+                round_index + 1,
+                total,
+                done,
+                len(trials),
+            )
+            self._retry_if_unscorable(round_index)
+
+        self._run_trials(round_index)
+        self._close_round(round_index)
+
+    def _retry_if_unscorable(self, round_index: int) -> None:
+        """On resume, give failed trials of a round without any scored sample new attempts.
+
+        A search stops when every sample of a round failed (e.g. a broken environment); once the
+        cause is fixed, resuming retries them instead of stopping again.
+        """
+        journal = self._journal
+        assert journal is not None
+        trials = journal.trials(round=round_index)
+        samples = [t for t in trials if t.role == "sample"]
+        if all(t.is_final for t in trials) and not any(t.status in _SCORED for t in samples):
+            for trial in trials:
+                if trial.status == "failed":
+                    journal.update_trial(round_index, trial.index, status="pending", attempts=0)
+            logger.info(
+                "round %d/%d: every sample had failed; trying them again",
+                round_index + 1,
+                self.settings.search.rounds,
+            )
+
+    def _close_round(self, round_index: int) -> None:
+        journal, policy = self._journal, self._policy
+        assert journal is not None and policy is not None
+        loop = self.settings.search
+        trials = journal.trials(round=round_index)
+        samples = [t for t in trials if t.role == "sample" and t.status in _SCORED]
+        if not samples:
+            errors = [t.error or t.status for t in trials if t.status == "failed"]
+            raise SearchError(
+                f"round {round_index + 1}/{loop.rounds}: no sample could be scored (all failed); "
+                "first error:\n"
+                f"{errors[0] if errors else 'n/a'}\nFix the cause and resume the search."
+            )
+        thetas = np.asarray([t.theta for t in samples], dtype=np.float64)
+        rewards = np.asarray([t.reward for t in samples], dtype=np.float64)
+        baseline = None
+        mean_trials = [t for t in trials if t.role == "mean" and t.status in _SCORED]
+        if loop.baseline == "policy_mean":
+            if mean_trials:
+                baseline = float(mean_trials[0].reward)
+            else:
+                logger.warning(
+                    "round %d/%d: the policy mean was not scored; using the round mean as baseline",
+                    round_index + 1,
+                    loop.rounds,
+                )
+        stats = policy.update(thetas, rewards, baseline=baseline).to_dict()
+        stats.update(
+            reward_mean=float(rewards.mean()),
+            reward_min=float(rewards.min()),
+            reward_max=float(rewards.max()),
+            mean_reward=float(mean_trials[0].reward) if mean_trials else None,
+            num_failed=sum(t.status == "failed" for t in trials),
+            num_diverged=sum(t.status == "diverged" for t in trials),
+        )
+        journal.end_round(round_index, policy.state_dict(), stats)
+        best = journal.best_trial()
+        logger.info(
+            "round %d/%d closed: reward mean %.4f min %.4f max %.4f%s | best so far %s | "
+            "mean moved %.4f",
+            round_index + 1,
+            loop.rounds,
+            stats["reward_mean"],
+            stats["reward_min"],
+            stats["reward_max"],
+            "" if stats["mean_reward"] is None else f" | policy mean {stats["mean_reward"]:.4f}",
+            "n/a" if best is None else f"{best.reward:.4f}",
+            stats["mean_shift_l2"],
+        )
+
+    # ------------------------------------------------------------------ trials
+    def _run_trials(self, round_index: int) -> None:
+        """Run every unfinished trial of the round, retrying failures up to max_attempts."""
+        journal = self._journal
+        assert journal is not None
+        while True:
+            trials = journal.trials(round=round_index)
+            unfinished = [t for t in trials if not t.is_final]
+            if not unfinished:
+                return
+            self._run_wave(round_index, unfinished, n_total=len(trials))
+
+    def _run_wave(self, round_index: int, trials: Sequence[TrialRecord], n_total: int) -> None:
+        """Launch (or re-attach) ``trials`` once and record every outcome."""
+        journal = self._journal
+        assert journal is not None
+        launcher = self._make_launcher()
+        attach = [t for t in trials if t.status == "running" and self._attachable(t.job_id)]
+        launch = [t for t in trials if t not in attach]
+
+        handles: List[Tuple[TrialRecord, TrialHandle, bool]] = []
+        if attach:
+            attached = launcher.attach([_job_part(t.job_id) for t in attach])
+            handles += [(t, h, True) for t, h in zip(attach, attached)]
+            logger.info("re-attached %d running trial job(s)", len(attach))
+        if launch:
+            specs = [self._spec(t) for t in launch]
+            submitted = launcher.submit(self.trial_fn, specs)
+            now = time.time()
+            for trial, handle in zip(launch, submitted):
+                journal.update_trial(
+                    round_index,
+                    trial.index,
+                    status="running",
+                    job_id=self._job_label(handle),
+                    started_at=now,
+                )
+            handles += [(t, h, False) for t, h in zip(launch, submitted)]
+            self._trials_run += len(launch)
+
+        recorded_ids = {id(h): h.job_id for _, h, _ in handles}
+        n_done = n_total - len(trials)
+        pending = list(handles)
+        while pending:
+            newly = launcher.poll([h for _, h, _ in pending])
+            still = []
+            for trial, handle, was_attached in pending:
+                if handle.job_id != recorded_ids[id(handle)]:
+                    # A local job that started since the last poll: remember its id, so that a
+                    # restarted controller can re-attach it.
+                    recorded_ids[id(handle)] = handle.job_id
+                    journal.update_trial(round_index, trial.index, job_id=self._job_label(handle))
+                if handle.outcome is None:
+                    still.append((trial, handle, was_attached))
+                    continue
+                if self._record(round_index, trial, handle.outcome, was_attached):
+                    n_done += 1
+                    self._log_progress(round_index, trial.index, n_done, n_total)
+            pending = still
+            if pending and not newly:
+                time.sleep(launcher.poll_interval_s)
+
+    def _record(
+        self, round_index: int, trial: TrialRecord, outcome: TrialOutcome, was_attached: bool
+    ) -> bool:
+        """Store one outcome; returns whether the trial is now final."""
+        journal = self._journal
+        assert journal is not None
+        result = outcome.result if outcome.ok else None
+        if isinstance(result, TrialResult) and result.scored:
+            metrics = dict(result.metrics)
+            if result.reason:
+                metrics["reason"] = result.reason
+            metrics["reused"] = bool(result.reused)
+            journal.update_trial(
+                round_index,
+                trial.index,
+                status=result.status,
+                reward=result.reward,
+                metrics=metrics,
+                attempts=trial.attempts + 1,
+                error=None,
+                finished_at=result.finished_at or time.time(),
+            )
+            return True
+        if isinstance(result, TrialResult):
+            error = result.error or result.reason or "the trial failed"
+        elif outcome.ok:
+            error = f"the trial function returned {type(result).__name__}, not a TrialResult"
+        else:
+            error = outcome.error or "the trial job ended without a result"
+        # A re-attached job that is gone without a result was most likely lost together with the
+        # previous controller; launching it again does not count as another attempt.
+        lost_on_restart = was_attached and not outcome.ok
+        attempts = trial.attempts + (0 if lost_on_restart else 1)
+        max_attempts = self.settings.search.max_attempts
+        final = attempts >= max_attempts
+        journal.update_trial(
+            round_index,
+            trial.index,
+            status="failed" if final else "pending",
+            attempts=attempts,
+            error=error,
+            finished_at=time.time() if final else None,
+        )
+        if final:
+            logger.warning(
+                "%s failed (%d of %d attempts), not scored: %s",
+                trial.folder,
+                attempts,
+                max_attempts,
+                _last_line(error),
+            )
+        else:
+            logger.warning(
+                "%s: %s; launching it again (%d of %d attempts used)",
+                trial.folder,
+                _last_line(error),
+                attempts,
+                max_attempts,
+            )
+        return final
+
+    def _log_progress(self, round_index: int, index: int, n_done: int, n_total: int) -> None:
+        journal = self._journal
+        assert journal is not None
+        trial = journal.trial(round_index, index)
+        if not trial.is_final:
+            return
+        best = journal.best_trial()
+        reward = "-" if trial.reward is None else f"{trial.reward:.4f}"
+        seconds = trial.metrics.get("total_s")
+        timing = f" in {seconds:.0f} s" if isinstance(seconds, (int, float)) else ""
+        logger.info(
+            "round %d/%d: trials done %d/%d | %s (%s) %s, reward %s%s | best so far %s",
+            round_index + 1,
+            self.settings.search.rounds,
+            n_done,
+            n_total,
+            trial_folder_name(round_index, index),
+            trial.role,
+            trial.status,
+            reward,
+            timing,
+            "n/a" if best is None else f"{best.reward:.4f}",
+        )
+
+    def _spec(self, trial: TrialRecord) -> TrialSpec:
+        assert trial.folder is not None
+        return TrialSpec(
+            trial_id=trial_folder_name(trial.round, trial.index),
+            round=trial.round,
+            index=trial.index,
+            theta=tuple(trial.theta),
+            overrides=dict(trial.overrides),
+            config_file=self.settings.model.config,
+            seed=trial.seed,
+            proxy=self.settings.proxy,
+            output_dir=str(self.output.root / trial.folder),
+            datasets_root=self._datasets_root,
+        )
+
+    def _job_label(self, handle: TrialHandle) -> Optional[str]:
+        """``"<launcher kind>:<job id>"``: only jobs of the same kind can be re-attached."""
+        return None if handle.job_id is None else f"{handle.kind}:{handle.job_id}"
+
+    def _attachable(self, job_label: Optional[str]) -> bool:
+        if not job_label or ":" not in job_label:
+            return False
+        kind = job_label.split(":", 1)[0]
+        return kind == self.settings.launcher.kind and kind in LAUNCHER_KINDS and kind != "debug"
+
+
+_SCORED = ("done", "diverged")
+
+
+def _job_part(job_label: Optional[str]) -> str:
+    return (job_label or "").split(":", 1)[-1]
+
+
+def _last_line(text: str) -> str:
+    lines = [line.strip() for line in (text or "").strip().splitlines() if line.strip()]
+    return lines[-1] if lines else ""

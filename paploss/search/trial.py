@@ -1,0 +1,643 @@
+"""One search trial: a short proxy training of a candidate loss, scored by COCO bbox AP.
+
+A trial is described by a picklable :class:`TrialSpec` and run by :func:`run_trial`, in the
+controller's process (``debug`` launcher) or in a job (``local``/``slurm`` launchers). It trains
+the searched model with the candidate's ``MODEL.PAPLOSS`` values on the proxy training split and
+evaluates it on the proxy validation split; the reward is the bbox AP (0-100).
+
+**Statuses.** ``done``: trained and evaluated. ``diverged``: the loss became NaN/infinite
+(Detectron2 raises ``FloatingPointError``) or stayed constant over ``proxy.stuck_window``
+iterations; the reward is the fixed penalty ``proxy.diverged_reward`` (default 0, the AP of a
+detector that finds nothing), so the policy learns to avoid such regions. ``failed``: anything
+else went wrong (the error is returned, nothing is scored; the controller retries the trial).
+
+**Common random numbers.** All trials of a round get the same ``seed``: the same initial weights,
+the same order of training images and the same augmentations, so reward differences within a
+round come from the loss.
+
+**Idempotence.** A trial owns its folder::
+
+    <output_dir>/
+        spec.json       the spec (a folder never serves another trial: the spec must match)
+        starts.jsonl    one line per training start: time, host, pid, job, resumed iteration
+        log.txt         the training log
+        train/          Detectron2's OUTPUT_DIR: checkpoints, metrics.json, inference/
+        result.json     the final result (done or diverged), written atomically
+
+A folder with a ``result.json`` returns it at once; a folder with checkpoints resumes from the
+last one (exactly: see :mod:`paploss.search.proxy`), which is how a requeued Slurm job (submitit
+requeues the :class:`~paploss.search.launcher.CheckpointableTrial` wrapper on time-out or
+preemption) or a re-launched trial after a controller restart continues. Checkpoints are deleted
+once the result is written unless ``proxy.keep_checkpoints``.
+
+**Several GPUs.** With ``proxy.num_gpus > 1`` the training runs through Detectron2's ``launch``
+with one process per GPU on a port derived from the job id
+(:func:`paploss.search.launcher.distributed_url`); rank 0 writes ``result.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import logging
+import math
+import os
+import re
+import socket
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+
+__all__ = [
+    "TRIAL_RESULT_STATUSES",
+    "ProxySettings",
+    "TrialSpec",
+    "TrialResult",
+    "TrialFolderError",
+    "run_trial",
+    "load_result",
+    "read_starts",
+]
+
+logger = logging.getLogger(__name__)
+
+TRIAL_RESULT_STATUSES = ("done", "diverged", "failed")
+RESULT_FILE = "result.json"
+SPEC_FILE = "spec.json"
+STARTS_FILE = "starts.jsonl"
+LOG_FILE = "log.txt"
+TRAIN_DIR = "train"
+_RESULT_FORMAT = "paploss.search.TrialResult"
+_LOGGERS = ("detectron2", "fvcore", "paploss")
+
+
+class TrialFolderError(RuntimeError):
+    """A trial folder belongs to another trial (its ``spec.json`` differs)."""
+
+
+@dataclass(frozen=True)
+class ProxySettings:
+    """The proxy training that scores a candidate.
+
+    Attributes:
+        iterations: training iterations (``SOLVER.MAX_ITER``).
+        ims_per_batch: images per iteration, all GPUs together (``SOLVER.IMS_PER_BATCH``).
+        train_dataset: registered dataset the proxy trains on.
+        val_dataset: registered dataset whose bbox AP is the reward (disjoint from the split
+            results are reported on).
+        lr_step_fractions: learning-rate drops (``SOLVER.STEPS``) as fractions of ``iterations``;
+            ignored when ``opts`` sets ``SOLVER.STEPS``.
+        checkpoint_period: iterations between checkpoints (what a resumed trial repeats at most).
+        opts: further config overrides of the proxy training, dotted key → value
+            (``{"SOLVER.BASE_LR": 0.01}``); the candidate's ``MODEL.PAPLOSS`` values come last.
+        num_threads: torch CPU threads per trial (0: torch's default). Part of the settings
+            because CPU results depend on it.
+        num_gpus: processes (GPUs) per trial; above 1 the training uses Detectron2's ``launch``.
+        diverged_reward: reward of a diverged trial (AP units, 0-100).
+        stuck_window: iterations over which an unchanged total loss counts as stuck (0: off).
+        stuck_tolerance: relative tolerance of that check.
+        keep_checkpoints: keep the trial's checkpoints after its result is written.
+    """
+
+    iterations: int = 300
+    ims_per_batch: int = 8
+    train_dataset: str = "synthetic_shapes_search_train"
+    val_dataset: str = "synthetic_shapes_search_val"
+    lr_step_fractions: Tuple[float, ...] = (0.75, 0.925)
+    checkpoint_period: int = 100
+    opts: Dict[str, Any] = field(default_factory=dict)
+    num_threads: int = 1
+    num_gpus: int = 1
+    diverged_reward: float = 0.0
+    stuck_window: int = 50
+    stuck_tolerance: float = 1e-6
+    keep_checkpoints: bool = False
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first invalid field."""
+        for name in ("iterations", "ims_per_batch", "checkpoint_period", "num_gpus"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"proxy.{name} must be an integer >= 1, got {value!r}")
+        for name in ("num_threads", "stuck_window"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"proxy.{name} must be an integer >= 0, got {value!r}")
+        if self.ims_per_batch % self.num_gpus:
+            raise ValueError(
+                f"proxy.ims_per_batch ({self.ims_per_batch}) must be divisible by proxy.num_gpus "
+                f"({self.num_gpus})"
+            )
+        for name in ("train_dataset", "val_dataset"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise ValueError(f"proxy.{name} must be a dataset name")
+        fractions = self.lr_step_fractions
+        if not all(isinstance(f, (int, float)) and 0 < f < 1 for f in fractions) or list(
+            fractions
+        ) != sorted(fractions):
+            raise ValueError(
+                f"proxy.lr_step_fractions must be increasing fractions in (0, 1), got {fractions}"
+            )
+        if not isinstance(self.diverged_reward, (int, float)) or not math.isfinite(
+            self.diverged_reward
+        ):
+            raise ValueError("proxy.diverged_reward must be a finite number")
+        if not (isinstance(self.stuck_tolerance, (int, float)) and self.stuck_tolerance >= 0):
+            raise ValueError("proxy.stuck_tolerance must be a number >= 0")
+        reserved = {"SOLVER.MAX_ITER", "SOLVER.IMS_PER_BATCH", "SEED", "OUTPUT_DIR"}
+        reserved |= {"DATASETS.TRAIN", "DATASETS.TEST", "SOLVER.CHECKPOINT_PERIOD"}
+        clashes = sorted(reserved & set(self.opts))
+        if clashes:
+            raise ValueError(
+                f"proxy.opts must not set {', '.join(clashes)}: the proxy settings own them"
+            )
+
+    def to_dict(self) -> Dict[str, Any]:
+        """JSON-able form (tuples as lists)."""
+        data = dataclasses.asdict(self)
+        data["lr_step_fractions"] = list(self.lr_step_fractions)
+        data["opts"] = json.loads(json.dumps(self.opts))
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "ProxySettings":
+        data = dict(data)
+        if "lr_step_fractions" in data:
+            data["lr_step_fractions"] = tuple(data["lr_step_fractions"])
+        return cls(**data)
+
+    def config_opts(self, seed: int, output_dir: str) -> List[Any]:
+        """``[key, value, ...]`` for ``cfg.merge_from_list``: the proxy schedule and data."""
+        opts: List[Any] = [
+            "DATASETS.TRAIN",
+            (self.train_dataset,),
+            "DATASETS.TEST",
+            (self.val_dataset,),
+            "SOLVER.MAX_ITER",
+            self.iterations,
+            "SOLVER.IMS_PER_BATCH",
+            self.ims_per_batch,
+            "SOLVER.CHECKPOINT_PERIOD",
+            self.checkpoint_period,
+            "TEST.EVAL_PERIOD",
+            0,
+            "SEED",
+            int(seed),
+            "OUTPUT_DIR",
+            output_dir,
+        ]
+        if "SOLVER.STEPS" not in self.opts:
+            steps = sorted(
+                {max(1, int(round(f * self.iterations))) for f in self.lr_step_fractions}
+            )
+            opts += ["SOLVER.STEPS", tuple(s for s in steps if s < self.iterations)]
+        for key, value in self.opts.items():
+            opts += [key, value]
+        return opts
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """Everything a job needs to run one trial (picklable; plain values only).
+
+    Attributes:
+        trial_id: name of the trial, e.g. ``"round002_trial05"``.
+        round: round index.
+        index: index of the trial within its round.
+        theta: the candidate's θ (for the record; ``overrides`` is what trains).
+        overrides: the candidate's config values (``MODEL.PAPLOSS...`` dotted key → value).
+        config_file: the searched model's Detectron2 config file (absolute path).
+        seed: training seed, shared by the trials of a round.
+        proxy: the proxy training.
+        output_dir: the trial's own folder.
+        datasets_root: where datasets are generated/cached (``$PAPLOSS_DATASETS`` for the job).
+    """
+
+    trial_id: str
+    round: int
+    index: int
+    theta: Tuple[float, ...]
+    overrides: Dict[str, Any]
+    config_file: str
+    seed: int
+    proxy: ProxySettings
+    output_dir: str
+    datasets_root: Optional[str] = None
+
+    def identity(self) -> Dict[str, Any]:
+        """What makes two specs the same trial (everything but where it runs)."""
+        return {
+            "theta": [float(v) for v in self.theta],
+            "overrides": json.loads(json.dumps(self.overrides)),
+            "config_file": self.config_file,
+            "seed": int(self.seed),
+            "proxy": self.proxy.to_dict(),
+        }
+
+    def digest(self) -> str:
+        """SHA-256 of :meth:`identity` (stored in ``spec.json`` and ``result.json``)."""
+        text = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+    def config_opts(self) -> List[Any]:
+        """All config overrides of this trial's training, candidate values last."""
+        opts = self.proxy.config_opts(self.seed, os.path.join(self.output_dir, TRAIN_DIR))
+        for key, value in self.overrides.items():
+            opts += [key, value]
+        return opts
+
+    def to_dict(self) -> Dict[str, Any]:
+        data = {"trial_id": self.trial_id, "round": self.round, "index": self.index}
+        data.update(self.identity())
+        data.update({"output_dir": self.output_dir, "digest": self.digest()})
+        return data
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """What a trial produced.
+
+    Attributes:
+        trial_id: the spec's ``trial_id``.
+        status: ``done``, ``diverged`` or ``failed``.
+        reward: bbox AP on the proxy validation split (``done``), the penalty (``diverged``),
+            or None (``failed``).
+        metrics: bbox metrics (AP, AP50, AP75, APs, APm, APl, per-class AP; NaN where COCO
+            defines none) and timings: ``train_s``, ``eval_s``, ``total_s``, ``iterations``
+            (trained in this run), ``resumed_from`` (first iteration of this run),
+            ``seconds_per_iter``.
+        reason: why a trial diverged, or the last line of a failure.
+        error: the traceback of a failure.
+        started_at, finished_at: wall-clock times (seconds since the epoch) of this run.
+        spec_digest: :meth:`TrialSpec.digest` of the trial.
+        reused: the result was read from an earlier run's ``result.json``.
+    """
+
+    trial_id: str
+    status: str
+    reward: Optional[float]
+    metrics: Dict[str, Any] = field(default_factory=dict)
+    reason: Optional[str] = None
+    error: Optional[str] = None
+    started_at: Optional[float] = None
+    finished_at: Optional[float] = None
+    spec_digest: Optional[str] = None
+    reused: bool = False
+
+    @property
+    def scored(self) -> bool:
+        """Whether the trial has a reward the policy may learn from (done or diverged)."""
+        return self.status in ("done", "diverged")
+
+    def to_dict(self) -> Dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data.pop("reused")
+        data["format"] = _RESULT_FORMAT
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], reused: bool = False) -> "TrialResult":
+        if data.get("format") != _RESULT_FORMAT:
+            raise ValueError("not a trial result")
+        values = {f.name: data.get(f.name) for f in dataclasses.fields(cls) if f.name != "reused"}
+        values["metrics"] = dict(values.get("metrics") or {})
+        if values["status"] not in TRIAL_RESULT_STATUSES:
+            raise ValueError(f"unknown trial status {values['status']!r}")
+        return cls(**values, reused=reused)
+
+
+# ------------------------------------------------------------------------------------ running
+
+
+def run_trial(spec: TrialSpec) -> TrialResult:
+    """Run (or resume, or reuse) one trial; never raises for a problem of the trial itself.
+
+    Args:
+        spec: the trial.
+
+    Returns:
+        The result: ``done``/``diverged`` results are also stored in ``result.json``; a ``failed``
+        result is not stored, so running the trial again retries it.
+    """
+    folder = Path(spec.output_dir)
+    started_at = time.time()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        stored = load_result(folder)
+        if stored is not None:
+            if stored.spec_digest != spec.digest():
+                raise TrialFolderError(
+                    f"{folder} holds the result of another trial (spec digest "
+                    f"{stored.spec_digest} != {spec.digest()}); use a new output folder"
+                )
+            return dataclasses.replace(stored, reused=True)
+        _claim_folder(folder, spec)
+        with _trial_environment(spec, folder / LOG_FILE):
+            if spec.proxy.num_gpus > 1:
+                result = _run_distributed(spec, started_at)
+            else:
+                result = _train_and_score(spec, started_at)
+    except Exception as exc:  # a failed trial is reported, the controller decides what next
+        return TrialResult(
+            trial_id=spec.trial_id,
+            status="failed",
+            reward=None,
+            reason=f"{type(exc).__name__}: {exc}".splitlines()[0][:500],
+            error=traceback.format_exc(),
+            started_at=started_at,
+            finished_at=time.time(),
+            spec_digest=spec.digest(),
+        )
+    if not spec.proxy.keep_checkpoints:
+        _remove_checkpoints(folder / TRAIN_DIR)
+    return result
+
+
+def load_result(folder: os.PathLike) -> Optional[TrialResult]:
+    """The final result stored in a trial folder, or None (missing or unreadable file)."""
+    path = Path(folder) / RESULT_FILE
+    try:
+        with open(path, "r") as handle:
+            return TrialResult.from_dict(json.load(handle), reused=True)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, TypeError) as exc:
+        logger.warning("ignoring unreadable trial result %s (%s)", path, exc)
+        return None
+
+
+def read_starts(folder: os.PathLike) -> List[Dict[str, Any]]:
+    """The training starts recorded in a trial folder (one dict per start)."""
+    path = Path(folder) / STARTS_FILE
+    if not path.exists():
+        return []
+    with open(path, "r") as handle:
+        return [json.loads(line) for line in handle if line.strip()]
+
+
+def _train_and_score(spec: TrialSpec, started_at: float, rank: int = 0) -> TrialResult:
+    """Train and evaluate in this process (one rank of a distributed run when ``rank`` > 0).
+
+    Rank 0 writes ``result.json`` for a done or diverged trial.
+    """
+    from detectron2.utils.env import seed_all_rng
+
+    from paploss.engine import setup_cfg
+    from paploss.search.proxy import ProxyTrainer
+
+    cfg = setup_cfg(spec.config_file, spec.config_opts())
+    os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
+    seed_all_rng(spec.seed + rank)
+    trainer = ProxyTrainer(
+        cfg,
+        sampler_seed=spec.seed,
+        stuck_window=spec.proxy.stuck_window,
+        stuck_tolerance=spec.proxy.stuck_tolerance,
+    )
+    trainer.resume_or_load(resume=True)
+    resumed_from = int(trainer.start_iter)
+    if rank == 0:
+        _record_start(Path(spec.output_dir), resumed_from)
+
+    diverged_reason: Optional[str] = None
+    train_start = time.perf_counter()
+    try:
+        trainer.train()
+    except FloatingPointError as exc:  # NaN/inf loss (Detectron2) or a stuck loss (ours)
+        diverged_reason = _first_line(exc)
+    except Exception as exc:
+        # A loss that checks its inputs may stop a diverging run before Detectron2 sees a NaN
+        # loss ("logits contain NaN or infinite values"): that is a divergence too.
+        if not _is_divergence(exc, trainer.model):
+            raise
+        diverged_reason = f"{type(exc).__name__} at iteration {trainer.iter}: {_first_line(exc)}"
+    train_s = time.perf_counter() - train_start
+    iterations = max(0, int(trainer.iter) - resumed_from)
+
+    metrics: Dict[str, Any] = {
+        "train_s": train_s,
+        "iterations": iterations,
+        "resumed_from": resumed_from,
+        "seconds_per_iter": train_s / iterations if iterations else float("nan"),
+    }
+    if diverged_reason is not None:
+        status, reward = "diverged", float(spec.proxy.diverged_reward)
+        metrics["eval_s"] = 0.0
+    else:
+        eval_start = time.perf_counter()
+        results = ProxyTrainer.test(cfg, trainer.model)
+        metrics["eval_s"] = time.perf_counter() - eval_start
+        bbox = dict(results.get("bbox", {}))
+        metrics.update({key: float(value) for key, value in bbox.items()})
+        ap = bbox.get("AP", float("nan"))
+        status = "done"
+        # COCO reports NaN when the model detects nothing at all: that is an AP of 0.
+        reward = float(ap) if math.isfinite(ap) else 0.0
+    finished_at = time.time()
+    metrics["total_s"] = finished_at - started_at
+    result = TrialResult(
+        trial_id=spec.trial_id,
+        status=status,
+        reward=reward,
+        metrics=metrics,
+        reason=diverged_reason,
+        started_at=started_at,
+        finished_at=finished_at,
+        spec_digest=spec.digest(),
+    )
+    if rank == 0:
+        _write_json_atomic(Path(spec.output_dir) / RESULT_FILE, result.to_dict())
+    return result
+
+
+class _StopDistributedRun(RuntimeError):
+    """Raised by rank 0 after it stored a diverged result, to stop the other ranks."""
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+_NON_FINITE_MESSAGE = re.compile(r"\bnan\b|infinit|non-finite|not finite", re.IGNORECASE)
+
+
+def _is_divergence(exc: BaseException, model: Any) -> bool:
+    """Whether an error raised during training means the run diverged.
+
+    True when the weights are no longer finite, or when the error is about non-finite values
+    (a NaN/inf check inside the model or loss).
+    """
+    import torch
+
+    if isinstance(exc, (ValueError, RuntimeError, ArithmeticError)) and _NON_FINITE_MESSAGE.search(
+        str(exc)
+    ):
+        return True
+    with torch.no_grad():
+        return not all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def _distributed_worker(spec: TrialSpec, started_at: float) -> None:
+    from detectron2.utils import comm
+
+    result = _train_and_score(spec, started_at, rank=comm.get_rank())
+    # Only rank 0 sees a NaN loss; the other ranks wait in the next collective, so the whole
+    # process group is torn down (the result is already stored).
+    if result.status == "diverged" and comm.get_rank() == 0:
+        raise _StopDistributedRun(result.reason)
+
+
+def _run_distributed(spec: TrialSpec, started_at: float) -> TrialResult:
+    from detectron2.engine import launch
+
+    from paploss.search.launcher import distributed_url
+
+    try:
+        launch(
+            _distributed_worker,
+            spec.proxy.num_gpus,
+            num_machines=1,
+            machine_rank=0,
+            dist_url=distributed_url(),
+            args=(spec, started_at),
+        )
+    except Exception:
+        result = load_result(spec.output_dir)
+        if result is None or result.status != "diverged":
+            raise
+        return dataclasses.replace(result, reused=False)
+    result = load_result(spec.output_dir)
+    if result is None:
+        raise RuntimeError("the distributed training ended without rank 0 writing a result")
+    return dataclasses.replace(result, reused=False)
+
+
+# ------------------------------------------------------------------------------------ folder
+
+
+def _claim_folder(folder: Path, spec: TrialSpec) -> None:
+    """Write ``spec.json``, or check that the one there describes the same trial."""
+    path = folder / SPEC_FILE
+    if path.exists():
+        try:
+            with open(path, "r") as handle:
+                digest = json.load(handle).get("digest")
+        except (OSError, ValueError) as exc:
+            raise TrialFolderError(f"{path} is unreadable ({exc}); remove the folder") from None
+        if digest != spec.digest():
+            raise TrialFolderError(
+                f"{folder} belongs to another trial (its {SPEC_FILE} differs); use a new folder"
+            )
+        return
+    _write_json_atomic(path, spec.to_dict())
+
+
+def _record_start(folder: Path, resumed_from: int) -> None:
+    line = {
+        "time": time.time(),
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "job_id": _job_id(),
+        "resumed_from": resumed_from,
+    }
+    with open(folder / STARTS_FILE, "a") as handle:
+        handle.write(json.dumps(line) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _job_id() -> Optional[str]:
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    if array and task:
+        return f"{array}_{task}"
+    for name in ("SLURM_JOB_ID", "SUBMITIT_LOCAL_JOB_ID", "SUBMITIT_DEBUG_JOB_ID"):
+        if os.environ.get(name):
+            return os.environ[name]
+    return None
+
+
+def _write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as handle:
+        json.dump(data, handle, indent=1, sort_keys=True)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    with contextlib.suppress(OSError):
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+_CHECKPOINT_NAME = re.compile(r"^model_(\d+|final)\.pth$")
+
+
+def _remove_checkpoints(train_dir: Path) -> None:
+    if not train_dir.is_dir():
+        return
+    for path in train_dir.iterdir():
+        if _CHECKPOINT_NAME.match(path.name) or path.name == "last_checkpoint":
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+
+# ------------------------------------------------------------------------------------ environment
+
+
+@contextlib.contextmanager
+def _trial_environment(spec: TrialSpec, log_path: Path) -> Iterator[None]:
+    """Datasets root, torch threads and a log file for the duration of a trial."""
+    import torch
+
+    saved_root = os.environ.get("PAPLOSS_DATASETS")
+    if spec.datasets_root:
+        os.environ["PAPLOSS_DATASETS"] = spec.datasets_root
+    saved_threads = torch.get_num_threads()
+    if spec.proxy.num_threads > 0:
+        torch.set_num_threads(spec.proxy.num_threads)
+    handler = logging.FileHandler(log_path)
+    handler.setFormatter(logging.Formatter("[%(asctime)s] %(name)s %(levelname)s: %(message)s"))
+    handler.setLevel(logging.INFO)
+    saved_levels = []
+    for name in _LOGGERS:
+        log = logging.getLogger(name)
+        saved_levels.append(log.level)
+        if log.level == logging.NOTSET or log.level > logging.INFO:
+            log.setLevel(logging.INFO)
+        log.addHandler(handler)
+    try:
+        # TorchScript functions (e.g. Detectron2's focal loss) switch to an optimised, fused graph
+        # after their first calls, which rounds differently: the first iterations of a process
+        # would then differ from the same iterations later in a process, so neither a resumed
+        # trial nor a trial run after others in one process would reproduce an uninterrupted one.
+        with torch.jit.optimized_execution(False):
+            yield
+    finally:
+        for name, level in zip(_LOGGERS, saved_levels):
+            log = logging.getLogger(name)
+            log.removeHandler(handler)
+            log.setLevel(level)
+        handler.close()
+        torch.set_num_threads(saved_threads)
+        if spec.datasets_root:
+            if saved_root is None:
+                os.environ.pop("PAPLOSS_DATASETS", None)
+            else:
+                os.environ["PAPLOSS_DATASETS"] = saved_root
+
+
+def trial_folder_name(round_index: int, index: int) -> str:
+    """Folder name of trial ``index`` of round ``round_index``: ``round002_trial05``."""
+    return f"round{round_index:03d}_trial{index:02d}"
+
+
+def describe_opts(opts: Sequence[Any]) -> str:
+    """``KEY value KEY value`` on one line (for logs)."""
+    return " ".join(str(item) for item in opts)

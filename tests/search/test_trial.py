@@ -1,0 +1,159 @@
+"""Trial runner: real tiny proxy trainings (done, reused, resumed exactly, diverged, failed)."""
+
+import dataclasses
+import json
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from paploss.search.proxy import get_random_state, set_random_state
+from paploss.search.space import SearchSpace
+from paploss.search.trial import (
+    ProxySettings,
+    TrialResult,
+    TrialSpec,
+    load_result,
+    read_starts,
+    run_trial,
+)
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+MODEL_CONFIG = str(REPO_ROOT / "configs" / "synthetic" / "pap_retinanet_identity.yaml")
+# Tiny proxy: a few iterations of 2 images; every box is kept at test time so that even an
+# almost untrained detector gets a (small, non-zero) AP.
+TINY = ProxySettings(
+    iterations=10,
+    ims_per_batch=2,
+    checkpoint_period=100,
+    opts={"SOLVER.WARMUP_ITERS": 2, "MODEL.RETINANET.SCORE_THRESH_TEST": 0.0},
+)
+
+
+def _spec(folder: Path, proxy: ProxySettings = TINY, theta_shift: float = 0.0) -> TrialSpec:
+    space = SearchSpace(["RETINANET"])
+    theta = np.clip(space.identity_theta() + theta_shift, 0, 1)
+    return TrialSpec(
+        trial_id=folder.name,
+        round=0,
+        index=0,
+        theta=tuple(theta.tolist()),
+        overrides=space.to_overrides(theta),
+        config_file=MODEL_CONFIG,
+        seed=1234,
+        proxy=proxy,
+        output_dir=str(folder),
+    )
+
+
+def _final_weights(folder: Path) -> dict:
+    return torch.load(folder / "train" / "model_final.pth", weights_only=False)["model"]
+
+
+def test_trial_trains_scores_and_reuses_its_result(tmp_path: Path) -> None:
+    spec = _spec(tmp_path / "trial")
+    result = run_trial(spec)
+
+    assert result.status == "done", result.error
+    assert result.reward == pytest.approx(result.metrics["AP"]) and result.reward > 0
+    assert {"AP50", "AP75", "train_s", "eval_s", "total_s"} <= set(result.metrics)
+    assert result.metrics["iterations"] == 10 and result.metrics["resumed_from"] == 0
+    folder = Path(spec.output_dir)
+    stored = load_result(folder)
+    assert (stored.status, stored.reward, stored.reused) == ("done", result.reward, True)
+    assert json.loads((folder / "spec.json").read_text())["digest"] == spec.digest()
+    assert not list((folder / "train").glob("*.pth")), "checkpoints are removed after the result"
+    assert (folder / "log.txt").stat().st_size > 0
+
+    again = run_trial(spec)
+    assert again.reused and again.reward == result.reward
+    assert len(read_starts(folder)) == 1, "a finished trial does not train again"
+
+    # The folder serves this trial only.
+    other = dataclasses.replace(_spec(tmp_path / "trial", theta_shift=0.05))
+    refused = run_trial(other)
+    assert refused.status == "failed" and "another trial" in refused.reason
+
+
+def test_trial_resumes_exactly_from_its_last_checkpoint(tmp_path: Path) -> None:
+    proxy = dataclasses.replace(TINY, checkpoint_period=4, keep_checkpoints=True)
+    whole = run_trial(_spec(tmp_path / "whole", proxy))
+    assert whole.status == "done", whole.error
+
+    # The same trial, interrupted after its checkpoint at iteration 8 (as a job killed by a
+    # time-out or a preemption leaves it), then run again.
+    folder = tmp_path / "interrupted"
+    shutil.copytree(tmp_path / "whole", folder)
+    for name in ("result.json", "train/model_final.pth"):
+        (folder / name).unlink()
+    (folder / "train" / "last_checkpoint").write_text("model_0000007.pth")
+    resumed = run_trial(_spec(folder, proxy))
+
+    assert resumed.status == "done" and not resumed.reused
+    assert [s["resumed_from"] for s in read_starts(folder)] == [0, 8]
+    assert resumed.metrics["iterations"] == 2
+    assert resumed.reward == whole.reward
+    reference, weights = _final_weights(tmp_path / "whole"), _final_weights(folder)
+    assert all(torch.equal(reference[key], weights[key]) for key in reference)
+
+
+def test_nan_loss_is_diverged_with_the_penalty(tmp_path: Path) -> None:
+    proxy = dataclasses.replace(
+        TINY, diverged_reward=-1.0, opts={"SOLVER.BASE_LR": 1.0e6, "SOLVER.WARMUP_ITERS": 0}
+    )
+    spec = _spec(tmp_path / "nan", proxy)
+    result = run_trial(spec)
+
+    assert result.status == "diverged" and result.reward == -1.0
+    assert "NaN" in result.reason, result.reason
+    assert result.metrics["iterations"] < proxy.iterations and "AP" not in result.metrics
+    assert load_result(spec.output_dir).status == "diverged"  # stored: never trained again
+
+
+def test_stuck_loss_is_diverged(tmp_path: Path) -> None:
+    # A tolerance this loose calls any loss stuck once the window is full.
+    proxy = dataclasses.replace(TINY, stuck_window=3, stuck_tolerance=1.0e9)
+    result = run_trial(_spec(tmp_path / "stuck", proxy))
+
+    assert result.status == "diverged" and result.reward == 0.0
+    assert result.reason.startswith("total loss stuck") and result.metrics["iterations"] == 2
+
+
+def test_a_failing_trial_is_reported_not_stored(tmp_path: Path) -> None:
+    proxy = dataclasses.replace(TINY, train_dataset="no_such_dataset")
+    spec = _spec(tmp_path / "broken", proxy)
+    result = run_trial(spec)
+
+    assert result.status == "failed" and result.reward is None and not result.scored
+    assert "no_such_dataset" in result.reason and "Traceback" in result.error
+    assert load_result(spec.output_dir) is None  # running it again retries it
+    assert run_trial(spec).status == "failed"
+
+
+def test_result_round_trip_and_proxy_checks() -> None:
+    result = TrialResult("t", "done", 1.5, {"AP": 1.5, "APl": float("nan")}, spec_digest="x")
+    assert TrialResult.from_dict(json.loads(json.dumps(result.to_dict()))).reward == 1.5
+    with pytest.raises(ValueError, match="not a trial result"):
+        TrialResult.from_dict({"status": "done"})
+
+    with pytest.raises(ValueError, match="must not set SOLVER.MAX_ITER"):
+        ProxySettings(opts={"SOLVER.MAX_ITER": 5}).validate()
+    with pytest.raises(ValueError, match="divisible"):
+        ProxySettings(ims_per_batch=3, num_gpus=2).validate()
+    opts = ProxySettings(iterations=200).config_opts(seed=3, output_dir="out")
+    assert opts[opts.index("SOLVER.STEPS") + 1] == (150, 185)
+    assert opts[opts.index("SEED") + 1] == 3
+
+
+def test_random_state_round_trip(tmp_path: Path) -> None:
+    state = get_random_state()
+    first = (np.random.rand(), torch.rand(1).item(), random.random())
+    set_random_state(state)
+    assert (np.random.rand(), torch.rand(1).item(), random.random()) == first
+    # Checkpoints hold it: only types that torch.load(weights_only=True) accepts.
+    torch.save(state, tmp_path / "state.pt")
+    set_random_state(torch.load(tmp_path / "state.pt", weights_only=True))
+    assert (np.random.rand(), torch.rand(1).item(), random.random()) == first
