@@ -413,7 +413,7 @@ class SearchController:
             stats["reward_mean"],
             stats["reward_min"],
             stats["reward_max"],
-            "" if stats["mean_reward"] is None else f" | policy mean {stats["mean_reward"]:.4f}",
+            "" if stats["mean_reward"] is None else f" | policy mean {stats['mean_reward']:.4f}",
             "n/a" if best is None else f"{best.reward:.4f}",
             stats["mean_shift_l2"],
         )
