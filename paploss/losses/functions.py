@@ -198,8 +198,9 @@ class PiecewiseLinear(nn.Module):
         super().__init__()
         knots = _validate_interior_knots(interior_knots, name)
         zero, one = knots.new_zeros(1), knots.new_ones(1)
-        self.register_buffer("knots_x", torch.cat([zero, knots[:, 0], one]))
-        self.register_buffer("knots_y", torch.cat([zero, knots[:, 1], one]))
+        # Not persistent: a loss comes from its config, never from a model checkpoint.
+        self.register_buffer("knots_x", torch.cat([zero, knots[:, 0], one]), persistent=False)
+        self.register_buffer("knots_y", torch.cat([zero, knots[:, 1], one]), persistent=False)
 
     @classmethod
     def identity(cls, num_interior_knots: int = NUM_INTERIOR_KNOTS) -> "PiecewiseLinear":

@@ -189,3 +189,11 @@ def test_importing_and_reloading_the_package_is_harmless():
     )
     subprocess.run([sys.executable, "-c", code], check=True)
     assert importlib.import_module("paploss.modeling").PAPRetinaNet.__name__ == "PAPRetinaNet"
+
+
+def test_checkpoints_never_carry_the_loss_functions():
+    published = _build("configs/synthetic/pap_retinanet_published.yaml")
+    identity = _build(RETINANET)
+    assert not [k for k in published.state_dict() if "knots" in k]
+    identity.load_state_dict(published.state_dict())  # strict: same keys
+    assert identity.head_loss.functions.to_dict() == PAPFunctions.identity().to_dict()
