@@ -11,7 +11,7 @@ IDENTITY_KNOTS = [[0.2, 0.2], [0.4, 0.4], [0.6, 0.6], [0.8, 0.8]]
 LOSS_NAMES = ("pap", "ap", "alrp", "rs", "stock")
 
 
-def _head_node() -> CN:
+def _head_node(alrp_tau: float = 0.5, rs_loss_weight: float = 1.0) -> CN:
     node = CN()
     # The five monotone functions of the PAP loss for this head, each given by its 4 interior
     # knots [x, y] (the end points (0, 0) and (1, 1) are implicit). H1/H2 replace the ranking step
@@ -20,7 +20,13 @@ def _head_node() -> CN:
     for name in ("H1", "H2", "I1", "I2", "I3"):
         setattr(node.FUNCTIONS, name, [list(k) for k in IDENTITY_KNOTS])
     # λ: scales only the gradient that reaches the box branch (identity in the forward pass).
+    # Read by LOSS "pap" only; the baselines ignore it (with a warning when it is not 1).
     node.GRAD_SCALE = 1.0
+    # LOSS "alrp": IoU threshold tau of a positive in the localisation error
+    # (1 - GIoU) / (2 (1 - tau)), in (0, 1); the paper uses 0.5, and 0.7 for the RPN.
+    node.ALRP_TAU = alrp_tau
+    # LOSS "rs": factor of the head's whole loss (ranking + box), > 0; 0.2 for the RPN in the paper.
+    node.RS_LOSS_WEIGHT = rs_loss_weight
     return node
 
 
@@ -31,7 +37,10 @@ def add_paploss_config(cfg: CN) -> None:
 
     * ``MODEL.PAPLOSS.LOSS``: which loss the PAP heads train with.
     * ``MODEL.PAPLOSS.QUALITY``: the box quality ``u`` of a positive.
-    * ``MODEL.PAPLOSS.{RETINANET,RPN,ROI_HEADS}.FUNCTIONS.{H1,H2,I1,I2,I3}`` and ``.GRAD_SCALE``.
+    * ``MODEL.PAPLOSS.{RETINANET,RPN,ROI_HEADS}.FUNCTIONS.{H1,H2,I1,I2,I3}`` and ``.GRAD_SCALE``
+      (PAP only), ``.ALRP_TAU`` (aLRP) and ``.RS_LOSS_WEIGHT`` (RS).
+    * ``MODEL.PAPLOSS.AP.DELTA``, ``MODEL.PAPLOSS.ALRP.{DELTA,INITIAL_WEIGHT,BALANCE_PERIOD}``,
+      ``MODEL.PAPLOSS.RS.DELTA``: settings of the ranking-loss baselines shared by all heads.
     * ``MODEL.PAPLOSS.ROI_HEADS.SAMPLE_PROPOSALS``: keep Detectron2's proposal sampling or rank
       all proposals.
     * ``MODEL.PAPLOSS.DATASETS``: extra COCO-format datasets to register by name.
@@ -41,16 +50,35 @@ def add_paploss_config(cfg: CN) -> None:
         return
     cfg.MODEL.PAPLOSS = CN()
     # "pap": the Unified Parameterized AP loss replaces classification + box loss of each head.
-    # "ap" / "alrp" / "rs": AP-Loss, aLRP Loss, Rank & Sort Loss baselines in the same heads.
+    # "ap" / "alrp" / "rs": AP-Loss, aLRP Loss, Rank & Sort Loss baselines in the same heads, each
+    # with its paper's box loss and task balancing (see MODEL.PAPLOSS.{AP,ALRP,RS} below).
     # "stock": Detectron2's own losses of the head (focal/CE + smooth-L1/GIoU as configured).
     cfg.MODEL.PAPLOSS.LOSS = "pap"
     # Box quality u of a positive, from its decoded predicted box and its ground truth:
     # "giou": (GIoU + 1) / 2; "iou": IoU.
     cfg.MODEL.PAPLOSS.QUALITY = "giou"
-    for head in PAP_HEADS:
-        setattr(cfg.MODEL.PAPLOSS, head, _head_node())
-    # ROI head only: True keeps Detectron2's positive/negative sampling of proposals
-    # (ROI_HEADS.BATCH_SIZE_PER_IMAGE, POSITIVE_FRACTION); False ranks all proposals of the batch.
+    # Per-head settings (see _head_node); the RPN's baseline defaults are the papers' values.
+    cfg.MODEL.PAPLOSS.RETINANET = _head_node()
+    cfg.MODEL.PAPLOSS.RPN = _head_node(alrp_tau=0.7, rs_loss_weight=0.2)
+    cfg.MODEL.PAPLOSS.ROI_HEADS = _head_node()
+    # LOSS "ap" (AP-Loss): half-width delta of the smoothed step, > 0. The box term is the head's
+    # smooth L1 on its box deltas (its Detectron2 SMOOTH_L1 beta), normalised by the positives.
+    cfg.MODEL.PAPLOSS.AP = CN()
+    cfg.MODEL.PAPLOSS.AP.DELTA = 1.0
+    # LOSS "alrp" (aLRP Loss): half-width delta of the smoothed step, > 0; the self-balancing
+    # weight of the localisation term starts at INITIAL_WEIGHT (> 0) and is reset every
+    # BALANCE_PERIOD iterations (one epoch in the paper: 7330 on COCO at batch 16) to
+    # (mean L_cls + mean L_loc) / mean L_loc over that period.
+    cfg.MODEL.PAPLOSS.ALRP = CN()
+    cfg.MODEL.PAPLOSS.ALRP.DELTA = 1.0
+    cfg.MODEL.PAPLOSS.ALRP.INITIAL_WEIGHT = 50.0
+    cfg.MODEL.PAPLOSS.ALRP.BALANCE_PERIOD = 7330
+    # LOSS "rs" (Rank & Sort Loss): half-width delta of the smoothed step, >= 0 (0: exact step).
+    cfg.MODEL.PAPLOSS.RS = CN()
+    cfg.MODEL.PAPLOSS.RS.DELTA = 0.5
+    # ROI head only, with any LOSS but "stock": True keeps Detectron2's positive/negative sampling
+    # of proposals (ROI_HEADS.BATCH_SIZE_PER_IMAGE, POSITIVE_FRACTION); False ranks all proposals
+    # of the batch (the aLRP and RS papers use no sampling).
     cfg.MODEL.PAPLOSS.ROI_HEADS.SAMPLE_PROPOSALS = True
     # Extra COCO-format datasets registered under a name: a list of
     # [name, json_file, image_root] entries, usable in DATASETS.TRAIN / DATASETS.TEST.

@@ -8,7 +8,7 @@ from detectron2.modeling import META_ARCH_REGISTRY, RetinaNet
 from detectron2.structures import Boxes
 from detectron2.utils.events import get_event_storage
 
-from .head_loss import RankingHeadLoss
+from .head_loss import RankingHeadLoss, build_head_loss
 
 __all__ = ["PAPRetinaNet"]
 
@@ -36,8 +36,8 @@ class PAPRetinaNet(RetinaNet):
     @classmethod
     def from_config(cls, cfg):
         ret = super().from_config(cfg)
-        ret["head_loss"] = RankingHeadLoss.from_config(
-            cfg, "RETINANET", head_name="retinanet", loss_key="loss_pap"
+        ret["head_loss"] = build_head_loss(
+            cfg, "RETINANET", head_name="retinanet", key_prefix="loss_"
         )
         return ret
 
@@ -58,7 +58,8 @@ class PAPRetinaNet(RetinaNet):
             gt_boxes: per-image ``[R, 4]`` matched ground-truth boxes.
 
         Returns:
-            ``{"loss_pap": scalar}`` (Detectron2's focal + box losses when the loss is "stock").
+            ``{"loss_<loss>": scalar}``, e.g. ``loss_pap`` (Detectron2's focal + box losses when
+            the loss is "stock").
         """
         if self.head_loss.is_stock:
             return super().losses(anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes)
@@ -70,10 +71,14 @@ class PAPRetinaNet(RetinaNet):
         all_anchors = Boxes.cat(anchors).tensor  # [R, 4]
         deltas = cat(pred_anchor_deltas, dim=1)  # [N, R, 4]
         positive_anchors = all_anchors.unsqueeze(0).expand_as(deltas)[positive]  # [P, 4]
-        pred_boxes = self.box2box_transform.apply_deltas(deltas[positive], positive_anchors)
+        positive_deltas = deltas[positive]
+        positive_gt_boxes = torch.stack(gt_boxes)[positive]
+        pred_boxes = self.box2box_transform.apply_deltas(positive_deltas, positive_anchors)
         return self.head_loss(
             cat(pred_logits, dim=1).reshape(-1, self.num_classes),
             labels.reshape(-1),
             pred_boxes,
-            torch.stack(gt_boxes)[positive],
+            positive_gt_boxes,
+            pred_deltas=positive_deltas,
+            gt_deltas=self.box2box_transform.get_deltas(positive_anchors, positive_gt_boxes),
         )

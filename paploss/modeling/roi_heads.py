@@ -13,7 +13,7 @@ from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
 from detectron2.structures import Instances
 from torch import nn
 
-from .head_loss import RankingHeadLoss
+from .head_loss import RankingHeadLoss, build_head_loss
 
 __all__ = ["PAPFastRCNNOutputLayers", "PAPROIHeads"]
 
@@ -44,8 +44,8 @@ class PAPFastRCNNOutputLayers(FastRCNNOutputLayers):
     @classmethod
     def from_config(cls, cfg, input_shape):
         ret = super().from_config(cfg, input_shape)
-        ret["head_loss"] = RankingHeadLoss.from_config(
-            cfg, "ROI_HEADS", head_name="roi_heads", loss_key="loss_roi_pap"
+        ret["head_loss"] = build_head_loss(
+            cfg, "ROI_HEADS", head_name="roi_heads", key_prefix="loss_roi_"
         )
         return ret
 
@@ -59,7 +59,8 @@ class PAPFastRCNNOutputLayers(FastRCNNOutputLayers):
                 ``gt_boxes`` (the labelled, possibly sampled, RoIs).
 
         Returns:
-            ``{"loss_roi_pap": scalar}`` (Detectron2's CE + box losses when the loss is "stock").
+            ``{"loss_roi_<loss>": scalar}``, e.g. ``loss_roi_pap`` (Detectron2's CE + box losses
+            when the loss is "stock").
         """
         if self.head_loss.is_stock:
             return super().losses(predictions, proposals)
@@ -78,8 +79,17 @@ class PAPFastRCNNOutputLayers(FastRCNNOutputLayers):
             positive_deltas = proposal_deltas.view(-1, self.num_classes, 4)[
                 positive, positive_labels
             ]
-        pred_boxes = self.box2box_transform.apply_deltas(positive_deltas, proposal_boxes[positive])
-        return self.head_loss(scores, labels, pred_boxes, gt_boxes[positive])
+        positive_proposals = proposal_boxes[positive]
+        positive_gt_boxes = gt_boxes[positive]
+        pred_boxes = self.box2box_transform.apply_deltas(positive_deltas, positive_proposals)
+        return self.head_loss(
+            scores,
+            labels,
+            pred_boxes,
+            positive_gt_boxes,
+            pred_deltas=positive_deltas,
+            gt_deltas=self.box2box_transform.get_deltas(positive_proposals, positive_gt_boxes),
+        )
 
     def predict_probs(
         self, predictions: Tuple[torch.Tensor, torch.Tensor], proposals: List[Instances]

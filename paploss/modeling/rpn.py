@@ -9,7 +9,7 @@ from detectron2.modeling.proposal_generator import RPN
 from detectron2.structures import Boxes
 from detectron2.utils.events import get_event_storage
 
-from .head_loss import RankingHeadLoss
+from .head_loss import RankingHeadLoss, build_head_loss
 
 __all__ = ["PAPRPN"]
 
@@ -37,9 +37,7 @@ class PAPRPN(RPN):
     @classmethod
     def from_config(cls, cfg, input_shape):
         ret = super().from_config(cfg, input_shape)
-        ret["head_loss"] = RankingHeadLoss.from_config(
-            cfg, "RPN", head_name="rpn", loss_key="loss_rpn_pap"
-        )
+        ret["head_loss"] = build_head_loss(cfg, "RPN", head_name="rpn", key_prefix="loss_rpn_")
         return ret
 
     def _subsample_labels(self, label: torch.Tensor) -> torch.Tensor:
@@ -64,7 +62,8 @@ class PAPRPN(RPN):
             gt_boxes: per-image ``[R, 4]`` matched ground-truth boxes.
 
         Returns:
-            ``{"loss_rpn_pap": scalar}`` (Detectron2's RPN losses when the loss is "stock").
+            ``{"loss_rpn_<loss>": scalar}``, e.g. ``loss_rpn_pap`` (Detectron2's RPN losses when
+            the loss is "stock").
         """
         if self.head_loss.is_stock:
             return super().losses(
@@ -82,10 +81,14 @@ class PAPRPN(RPN):
         all_anchors = Boxes.cat(anchors).tensor  # [R, 4]
         deltas = cat(pred_anchor_deltas, dim=1)  # [N, R, 4]
         positive_anchors = all_anchors.unsqueeze(0).expand_as(deltas)[positive]
-        pred_boxes = self.box2box_transform.apply_deltas(deltas[positive], positive_anchors)
+        positive_deltas = deltas[positive]
+        positive_gt_boxes = torch.stack(gt_boxes)[positive]
+        pred_boxes = self.box2box_transform.apply_deltas(positive_deltas, positive_anchors)
         return self.head_loss(
             cat(pred_objectness_logits, dim=1).reshape(-1, 1),
             labels.reshape(-1),
             pred_boxes,
-            torch.stack(gt_boxes)[positive],
+            positive_gt_boxes,
+            pred_deltas=positive_deltas,
+            gt_deltas=self.box2box_transform.get_deltas(positive_anchors, positive_gt_boxes),
         )
