@@ -375,11 +375,13 @@ class SearchController:
         trials = journal.trials(round=round_index)
         samples = [t for t in trials if t.role == "sample" and t.status in _SCORED]
         if not samples:
-            errors = [t.error or t.status for t in trials if t.status == "failed"]
+            failed = [t for t in trials if t.status == "failed"]
+            last = failed[-1] if failed else None
             raise SearchError(
-                f"round {round_index + 1}/{loop.rounds}: no sample could be scored (all failed); "
-                "first error:\n"
-                f"{errors[0] if errors else 'n/a'}\nFix the cause and resume the search."
+                f"round {round_index + 1}/{loop.rounds}: no sample could be scored, all failed"
+                + (f"; {last.folder}: {_last_line(last.error or '')}" if last else "")
+                + f". Details: paploss-search status --trials --output {self.output.root}. "
+                "Fix the cause and resume the search (--resume)."
             )
         thetas = np.asarray([t.theta for t in samples], dtype=np.float64)
         rewards = np.asarray([t.reward for t in samples], dtype=np.float64)
