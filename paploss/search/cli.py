@@ -325,6 +325,21 @@ def _show(path: os.PathLike) -> str:
     return path if relative.startswith("..") else relative
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of each message (it may be replaced)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
 def _setup_logging() -> None:
     # Deprecation notices that Detectron2 v0.6 triggers at import time; they say nothing about
     # the search.
@@ -332,7 +347,7 @@ def _setup_logging() -> None:
     warnings.filterwarnings("ignore", message=r".*torch\.meshgrid.*", category=UserWarning)
     if logger.handlers:
         return
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _StderrHandler()
     handler.setFormatter(logging.Formatter("[%(asctime)s] %(message)s", "%H:%M:%S"))
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
