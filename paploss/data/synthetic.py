@@ -1,7 +1,8 @@
 """A deterministic synthetic detection dataset in COCO format ("synthetic shapes").
 
 Each image shows a textured background with clutter (lines, speckles and small distractor blobs)
-and several objects of four classes (rectangle, ellipse, triangle, cross), drawn in random colours,
+and several objects of four classes (rectangle, ellipse, triangle, cross), drawn in colours from a
+hue band of their class (jittered, with random saturation and brightness),
 scales (about 10 to 64 px) and aspect ratios (1:2.5 to 2.5:1). Objects may overlap; later objects
 occlude earlier ones, and each annotation is the box of the object's *visible* pixels. Objects
 whose visible part is under ``MIN_VISIBLE_FRACTION`` of their area are not annotated (they look
@@ -16,6 +17,7 @@ Layout written by :func:`generate_split`::
     <root>/<split>.json      COCO instances file (images, annotations, categories)
     <root>/<split>/*.png     images
 """
+import colorsys
 import json
 import os
 import shutil
@@ -38,7 +40,7 @@ __all__ = [
 CLASS_NAMES: Tuple[str, ...] = ("rectangle", "ellipse", "triangle", "cross")
 SPLITS: Tuple[str, ...] = ("train", "search_train", "search_val", "val")
 MIN_VISIBLE_FRACTION = 0.35
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,13 @@ def default_split_specs(image_size: int = 128) -> Dict[str, SyntheticSplitSpec]:
 
 def _random_colour(rng: np.random.Generator, low: int = 0, high: int = 256) -> Tuple[int, ...]:
     return tuple(int(c) for c in rng.integers(low, high, size=3))
+
+
+def _class_colour(rng: np.random.Generator, cls: int) -> Tuple[int, ...]:
+    """A colour whose hue lies in the class's band (jittered), with random saturation/value."""
+    hue = (cls / len(CLASS_NAMES) + rng.uniform(-0.07, 0.07)) % 1.0
+    rgb = colorsys.hsv_to_rgb(hue, rng.uniform(0.55, 1.0), rng.uniform(0.5, 1.0))
+    return tuple(int(round(255 * c)) for c in rgb)
 
 
 def _background(rng: np.random.Generator, size: int) -> Image.Image:
@@ -159,7 +168,7 @@ def render_image(spec: SyntheticSplitSpec, index: int) -> Tuple[Image.Image, Lis
         x0 = rng.uniform(0, size - w)
         y0 = rng.uniform(0, size - h)
         box = (float(x0), float(y0), float(x0 + w), float(y0 + h))
-        colour = _random_colour(rng, 0, 256)
+        colour = _class_colour(rng, cls)
         # Render the shape alone into a mask (same random draws as the visible shape).
         mask_image = Image.new("L", (size, size), 0)
         shape_state = rng.bit_generator.state
