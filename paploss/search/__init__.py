@@ -1,7 +1,8 @@
-"""Search over PAP-loss parameters: search space, policy + PPO, trial journal, launchers.
+"""Search over PAP-loss parameters: search space, policy + PPO, trial journal, launchers,
+proxy trials, the search controller and its reports.
 
 Importing this package is cheap: the names below are loaded from their modules on first access
-(the policy needs scipy, the search space the loss functions).
+(the policy needs scipy, the search space the loss functions, trials Detectron2).
 """
 
 import importlib
@@ -19,6 +20,16 @@ __all__ = [
     "NewTrial",
     "TrialRecord",
     "RoundRecord",
+    "ProxySettings",
+    "TrialSpec",
+    "TrialResult",
+    "run_trial",
+    "SearchSettings",
+    "SettingsError",
+    "load_settings",
+    "SearchController",
+    "SearchError",
+    "export_config",
 ]
 
 _LAZY = {
@@ -33,6 +44,16 @@ _LAZY = {
     "NewTrial": "journal",
     "TrialRecord": "journal",
     "RoundRecord": "journal",
+    "ProxySettings": "trial",
+    "TrialSpec": "trial",
+    "TrialResult": "trial",
+    "run_trial": "trial",
+    "SearchSettings": "settings",
+    "SettingsError": "settings",
+    "load_settings": "settings",
+    "SearchController": "controller",
+    "SearchError": "controller",
+    "export_config": "report",
 }
 
 

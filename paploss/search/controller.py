@@ -173,10 +173,10 @@ class SearchController:
             LaunchError: when trials cannot be submitted.
         """
         start = time.monotonic()
-        self._open()
-        journal, policy = self._journal, self._policy
-        assert journal is not None and policy is not None
         try:
+            self._open()
+            journal, policy = self._journal, self._policy
+            assert journal is not None and policy is not None
             total = self.settings.search.rounds
             for round_index in range(self._first_round(), total):
                 self._run_round(round_index)
@@ -199,15 +199,9 @@ class SearchController:
             )
             return summary
         finally:
-            journal.close()
-            self._journal = None
-
-    @property
-    def space(self) -> SearchSpace:
-        """The search space (available once :meth:`run` has started)."""
-        if self._space is None:
-            self._space = self._build_space()[0]
-        return self._space
+            if self._journal is not None:
+                self._journal.close()
+                self._journal = None
 
     # ------------------------------------------------------------------ set-up
     def _open(self) -> None:

@@ -2,13 +2,16 @@
 
 :class:`ProxyTrainer` is :class:`paploss.engine.Trainer` with three changes:
 
-* **Exact resume.** Its checkpoints also hold the global random states (Python, NumPy, torch), and
-  its training sampler (:class:`ResumableTrainingSampler`) skips the samples that the checkpointed
-  iterations already used and restores those random states right before it yields the first
-  sample of the resumed run. With ``DATALOADER.NUM_WORKERS: 0`` the resumed run then sees the
-  same images with the same augmentations as an uninterrupted one, so a trial that was killed and
-  resumed from its last checkpoint ends with the same weights and the same reward (on the same
-  machine and thread count).
+* **Exact resume.** Its checkpoints also hold the global random states (Python, NumPy, torch) and
+  running loss normalisers kept as plain attributes (:class:`RandomStateHook`), and its training
+  sampler (:class:`ResumableTrainingSampler`) skips the samples that the checkpointed iterations
+  already used and restores those random states right before it yields the first sample of the
+  resumed run. A resumed run then sees the same images with the same augmentations as an
+  uninterrupted one, so a trial that was killed and resumed from its last checkpoint ends with the
+  same weights and the same reward. This holds with ``DATALOADER.NUM_WORKERS: 0``, images of one
+  aspect-ratio group (or no grouping), the same thread count, and TorchScript graph optimisation
+  off (:func:`paploss.search.trial.run_trial` turns it off); otherwise a resumed trial is still
+  correct, only not bit-identical.
 * **Stuck-loss stop.** :class:`StuckLossHook` raises :class:`StuckLossError` when the total loss
   has not changed over a window of iterations (a loss without useful gradient); Detectron2 itself
   raises ``FloatingPointError`` on a NaN or infinite loss. Both mark a trial *diverged*.
@@ -228,10 +231,12 @@ class ProxyTrainer(Trainer):
         return build_detection_train_loader(cfg, dataset=dataset, sampler=self.train_sampler)
 
     def build_hooks(self) -> List[HookBase]:
+        sampler = self.train_sampler  # PreciseBN, when enabled, builds a loader of its own
         kept = [h for h in super().build_hooks() if not isinstance(h, hooks.EvalHook)]
-        assert self.train_sampler is not None
+        assert sampler is not None
+        self.train_sampler = sampler
         extra = [
-            RandomStateHook(self.train_sampler, self.cfg.SOLVER.IMS_PER_BATCH),
+            RandomStateHook(sampler, self.cfg.SOLVER.IMS_PER_BATCH),
             StuckLossHook(*self._stuck),
         ]
         # Before the checkpointer, so that a stuck run stops before writing another checkpoint.

@@ -23,6 +23,7 @@ round come from the loss.
         log.txt         the training log
         train/          Detectron2's OUTPUT_DIR: checkpoints, metrics.json, inference/
         result.json     the final result (done or diverged), written atomically
+        .lock           held (flock) by the process working in the folder
 
 A folder with a ``result.json`` returns it at once; a folder with checkpoints resumes from the
 last one (exactly: see :mod:`paploss.search.proxy`), which is how a requeued Slurm job (submitit
@@ -71,6 +72,7 @@ SPEC_FILE = "spec.json"
 STARTS_FILE = "starts.jsonl"
 LOG_FILE = "log.txt"
 TRAIN_DIR = "train"
+LOCK_FILE = ".lock"
 _RESULT_FORMAT = "paploss.search.TrialResult"
 _LOGGERS = ("detectron2", "fvcore", "paploss")
 
@@ -327,20 +329,8 @@ def run_trial(spec: TrialSpec) -> TrialResult:
     started_at = time.time()
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        stored = load_result(folder)
-        if stored is not None:
-            if stored.spec_digest != spec.digest():
-                raise TrialFolderError(
-                    f"{folder} holds the result of another trial (spec digest "
-                    f"{stored.spec_digest} != {spec.digest()}); use a new output folder"
-                )
-            return dataclasses.replace(stored, reused=True)
-        _claim_folder(folder, spec)
-        with _trial_environment(spec, folder / LOG_FILE):
-            if spec.proxy.num_gpus > 1:
-                result = _run_distributed(spec, started_at)
-            else:
-                result = _train_and_score(spec, started_at)
+        with _folder_lock(folder):
+            result = _run_locked(spec, folder, started_at)
     except Exception as exc:  # a failed trial is reported, the controller decides what next
         return TrialResult(
             trial_id=spec.trial_id,
@@ -352,9 +342,45 @@ def run_trial(spec: TrialSpec) -> TrialResult:
             finished_at=time.time(),
             spec_digest=spec.digest(),
         )
+    return result
+
+
+def _run_locked(spec: TrialSpec, folder: Path, started_at: float) -> TrialResult:
+    stored = load_result(folder)
+    if stored is not None:
+        if stored.spec_digest != spec.digest():
+            raise TrialFolderError(
+                f"{folder} holds the result of another trial (spec digest "
+                f"{stored.spec_digest} != {spec.digest()}); use a new output folder"
+            )
+        return dataclasses.replace(stored, reused=True)
+    _claim_folder(folder, spec)
+    with _trial_environment(spec, folder / LOG_FILE):
+        if spec.proxy.num_gpus > 1:
+            result = _run_distributed(spec, started_at)
+        else:
+            result = _train_and_score(spec, started_at)
     if not spec.proxy.keep_checkpoints:
         _remove_checkpoints(folder / TRAIN_DIR)
     return result
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    """Exclusive lock on a trial folder for as long as a process works in it.
+
+    Should a trial ever be launched twice at once (a controller killed between submitting a job
+    and recording it, then resumed), the second process waits and then reuses the first one's
+    result instead of training in the same folder. The lock dies with its process.
+    """
+    import fcntl
+
+    with open(folder / LOCK_FILE, "a") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def load_result(folder: os.PathLike) -> Optional[TrialResult]:

@@ -199,5 +199,34 @@ def test_default_search_settings() -> None:
     assert settings.proxy.train_dataset == "synthetic_shapes_search_train"
     assert settings.proxy.val_dataset == "synthetic_shapes_search_val"
     trials = settings.search.rounds * (settings.search.candidates + settings.search.score_mean)
-    assert trials * settings.proxy.iterations <= 8000  # the ~15-minute budget on 2 CPU cores
+    images = trials * settings.proxy.iterations * settings.proxy.ims_per_batch
+    # The ~15-minute budget on 2 CPU cores: about 0.02 s per training image on one core.
+    assert images * 0.02 / settings.launcher.parallel <= 15 * 60
     assert settings.policy.sigma.num_rounds == settings.search.rounds
+
+
+def test_settings_inherit_resolve_paths_and_take_overrides(tmp_path: Path) -> None:
+    configs = tmp_path / "configs"
+    (configs / "search").mkdir(parents=True)
+    shutil.copy(MODEL_CONFIG, configs / "model.yaml")
+    (configs / "search" / "base.yaml").write_text(
+        "model: {config: ../model.yaml}\nproxy: {iterations: 50, opts: {SOLVER.BASE_LR: 0.01}}\n"
+    )
+    (configs / "search" / "child.yaml").write_text(
+        "_BASE_: base.yaml\nsearch: {rounds: 3}\nproxy: {opts: {SOLVER: {WARMUP_ITERS: 5}}}\n"
+    )
+    settings = load_settings(
+        str(configs / "search" / "child.yaml"),
+        ["proxy.opts.SOLVER.GAMMA=0.5", "launcher.kind=slurm", "launcher.partition=gpu"],
+    )
+    assert settings.model.config == str(configs / "model.yaml")  # relative to the file
+    assert settings.proxy.iterations == 50 and settings.search.rounds == 3
+    assert settings.proxy.opts == {
+        "SOLVER.BASE_LR": 0.01,
+        "SOLVER.WARMUP_ITERS": 5,
+        "SOLVER.GAMMA": 0.5,
+    }
+    assert settings.policy.sigma.num_rounds == 3
+    assert settings.launcher.launcher_options()["partition"] == "gpu"
+    # The launcher is not part of what the journal compares on resume.
+    assert "launcher" not in settings.journal_settings()

@@ -4,6 +4,7 @@ import dataclasses
 import json
 import random
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -157,3 +158,16 @@ def test_random_state_round_trip(tmp_path: Path) -> None:
     torch.save(state, tmp_path / "state.pt")
     set_random_state(torch.load(tmp_path / "state.pt", weights_only=True))
     assert (np.random.rand(), torch.rand(1).item(), random.random()) == first
+
+
+def test_concurrent_runs_of_one_trial_train_once(tmp_path: Path) -> None:
+    spec = _spec(tmp_path / "twice")
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(run_trial(spec))) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(r.reused for r in results) == [False, True]
+    assert results[0].reward == results[1].reward
+    assert len(read_starts(spec.output_dir)) == 1
