@@ -19,12 +19,14 @@ Output folder layout::
 
     <output>/journal.sqlite       the journal
     <output>/settings.yaml        a readable copy of the settings the search was started with
+    <output>/model_config.yaml    the searched model's merged config, which every trial trains
     <output>/trials/round000_trial00/ ...   one folder per trial (see paploss.search.trial)
     <output>/jobs/                submitit's pickles and job logs
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -81,6 +83,11 @@ class SearchOutput:
     @property
     def jobs(self) -> Path:
         return self.root / "jobs"
+
+    @property
+    def model_config(self) -> Path:
+        """The searched model's fully merged config as the search started (what trials train)."""
+        return self.root / "model_config.yaml"
 
     @property
     def plots(self) -> Path:
@@ -212,8 +219,9 @@ class SearchController:
                 f"{output.root} already holds a search ({output.journal.name}); pass --resume to "
                 "continue it, or choose another output folder"
             )
-        space, config_digest = self._build_space()
+        space, merged_config = self._build_space()
         self._space = space
+        config_digest = hashlib.sha256(merged_config.encode("utf-8")).hexdigest()
         stored = journal_settings(self.settings, space, config_digest)
         if exists:
             self._journal = SearchJournal.open(str(output.journal), stored)
@@ -225,6 +233,10 @@ class SearchController:
             self._journal = SearchJournal.create(str(output.journal), stored)
             with open(output.settings, "w") as handle:
                 yaml.safe_dump(self.settings.to_dict(), handle, sort_keys=False)
+        if not output.model_config.exists():
+            # Trials train from this copy: editing the model's config files while the search
+            # runs changes nothing (and resuming after such an edit is refused: other digest).
+            _write_text_atomic(output.model_config, merged_config)
         for line in settings_summary(self.settings):
             logger.info("%s", line)
         logger.info("search space: %d dimensions (%s)", space.dim, ", ".join(space.heads))
@@ -247,9 +259,7 @@ class SearchController:
         self._policy = policy
 
     def _build_space(self) -> Tuple[SearchSpace, str]:
-        """The search space and a digest of the merged model config."""
-        import hashlib
-
+        """The search space and the fully merged model config (YAML text)."""
         from paploss.data import datasets_root, ensure_dataset_files
         from paploss.engine import load_config
 
@@ -268,8 +278,7 @@ class SearchController:
         self._datasets_root = datasets_root()
         for name in (self.settings.proxy.train_dataset, self.settings.proxy.val_dataset):
             ensure_dataset_files(name)  # once here, not in every trial at the same time
-        digest = hashlib.sha256(cfg.dump().encode("utf-8")).hexdigest()
-        return space, digest
+        return space, cfg.dump()
 
     def _make_launcher(self) -> TrialLauncher:
         if self._launcher is None:
@@ -569,7 +578,7 @@ class SearchController:
             index=trial.index,
             theta=tuple(trial.theta),
             overrides=dict(trial.overrides),
-            config_file=self.settings.model.config,
+            config_file=str(self.output.model_config),
             seed=trial.seed,
             proxy=self.settings.proxy,
             output_dir=str(self.output.root / trial.folder),
@@ -588,6 +597,12 @@ class SearchController:
 
 
 _SCORED = ("done", "diverged")
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
 
 
 def _job_part(job_label: Optional[str]) -> str:

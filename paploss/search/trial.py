@@ -212,7 +212,8 @@ class TrialSpec:
         index: index of the trial within its round.
         theta: the candidate's θ (for the record; ``overrides`` is what trains).
         overrides: the candidate's config values (``MODEL.PAPLOSS...`` dotted key → value).
-        config_file: the searched model's Detectron2 config file (absolute path).
+        config_file: the searched model's Detectron2 config file (absolute path; the controller
+            passes the merged copy it keeps in the search folder).
         seed: training seed, shared by the trials of a round.
         proxy: the proxy training.
         output_dir: the trial's own folder.
@@ -231,11 +232,11 @@ class TrialSpec:
     datasets_root: Optional[str] = None
 
     def identity(self) -> Dict[str, Any]:
-        """What makes two specs the same trial (everything but where it runs)."""
+        """What makes two specs the same trial (the model config by its content, not its path)."""
         return {
             "theta": [float(v) for v in self.theta],
             "overrides": json.loads(json.dumps(self.overrides)),
-            "config_file": self.config_file,
+            "config": _file_digest(self.config_file),
             "seed": int(self.seed),
             "proxy": self.proxy.to_dict(),
         }
@@ -255,8 +256,18 @@ class TrialSpec:
     def to_dict(self) -> Dict[str, Any]:
         data = {"trial_id": self.trial_id, "round": self.round, "index": self.index}
         data.update(self.identity())
+        data["config_file"] = self.config_file
         data.update({"output_dir": self.output_dir, "digest": self.digest()})
         return data
+
+
+def _file_digest(path: str) -> str:
+    """SHA-256 of a file's content (the path itself when the file cannot be read)."""
+    try:
+        with open(path, "rb") as handle:
+            return hashlib.sha256(handle.read()).hexdigest()
+    except OSError:
+        return f"path:{path}"
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,6 @@ import yaml
 from search_testing import (
     MODEL_CONFIG,
     REPO_ROOT,
-    TINY_VAL,
     cli_command,
     tiny_search_overrides,
     write_settings,
@@ -106,7 +105,7 @@ def test_export_trains_with_train_net(
             str(exported),
             "SOLVER.MAX_ITER", "3",
             "SOLVER.IMS_PER_BATCH", "2",
-            "DATASETS.TEST", f"('{TINY_VAL}',)",
+            "DATASETS.TEST", f"('{_tiny_val_entry(search)[0]}',)",
             "MODEL.PAPLOSS.DATASETS", repr([_tiny_val_entry(search)]),
             "OUTPUT_DIR", str(train_dir),
         ],  # fmt: skip

@@ -10,7 +10,6 @@ import pytest
 from search_testing import (
     MODEL_CONFIG,
     REPO_ROOT,
-    TINY_VAL,
     cli_command,
     tiny_search_overrides,
     tiny_val_dataset,
@@ -64,12 +63,13 @@ def test_two_round_search_on_slurm_then_train_the_export(slurm_cluster, tmp_path
     # The exported config trains with tools/train_net.py.
     exported = output / "best.yaml"
     assert exported.is_file()
+    val_entry = tiny_val_dataset(tmp_path)
     train = subprocess.run(
         [
             sys.executable, "tools/train_net.py", "--config-file", str(exported),
             "SOLVER.MAX_ITER", "3", "SOLVER.IMS_PER_BATCH", "2",
-            "DATASETS.TEST", f"('{TINY_VAL}',)",
-            "MODEL.PAPLOSS.DATASETS", repr([tiny_val_dataset(tmp_path)]),
+            "DATASETS.TEST", f"('{val_entry[0]}',)",
+            "MODEL.PAPLOSS.DATASETS", repr([val_entry]),
             "OUTPUT_DIR", str(tmp_path / "train"),
         ],  # fmt: skip
         cwd=REPO_ROOT,
@@ -94,15 +94,16 @@ def test_timed_out_trial_is_requeued_and_resumes_from_its_checkpoint(
 ) -> None:
     space = SearchSpace(["RETINANET"])
     theta = np.clip(space.identity_theta() + 0.05, 0, 1)
+    val_entry = tiny_val_dataset(tmp_path)
     proxy = ProxySettings(
         iterations=60,
         ims_per_batch=2,
         checkpoint_period=10,
-        val_dataset=TINY_VAL,
+        val_dataset=val_entry[0],
         opts={
             "SOLVER.WARMUP_ITERS": 2,
             "MODEL.RETINANET.SCORE_THRESH_TEST": 0.0,
-            "MODEL.PAPLOSS.DATASETS": [tiny_val_dataset(tmp_path)],
+            "MODEL.PAPLOSS.DATASETS": [val_entry],
         },
     )
 
