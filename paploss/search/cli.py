@@ -179,6 +179,7 @@ def _write_report(output: Any) -> List[str]:
             lines.append(
                 f"  train it:        python tools/train_net.py --config-file {_show(exported.path)}"
             )
+            _warn_if_model_config_changed(journal)
         rewards = plot_rewards(journal, output.plots / "rewards.png")
         functions = plot_functions(journal, output.plots / "functions.png")
     lines.append(f"  plots:           {_show(rewards)}")
@@ -212,7 +213,23 @@ def _cmd_export(args: argparse.Namespace) -> int:
     )
     print(f"exported {args.which} parameters ({what}) to {_show(exported.path)}")
     print(f"train it: python tools/train_net.py --config-file {_show(exported.path)}")
+    with _open_journal(args.output) as journal:
+        _warn_if_model_config_changed(journal)
     return 0
+
+
+def _warn_if_model_config_changed(journal: Any) -> None:
+    from paploss.search.controller import model_config_changed
+
+    settings = journal.settings
+    if model_config_changed(settings):
+        logger.warning(
+            "warning: %s has changed since the search started; the exported config inherits "
+            "from it (_BASE_), so it no longer trains exactly what was searched (the search's "
+            "trials trained %s)",
+            settings["model"]["config"],
+            _show(os.path.join(os.path.dirname(journal.path), "model_config.yaml")),
+        )
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:

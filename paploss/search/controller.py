@@ -50,6 +50,8 @@ __all__ = [
     "SearchController",
     "SearchSummary",
     "journal_settings",
+    "model_config_changed",
+    "model_config_digest",
     "round_seed",
 ]
 
@@ -121,6 +123,27 @@ def round_seed(search_seed: int, round_index: int) -> int:
     """Training seed shared by the trials of round ``round_index`` (common random numbers)."""
     state = np.random.SeedSequence([int(search_seed), int(round_index)]).generate_state(1)
     return int(state[0] & 0x7FFFFFFF)
+
+
+def model_config_digest(config_file: str) -> str:
+    """SHA-256 of the fully merged Detectron2 config of ``config_file`` (``_BASE_`` resolved)."""
+    from paploss.engine import load_config
+
+    return hashlib.sha256(load_config(config_file).dump().encode("utf-8")).hexdigest()
+
+
+def model_config_changed(stored_settings: Dict) -> bool:
+    """Whether the searched model's config files now merge to another config than they did when
+    the search started (an export, which inherits from them, would then train something else).
+    """
+    config = stored_settings.get("model", {}).get("config")
+    stored = stored_settings.get("model_config_sha256")
+    if not config or not stored:
+        return False
+    try:
+        return model_config_digest(config) != stored
+    except Exception:  # a config that no longer loads has changed as well
+        return True
 
 
 def journal_settings(settings: SearchSettings, space: SearchSpace, config_digest: str) -> Dict:

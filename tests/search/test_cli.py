@@ -17,6 +17,7 @@ from search_testing import (
 )
 
 from paploss.search.cli import main
+from paploss.search.controller import model_config_changed, model_config_digest
 from paploss.search.journal import SearchJournal
 from paploss.search.settings import load_settings
 from paploss.search.space import SearchSpace
@@ -229,3 +230,18 @@ def test_settings_inherit_resolve_paths_and_take_overrides(tmp_path: Path) -> No
     assert settings.launcher.launcher_options()["partition"] == "gpu"
     # The launcher is not part of what the journal compares on resume.
     assert "launcher" not in settings.journal_settings()
+
+
+def test_edited_model_config_is_noticed(tmp_path: Path) -> None:
+    configs = tmp_path / "configs"
+    shutil.copytree(REPO_ROOT / "configs", configs)
+    model = configs / "synthetic" / "pap_retinanet_identity.yaml"
+    stored = {
+        "model": {"config": str(model)},
+        "model_config_sha256": model_config_digest(str(model)),
+    }
+    assert not model_config_changed(stored)
+    (configs / "Base-RetinaNet-Tiny.yaml").write_text(
+        (configs / "Base-RetinaNet-Tiny.yaml").read_text().replace("NUM_CONVS: 2", "NUM_CONVS: 3")
+    )
+    assert model_config_changed(stored)  # an edited _BASE_ file counts
