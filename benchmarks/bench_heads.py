@@ -9,6 +9,7 @@ median and the ratio of medians measured in this one run.
 
     python benchmarks/bench_heads.py [--iters 30] [--batch 8] [--threads 1]
 """
+
 import argparse
 import itertools
 import os

@@ -9,6 +9,7 @@ batch and datasets), evaluated with COCO AP on the chosen test set, and summaris
     python benchmarks/compare_losses.py --iters 600 --configs configs/synthetic/retinanet_stock.yaml \\
         configs/synthetic/pap_retinanet_identity.yaml
 """
+
 import argparse
 import json
 import os

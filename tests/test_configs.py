@@ -1,4 +1,5 @@
 """Every shipped Detectron2 config loads and builds a model; published parameters match."""
+
 import glob
 import os
 

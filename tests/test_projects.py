@@ -1,4 +1,5 @@
 """The example project trains a PAP Faster R-CNN through its own script, by config alone."""
+
 import os
 import subprocess
 import sys

@@ -9,6 +9,7 @@ Examples::
         MODEL.WEIGHTS output/synthetic/retinanet_stock/model_final.pth
     python tools/train_net.py --num-gpus 8 --config-file configs/coco/pap_retinanet_R50_FPN_512.yaml
 """
+
 import os
 import sys
 

@@ -3,6 +3,7 @@
 Importing this package registers the synthetic splits ``synthetic_shapes_{train, search_train,
 search_val, val}`` (files are generated on first use).
 """
+
 from .datasets import (
     SYNTHETIC_PREFIX,
     DatasetError,

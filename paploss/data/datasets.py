@@ -11,6 +11,7 @@ Two kinds of datasets are registered by name:
 Loading validates the annotation file and the presence of every image, so a bad path or a
 malformed file fails with a message naming the file instead of deep inside a data loader worker.
 """
+
 import json
 import logging
 import os
@@ -48,7 +49,9 @@ def datasets_root() -> str:
 
 def _validate_coco_file(json_file: str, image_root: str, dataset_name: str) -> None:
     if not os.path.isfile(json_file):
-        raise DatasetError(f"dataset '{dataset_name}': annotation file '{json_file}' does not exist")
+        raise DatasetError(
+            f"dataset '{dataset_name}': annotation file '{json_file}' does not exist"
+        )
     try:
         with open(json_file) as f:
             content = json.load(f)

@@ -17,6 +17,7 @@ Layout written by :func:`generate_split`::
     <root>/<split>.json      COCO instances file (images, annotations, categories)
     <root>/<split>/*.png     images
 """
+
 import colorsys
 import json
 import os

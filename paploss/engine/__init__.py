@@ -1,4 +1,5 @@
 """Training and evaluation on top of Detectron2's ``DefaultTrainer``."""
+
 from .setup import load_config, setup_cfg
 from .trainer import Trainer, fast_coco_eval_available, train_and_evaluate
 

@@ -1,4 +1,5 @@
 """Building a frozen Detectron2 config with paploss's keys and datasets."""
+
 from typing import Optional, Sequence
 
 from detectron2.config import CfgNode, get_cfg

@@ -1,4 +1,5 @@
 """``Trainer``: Detectron2's ``DefaultTrainer`` with COCO evaluation and complete checkpoints."""
+
 import logging
 import os
 from typing import Dict

@@ -3,6 +3,7 @@
 All losses take flattened ``[M]`` tensors: one entry per (anchor or RoI, class) pair. Errors are
 raised as ``ValueError`` naming the offending argument, before any computation starts.
 """
+
 from typing import Optional
 
 import torch

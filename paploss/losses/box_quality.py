@@ -3,6 +3,7 @@
 Used to turn a positive's predicted box and its ground truth into the quality ``u`` of the PAP
 loss, the IoU targets of the Rank & Sort loss and the GIoU-based localisation error of aLRP.
 """
+
 from typing import Tuple
 
 import torch

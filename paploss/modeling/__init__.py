@@ -10,6 +10,7 @@ Registered names:
 Every key they add is under ``cfg.MODEL.PAPLOSS`` (:func:`add_paploss_config`);
 ``MODEL.PAPLOSS.LOSS`` picks the loss of every head (:func:`build_head_loss`).
 """
+
 from . import backbone  # noqa: F401  (registration)
 from .config import add_paploss_config
 from .head_loss import (

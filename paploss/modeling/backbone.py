@@ -11,6 +11,7 @@ used on COCO. Registered in ``BACKBONE_REGISTRY`` as:
 
 Width and depth come from ``cfg.MODEL.PAPLOSS.TINY_RESNET``.
 """
+
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone import FPN, ResNet

@@ -1,4 +1,5 @@
 """``add_paploss_config``: every key paploss adds lives under ``cfg.MODEL.PAPLOSS``."""
+
 from detectron2.config import CfgNode as CN
 
 __all__ = ["add_paploss_config", "PAP_HEADS", "IDENTITY_KNOTS", "LOSS_NAMES"]

@@ -1,4 +1,5 @@
 """``PAPRetinaNet``: RetinaNet whose classification and box losses are one ranking loss."""
+
 from typing import Dict, List
 
 import torch

@@ -3,6 +3,7 @@
 Shape shorthand as in Detectron2's ``fast_rcnn.py``: ``R`` RoIs of the whole per-device batch,
 ``K`` foreground classes, ``P`` positive RoIs.
 """
+
 from typing import Dict, List, Tuple
 
 import torch

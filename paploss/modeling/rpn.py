@@ -1,4 +1,5 @@
 """``PAPRPN``: a region proposal network trained with one ranking loss."""
+
 from typing import Dict, List
 
 import torch

@@ -1,5 +1,6 @@
 #!/usr/bin/env python
 """A plain Detectron2 training script that uses paploss's heads only through its config."""
+
 from detectron2.config import get_cfg
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch
 from detectron2.evaluation import COCOEvaluator

@@ -1,4 +1,5 @@
 """Registration with Detectron2's catalogs, and clear errors for bad datasets."""
+
 import json
 
 import pytest
@@ -31,9 +32,7 @@ def test_unknown_dataset_name_is_named():
     with pytest.raises(DatasetError, match="DATASETS.TRAIN names unknown dataset 'no_such_set'"):
         check_dataset_names(["no_such_set"], "DATASETS.TRAIN")
     with pytest.raises(DatasetError, match="no_such_set"):
-        setup_cfg(
-            "configs/synthetic/retinanet_stock.yaml", ["DATASETS.TEST", "('no_such_set',)"]
-        )
+        setup_cfg("configs/synthetic/retinanet_stock.yaml", ["DATASETS.TEST", "('no_such_set',)"])
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
 """The synthetic generator: determinism, COCO validity, split disjointness."""
+
 import hashlib
 import json
 import os
@@ -82,7 +83,9 @@ def test_objects_vary_in_scale_aspect_and_class():
 def test_splits_are_disjoint():
     specs = default_split_specs()
     assert set(specs) == set(SPLITS)
-    id_ranges = [set(range(s.first_image_id, s.first_image_id + s.num_images)) for s in specs.values()]
+    id_ranges = [
+        set(range(s.first_image_id, s.first_image_id + s.num_images)) for s in specs.values()
+    ]
     for i in range(len(id_ranges)):
         for j in range(i + 1, len(id_ranges)):
             assert not id_ranges[i] & id_ranges[j]

@@ -1,4 +1,5 @@
 """End to end: tools/train_net.py trains, evaluates with COCO AP, resumes exactly, evaluates only."""
+
 import json
 import os
 import re
@@ -57,7 +58,15 @@ def test_train_evaluate_resume_and_eval_only(tmp_path):
 
 
 def test_resume_restores_the_exact_optimizer_state(tmp_path):
-    opts = [*SHORT, "SOLVER.CHECKPOINT_PERIOD", "8", "OUTPUT_DIR", str(tmp_path), "TEST.EVAL_PERIOD", "0"]
+    opts = [
+        *SHORT,
+        "SOLVER.CHECKPOINT_PERIOD",
+        "8",
+        "OUTPUT_DIR",
+        str(tmp_path),
+        "TEST.EVAL_PERIOD",
+        "0",
+    ]
     cfg = setup_cfg("configs/synthetic/retinanet_stock.yaml", [*opts, "SOLVER.MAX_ITER", "8"])
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=False)
@@ -85,10 +94,14 @@ def test_missing_config_file_is_named():
 
 
 def test_unknown_config_key_is_named(tmp_path):
-    with pytest.raises(ValueError, match="command-line overrides: Non-existent key: MODEL.PAPLOSS.NO"):
+    with pytest.raises(
+        ValueError, match="command-line overrides: Non-existent key: MODEL.PAPLOSS.NO"
+    ):
         setup_cfg("configs/synthetic/retinanet_stock.yaml", ["MODEL.PAPLOSS.NO_SUCH_KEY", "1"])
     bad = tmp_path / "bad.yaml"
-    bad.write_text('_BASE_: "%s"\nMODEL:\n  PAPLOSS:\n    LOSSES: "pap"\n' % os.path.abspath(
-        "configs/synthetic/retinanet_stock.yaml"))
+    bad.write_text(
+        '_BASE_: "%s"\nMODEL:\n  PAPLOSS:\n    LOSSES: "pap"\n'
+        % os.path.abspath("configs/synthetic/retinanet_stock.yaml")
+    )
     with pytest.raises(ValueError, match=r"bad.yaml'.*MODEL.PAPLOSS.LOSSES"):
         setup_cfg(str(bad))

@@ -1,4 +1,5 @@
 """Shared fixtures: configs and a real training batch of the synthetic set."""
+
 import itertools
 
 import pytest

@@ -1,4 +1,5 @@
 """PAP heads: the loss the models compute, where its gradient goes, edge cases and bad configs."""
+
 import copy
 import importlib
 import subprocess
@@ -58,7 +59,9 @@ def test_retinanet_loss_equals_pap_loss_on_hand_flattened_tensors(synthetic_batc
             for r in torch.nonzero((labels >= 0) & (labels < 4)).flatten().tolist():
                 c = int(labels[r])
                 per_image[r, c] = 1
-                box = model.box2box_transform.apply_deltas(deltas[n, r : r + 1], all_anchors[r : r + 1])
+                box = model.box2box_transform.apply_deltas(
+                    deltas[n, r : r + 1], all_anchors[r : r + 1]
+                )
                 giou = generalized_box_iou(box, gt_boxes[n][r : r + 1])[0, 0]
                 q[r, c] = (giou + 1) / 2
             targets.append(per_image.flatten())
@@ -152,8 +155,14 @@ def test_roi_head_without_sampling_ranks_all_proposals(synthetic_batch):
     everything = _build(FASTER_RCNN, "MODEL.PAPLOSS.ROI_HEADS.SAMPLE_PROPOSALS", "False")
     _, s1 = _losses(sampled, synthetic_batch)
     _, s2 = _losses(everything, synthetic_batch)
-    n1 = s1.history("roi_head/num_bg_samples").latest() + s1.history("roi_head/num_fg_samples").latest()
-    n2 = s2.history("roi_head/num_bg_samples").latest() + s2.history("roi_head/num_fg_samples").latest()
+    n1 = (
+        s1.history("roi_head/num_bg_samples").latest()
+        + s1.history("roi_head/num_fg_samples").latest()
+    )
+    n2 = (
+        s2.history("roi_head/num_bg_samples").latest()
+        + s2.history("roi_head/num_fg_samples").latest()
+    )
     assert n1 <= 128 < n2
 
 

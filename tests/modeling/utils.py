@@ -1,4 +1,5 @@
 """Helpers for the modeling tests."""
+
 from paploss.engine import setup_cfg
 
 
