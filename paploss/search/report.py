@@ -341,11 +341,13 @@ def export_config(
     if output_dir is None:
         output_dir = _relative_or_absolute(os.path.join(folder, f"train_{which}"), os.getcwd())
     reward_on = settings.get("proxy", {}).get("val_dataset", "the proxy validation set")
+    search_dir = os.path.dirname(os.path.abspath(journal.path))
     header = [
         "Searched PAP-loss parameters, exported from the loss search in",
-        f"  {os.path.dirname(os.path.abspath(journal.path))}",
+        f"  {_relative_or_absolute(search_dir, os.getcwd())}",
         f"{provenance} (bbox AP on {reward_on}).",
-        f"Train it: python tools/train_net.py --config-file {_relative_or_absolute(path, os.getcwd())}",
+        "Train it: python tools/train_net.py --config-file "
+        + _relative_or_absolute(path, os.getcwd()),
     ]
     body: Dict[str, Any] = {"_BASE_": base}
     body.update(_nest(rounded))

@@ -148,7 +148,7 @@ class LauncherSettings:
     poll_interval_s: float = 1.0
 
     def launcher_options(self) -> Dict[str, Any]:
-        """Keyword arguments of :class:`~paploss.search.launcher.TrialLauncher` besides kind/folder."""
+        """Keyword arguments of :class:`~paploss.search.launcher.TrialLauncher` but kind, folder."""
         options: Dict[str, Any] = {
             "parallel": self.parallel,
             "poll_interval_s": self.poll_interval_s,
@@ -280,7 +280,7 @@ class SearchSettings:
 
 
 def parse_overrides(items: Sequence[str]) -> Dict[str, Any]:
-    """``["a.b=1", "c=[2, 3]"]`` → nested ``{"a": {"b": 1}, "c": [2, 3]}`` (values parsed as YAML).
+    """``["a.b=1", "c=[2, 3]"]`` → ``{"a": {"b": 1}, "c": [2, 3]}`` (values parsed as YAML).
 
     Raises:
         SettingsError: for an item without ``=`` or a value that is not valid YAML.
