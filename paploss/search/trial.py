@@ -55,6 +55,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 __all__ = [
     "TRIAL_RESULT_STATUSES",
+    "trial_folder_name",
     "ProxySettings",
     "TrialSpec",
     "TrialResult",
@@ -673,8 +674,3 @@ def _trial_environment(spec: TrialSpec, log_path: Path) -> Iterator[None]:
 def trial_folder_name(round_index: int, index: int) -> str:
     """Folder name of trial ``index`` of round ``round_index``: ``round002_trial05``."""
     return f"round{round_index:03d}_trial{index:02d}"
-
-
-def describe_opts(opts: Sequence[Any]) -> str:
-    """``KEY value KEY value`` on one line (for logs)."""
-    return " ".join(str(item) for item in opts)
