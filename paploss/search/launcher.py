@@ -590,7 +590,10 @@ class TrialLauncher:
         else:
             if _local_job_active(job):
                 return None
-            # A local job writes its result before its process exits: no lag to wait for.
+            # A local job writes its result before its process exits, but the process may have
+            # ended between the look for a result above and the look at the process.
+            if job.paths.result_pickle.exists():
+                return self._read_result(handle)
             final_state, grace_s = "process ended", 0.0
         now = time.monotonic()
         if handle._final_since is None:
@@ -686,10 +689,15 @@ def _local_job_active(job: "submitit.Job[Any]") -> bool:
     if state == "NO PROCESS AND NO RESULT":
         # Re-attached after a restart: the local job id is the pid of submitit's job controller.
         try:
-            with open(f"/proc/{int(job.job_id)}/cmdline", "rb") as f:
-                return b"submitit.local._local" in f.read()
-        except (OSError, ValueError):
+            proc = Path("/proc") / str(int(job.job_id))
+            # "pid (comm) S ...": a zombie (Z) or dead (X) process no longer runs the job.
+            if proc.joinpath("stat").read_text().rpartition(")")[2].split()[0] in ("Z", "X"):
+                return False
+            cmdline = proc.joinpath("cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
             return False
+        # The command line reads empty for an instant while a process is being exec'd.
+        return not cmdline or b"submitit.local._local" in cmdline
     return False
 
 

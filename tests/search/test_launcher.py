@@ -132,7 +132,7 @@ def test_local_reattach(tmp_path: Path) -> None:
 
     resumed = TrialLauncher("local", tmp_path / "jobs", poll_interval_s=0.2)
     outcomes = resumed.wait(resumed.attach(job_ids + ["999999999"]), timeout_s=60)
-    assert [o.ok for o in outcomes] == [True, True, False]
+    assert [o.ok for o in outcomes] == [True, True, False], [o.error for o in outcomes]
     assert [o.result["value"] for o in outcomes[:2]] == [0, 10]
 
 
