@@ -27,6 +27,7 @@ DEFAULT_CONFIGS = [
     "configs/synthetic/pap_retinanet_identity.yaml",
     "configs/synthetic/pap_retinanet_published.yaml",
     "configs/synthetic/faster_rcnn_stock.yaml",
+    "configs/synthetic/ap_faster_rcnn.yaml",
     "configs/synthetic/alrp_faster_rcnn.yaml",
     "configs/synthetic/rs_faster_rcnn.yaml",
     "configs/synthetic/pap_faster_rcnn_identity.yaml",

@@ -25,11 +25,15 @@ One class per ``MODEL.PAPLOSS.LOSS``, all subclasses of :class:`RankingHeadLoss`
 
 :func:`build_head_loss` picks the class from the config.
 """
+
 import logging
-from typing import Dict, NamedTuple, Optional, Tuple
+from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
 from detectron2.config import configurable
+from detectron2.layers import cat
+from detectron2.modeling.box_regression import Box2BoxTransform
+from detectron2.structures import Boxes
 from detectron2.utils.events import get_event_storage
 from fvcore.nn import smooth_l1_loss
 from torch import nn
@@ -246,6 +250,42 @@ class RankingHeadLoss(nn.Module):
             storage.put_scalar(f"{self.head_name}/{name}", value)
         storage.put_scalar(f"{self.head_name}/num_positives", float(inputs.num_positives))
         return {self.loss_key: loss}
+
+    def forward_dense(
+        self,
+        anchors: List[Boxes],
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        pred_anchor_deltas: List[torch.Tensor],
+        gt_boxes: List[torch.Tensor],
+        box2box_transform: Box2BoxTransform,
+    ) -> Dict[str, torch.Tensor]:
+        """:meth:`forward` for a dense head: decodes the positives' boxes from anchors and deltas.
+
+        Args:
+            anchors: per-level anchors, ``R`` in all, shared by the ``N`` images.
+            logits: ``[N * R, K]`` classification logits, image-major.
+            labels: ``[N, R]`` labels (``0..K-1`` positive, ``K`` background, ``-1`` ignored).
+            pred_anchor_deltas: per-level ``[N, Hi*Wi*A, 4]`` predicted box deltas.
+            gt_boxes: per-image ``[R, 4]`` ground-truth boxes matched to the anchors.
+            box2box_transform: the head's anchor-to-box transform.
+
+        Returns:
+            ``{loss_key: scalar}``.
+        """
+        positive = (labels >= 0) & (labels != logits.shape[1])  # [N, R]
+        deltas = cat(pred_anchor_deltas, dim=1)  # [N, R, 4]
+        positive_anchors = Boxes.cat(anchors).tensor.unsqueeze(0).expand_as(deltas)[positive]
+        positive_deltas = deltas[positive]  # [P, 4]
+        positive_gt_boxes = torch.stack(gt_boxes)[positive]
+        return self(
+            logits,
+            labels.reshape(-1),
+            box2box_transform.apply_deltas(positive_deltas, positive_anchors),
+            positive_gt_boxes,
+            pred_deltas=positive_deltas,
+            gt_deltas=box2box_transform.get_deltas(positive_anchors, positive_gt_boxes),
+        )
 
     def compute(self, inputs: HeadLossInputs) -> Tuple[torch.Tensor, Dict[str, float]]:
         """The loss of one batch.

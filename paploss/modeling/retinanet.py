@@ -68,18 +68,11 @@ class PAPRetinaNet(RetinaNet):
         labels = torch.stack(gt_labels)  # [N, R]
         positive = (labels >= 0) & (labels != self.num_classes)
         get_event_storage().put_scalar("num_pos_anchors", positive.sum().item() / num_images)
-
-        all_anchors = Boxes.cat(anchors).tensor  # [R, 4]
-        deltas = cat(pred_anchor_deltas, dim=1)  # [N, R, 4]
-        positive_anchors = all_anchors.unsqueeze(0).expand_as(deltas)[positive]  # [P, 4]
-        positive_deltas = deltas[positive]
-        positive_gt_boxes = torch.stack(gt_boxes)[positive]
-        pred_boxes = self.box2box_transform.apply_deltas(positive_deltas, positive_anchors)
-        return self.head_loss(
+        return self.head_loss.forward_dense(
+            anchors,
             cat(pred_logits, dim=1).reshape(-1, self.num_classes),
-            labels.reshape(-1),
-            pred_boxes,
-            positive_gt_boxes,
-            pred_deltas=positive_deltas,
-            gt_deltas=self.box2box_transform.get_deltas(positive_anchors, positive_gt_boxes),
+            labels,
+            pred_anchor_deltas,
+            gt_boxes,
+            self.box2box_transform,
         )
