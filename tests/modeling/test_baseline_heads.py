@@ -4,6 +4,7 @@ The models are real (tiny) RetinaNet and Faster R-CNN on a real batch of the syn
 expected values are computed by hand from the same predictions with independent box code
 (torchvision) and the pure losses of :mod:`paploss.losses`.
 """
+
 import math
 
 import pytest
@@ -20,7 +21,7 @@ from paploss.modeling import ALRPHeadLoss, APHeadLoss, RSHeadLoss
 from paploss.modeling.head_loss import ALRPSelfBalance
 
 from .test_heads import _without_annotations
-from .utils import make_cfg
+from .utils import build_train_model, losses_with_storage, make_cfg
 
 CONFIGS = {
     ("ap", "retinanet"): "configs/synthetic/ap_retinanet.yaml",
@@ -42,27 +43,14 @@ HEAD_PARAMS = {
 LOSS_KEYS = {"retinanet": ["loss_{}"], "faster_rcnn": ["loss_rpn_{}", "loss_roi_{}"]}
 
 
-def _build(config_file, *opts, seed=0):
-    torch.manual_seed(seed)
-    model = build_model(make_cfg(config_file, *opts))
-    model.train()
-    return model
-
-
-def _losses(model, batch):
-    with EventStorage(0) as storage:
-        losses = model(batch)
-    return losses, storage
-
-
 def _latest(storage, name):
     return storage.history(name).latest()
 
 
 @pytest.mark.parametrize("loss, arch", list(CONFIGS))
 def test_forward_backward_reaches_both_branches_of_every_head(synthetic_batch, loss, arch):
-    model = _build(CONFIGS[loss, arch])
-    losses, storage = _losses(model, synthetic_batch[:2])
+    model = build_train_model(CONFIGS[loss, arch])
+    losses, storage = losses_with_storage(model, synthetic_batch[:2])
     assert set(losses) == {key.format(loss) for key in LOSS_KEYS[arch]}
     total = sum(losses.values())
     assert torch.isfinite(total) and total.item() > 0
@@ -84,8 +72,8 @@ def test_forward_backward_reaches_both_branches_of_every_head(synthetic_batch, l
 
 @pytest.mark.parametrize("loss, arch", list(CONFIGS))
 def test_batch_without_positives_gives_zero_loss_and_finite_gradients(synthetic_batch, loss, arch):
-    model = _build(CONFIGS[loss, arch])
-    losses, storage = _losses(model, _without_annotations(synthetic_batch[:2]))
+    model = build_train_model(CONFIGS[loss, arch])
+    losses, storage = losses_with_storage(model, _without_annotations(synthetic_batch[:2]))
     total = sum(losses.values())
     assert torch.isfinite(total) and total.item() == 0.0
     total.backward()
@@ -144,9 +132,9 @@ def _per_entry(like, index, values):
     return out
 
 
-def test_retinanet_ap_loss_equals_the_hand_flattened_losses(synthetic_batch):
-    model = _build(CONFIGS["ap", "retinanet"])
-    losses, storage = _losses(model, synthetic_batch)
+def test_retinanet_ap_loss_equals_the_hand_flattenedlosses_with_storage(synthetic_batch):
+    model = build_train_model(CONFIGS["ap", "retinanet"])
+    losses, storage = losses_with_storage(model, synthetic_batch)
     logits, targets, index, _, gt, pred_deltas, anchors = _retinanet_by_hand(model, synthetic_batch)
     expected_cls = ap_loss(logits, targets, delta=1.0)
     # the stock RetinaNet box loss (before its running normaliser), over the positives
@@ -165,9 +153,9 @@ def test_retinanet_ap_loss_equals_the_hand_flattened_losses(synthetic_batch):
     assert losses["loss_ap"].item() == pytest.approx((expected_cls + expected_box).item(), rel=1e-5)
 
 
-def test_retinanet_rs_loss_equals_the_hand_flattened_losses(synthetic_batch):
-    model = _build(CONFIGS["rs", "retinanet"])
-    losses, storage = _losses(model, synthetic_batch)
+def test_retinanet_rs_loss_equals_the_hand_flattenedlosses_with_storage(synthetic_batch):
+    model = build_train_model(CONFIGS["rs", "retinanet"])
+    losses, storage = losses_with_storage(model, synthetic_batch)
     logits, targets, index, pred, gt, _, _ = _retinanet_by_hand(model, synthetic_batch)
     iou = torch.stack([box_iou(p[None], g[None])[0, 0] for p, g in zip(pred, gt)])
     giou = torch.stack([generalized_box_iou(p[None], g[None])[0, 0] for p, g in zip(pred, gt)])
@@ -186,9 +174,9 @@ def test_retinanet_rs_loss_equals_the_hand_flattened_losses(synthetic_batch):
     assert losses["loss_rs"].item() == pytest.approx(2 * expected_rs.item(), rel=1e-5)
 
 
-def test_retinanet_alrp_loss_equals_the_hand_flattened_losses(synthetic_batch):
-    model = _build(CONFIGS["alrp", "retinanet"])
-    losses, storage = _losses(model, synthetic_batch)
+def test_retinanet_alrp_loss_equals_the_hand_flattenedlosses_with_storage(synthetic_batch):
+    model = build_train_model(CONFIGS["alrp", "retinanet"])
+    losses, storage = losses_with_storage(model, synthetic_batch)
     logits, targets, index, pred, gt, _, _ = _retinanet_by_hand(model, synthetic_batch)
     giou = torch.stack([generalized_box_iou(p[None], g[None])[0, 0] for p, g in zip(pred, gt)])
     loc_errors = _per_entry(logits, index, (1 - giou) / (2 * (1 - 0.5)))
@@ -281,19 +269,25 @@ def test_alrp_self_balance_follows_the_reference_balancer_and_its_state_dict():
 
 
 def test_alrp_balance_state_is_in_the_model_state_dict(synthetic_batch):
-    model = _build(CONFIGS["alrp", "retinanet"], "MODEL.PAPLOSS.ALRP.BALANCE_PERIOD", "1")
-    _losses(model, synthetic_batch[:2])
+    model = build_train_model(
+        CONFIGS["alrp", "retinanet"], "MODEL.PAPLOSS.ALRP.BALANCE_PERIOD", "1"
+    )
+    losses_with_storage(model, synthetic_batch[:2])
     state = model.state_dict()
     assert state["head_loss.balance.count"].item() == 0  # the period of 1 just completed
     weight = state["head_loss.balance.weight"].item()
     assert weight != 50.0 and weight > 1.0
-    fresh = _build(CONFIGS["alrp", "retinanet"], "MODEL.PAPLOSS.ALRP.BALANCE_PERIOD", "1")
+    fresh = build_train_model(
+        CONFIGS["alrp", "retinanet"], "MODEL.PAPLOSS.ALRP.BALANCE_PERIOD", "1"
+    )
     fresh.load_state_dict(state)
     assert fresh.head_loss.balance.weight.item() == weight
 
 
 def test_stock_proposal_sampling_is_off_in_the_baseline_faster_rcnn_configs(synthetic_batch):
-    _, storage = _losses(_build(CONFIGS["rs", "faster_rcnn"]), synthetic_batch[:2])
+    _, storage = losses_with_storage(
+        build_train_model(CONFIGS["rs", "faster_rcnn"]), synthetic_batch[:2]
+    )
     num_rois = _latest(storage, "roi_head/num_fg_samples") + _latest(
         storage, "roi_head/num_bg_samples"
     )
@@ -338,10 +332,12 @@ def test_bad_baseline_config_fails_at_build_time_naming_the_key(config, opts, me
 
 
 def test_grad_scale_is_a_pap_only_knob(synthetic_batch):
-    plain = _build(CONFIGS["rs", "retinanet"])
-    scaled = _build(CONFIGS["rs", "retinanet"], "MODEL.PAPLOSS.RETINANET.GRAD_SCALE", "3.0")
-    (a,) = _losses(plain, synthetic_batch[:2])[0].values()
-    (b,) = _losses(scaled, synthetic_batch[:2])[0].values()
+    plain = build_train_model(CONFIGS["rs", "retinanet"])
+    scaled = build_train_model(
+        CONFIGS["rs", "retinanet"], "MODEL.PAPLOSS.RETINANET.GRAD_SCALE", "3.0"
+    )
+    (a,) = losses_with_storage(plain, synthetic_batch[:2])[0].values()
+    (b,) = losses_with_storage(scaled, synthetic_batch[:2])[0].values()
     assert a.item() == b.item()
 
 

@@ -9,33 +9,19 @@ import pytest
 import torch
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
-from detectron2.utils.events import EventStorage
 from torchvision.ops import generalized_box_iou
 
 from paploss.losses import PAPFunctions, pap_loss_dense
 
-from .utils import make_cfg
+from .utils import build_train_model, losses_with_storage, make_cfg
 
 RETINANET = "configs/synthetic/pap_retinanet_identity.yaml"
 FASTER_RCNN = "configs/synthetic/pap_faster_rcnn_identity.yaml"
 
 
-def _build(config_file, *opts, seed=0):
-    torch.manual_seed(seed)
-    model = build_model(make_cfg(config_file, *opts))
-    model.train()
-    return model
-
-
-def _losses(model, batch):
-    with EventStorage(0) as storage:
-        losses = model(batch)
-    return losses, storage
-
-
 def test_retinanet_loss_equals_pap_loss_on_hand_flattened_tensors(synthetic_batch):
-    model = _build(RETINANET)
-    losses, storage = _losses(model, synthetic_batch)
+    model = build_train_model(RETINANET)
+    losses, storage = losses_with_storage(model, synthetic_batch)
     assert set(losses) == {"loss_pap"}
 
     # The same batch, flattened by hand with an independent GIoU (torchvision) and the
@@ -83,7 +69,7 @@ def test_retinanet_loss_equals_pap_loss_on_hand_flattened_tensors(synthetic_batc
 
 def _head_grads(model, batch, names):
     model.zero_grad()
-    losses, _ = _losses(model, batch)
+    losses, _ = losses_with_storage(model, batch)
     sum(losses.values()).backward()
     params = dict(model.named_parameters())
     return {name: params[name].grad.clone() for name in names}
@@ -102,8 +88,8 @@ def _head_grads(model, batch, names):
 def test_gradient_reaches_both_branches_and_lambda_scales_only_the_box_branch(
     synthetic_batch, config_file, head, cls_param, box_param
 ):
-    base = _build(config_file)
-    scaled = _build(config_file, f"MODEL.PAPLOSS.{head}.GRAD_SCALE", "3.0")
+    base = build_train_model(config_file)
+    scaled = build_train_model(config_file, f"MODEL.PAPLOSS.{head}.GRAD_SCALE", "3.0")
     scaled.load_state_dict(base.state_dict())
     torch.manual_seed(1)  # same proposal sampling in both runs
     g1 = _head_grads(base, synthetic_batch, [cls_param, box_param])
@@ -129,9 +115,9 @@ def _without_annotations(batch):
 
 @pytest.mark.parametrize("config_file", [RETINANET, FASTER_RCNN])
 def test_batch_without_positives_trains_without_nan(synthetic_batch, config_file):
-    model = _build(config_file)
+    model = build_train_model(config_file)
     batch = _without_annotations(synthetic_batch)
-    losses, storage = _losses(model, batch)
+    losses, storage = losses_with_storage(model, batch)
     total = sum(losses.values())
     assert torch.isfinite(total) and total.item() == 0.0
     total.backward()
@@ -139,22 +125,26 @@ def test_batch_without_positives_trains_without_nan(synthetic_batch, config_file
         if p.grad is not None:
             assert torch.isfinite(p.grad).all(), name
     # mixing an empty image into a normal batch is fine too
-    losses, _ = _losses(model, batch[:1] + list(synthetic_batch[1:]))
+    losses, _ = losses_with_storage(model, batch[:1] + list(synthetic_batch[1:]))
     assert all(torch.isfinite(v) and v.item() > 0 for v in losses.values())
 
 
-def test_stock_loss_key_keeps_detectron2_losses(synthetic_batch):
-    losses, _ = _losses(_build(RETINANET, "MODEL.PAPLOSS.LOSS", "stock"), synthetic_batch)
+def test_stock_loss_key_keeps_detectron2losses_with_storage(synthetic_batch):
+    losses, _ = losses_with_storage(
+        build_train_model(RETINANET, "MODEL.PAPLOSS.LOSS", "stock"), synthetic_batch
+    )
     assert set(losses) == {"loss_cls", "loss_box_reg"}
-    losses, _ = _losses(_build(FASTER_RCNN, "MODEL.PAPLOSS.LOSS", "stock"), synthetic_batch)
+    losses, _ = losses_with_storage(
+        build_train_model(FASTER_RCNN, "MODEL.PAPLOSS.LOSS", "stock"), synthetic_batch
+    )
     assert set(losses) == {"loss_cls", "loss_box_reg", "loss_rpn_cls", "loss_rpn_loc"}
 
 
 def test_roi_head_without_sampling_ranks_all_proposals(synthetic_batch):
-    sampled = _build(FASTER_RCNN)
-    everything = _build(FASTER_RCNN, "MODEL.PAPLOSS.ROI_HEADS.SAMPLE_PROPOSALS", "False")
-    _, s1 = _losses(sampled, synthetic_batch)
-    _, s2 = _losses(everything, synthetic_batch)
+    sampled = build_train_model(FASTER_RCNN)
+    everything = build_train_model(FASTER_RCNN, "MODEL.PAPLOSS.ROI_HEADS.SAMPLE_PROPOSALS", "False")
+    _, s1 = losses_with_storage(sampled, synthetic_batch)
+    _, s2 = losses_with_storage(everything, synthetic_batch)
     n1 = (
         s1.history("roi_head/num_bg_samples").latest()
         + s1.history("roi_head/num_fg_samples").latest()
@@ -201,8 +191,8 @@ def test_importing_and_reloading_the_package_is_harmless():
 
 
 def test_checkpoints_never_carry_the_loss_functions():
-    published = _build("configs/synthetic/pap_retinanet_published.yaml")
-    identity = _build(RETINANET)
+    published = build_train_model("configs/synthetic/pap_retinanet_published.yaml")
+    identity = build_train_model(RETINANET)
     assert not [k for k in published.state_dict() if "knots" in k]
     identity.load_state_dict(published.state_dict())  # strict: same keys
     assert identity.head_loss.functions.to_dict() == PAPFunctions.identity().to_dict()
