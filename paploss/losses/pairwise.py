@@ -102,19 +102,21 @@ def _accumulate_dtype(device: torch.device) -> torch.dtype:
     return torch.float32 if device.type == "mps" else torch.float64
 
 
-def _check_pairwise_inputs(anchors, sorted_scores, weights, knots_x, knots_y, weights_name):
+def _check_anchors_and_knots(anchors, knots_x, knots_y):
     if anchors.dim() != 1:
         raise ValueError(f"anchors must have shape [P], got shape {list(anchors.shape)}")
-    num_scores = sorted_scores.values.shape[0]
-    if weights is not None and (weights.dim() not in (1, 2) or weights.shape[0] != num_scores):
-        raise ValueError(
-            f"{weights_name} must have shape [M] or [M, C] with M = {num_scores} "
-            f"(number of scores), got {list(weights.shape)}"
-        )
     if knots_x.dim() != 1 or knots_x.shape != knots_y.shape or knots_x.numel() < 2:
         raise ValueError(
             "knots_x and knots_y must both have shape [K] with K >= 2, got "
             f"{list(knots_x.shape)} and {list(knots_y.shape)}"
+        )
+
+
+def _check_weights(weights, expected_rows, weights_name, rows_name):
+    if weights.dim() not in (1, 2) or weights.shape[0] != expected_rows:
+        raise ValueError(
+            f"{weights_name} must have shape [{rows_name[0]}] or [{rows_name[0]}, C] with "
+            f"{rows_name[0]} = {expected_rows} ({rows_name[1]}), got {list(weights.shape)}"
         )
 
 
@@ -151,7 +153,9 @@ def pairwise_gap_sums(
         (of ``anchors`` if ``weights`` is ``None``), or ``None`` where not requested.
     """
     sorted_scores = scores if isinstance(scores, SortedScores) else sort_scores(scores)
-    _check_pairwise_inputs(anchors, sorted_scores, weights, knots_x, knots_y, "weights")
+    _check_anchors_and_knots(anchors, knots_x, knots_y)
+    if weights is not None:
+        _check_weights(weights, sorted_scores.values.shape[0], "weights", ("M", "number of scores"))
     if weights is not None and weights.is_floating_point():
         out_dtype = weights.dtype
     else:
@@ -302,18 +306,8 @@ def pairwise_gap_sums_per_score(
         (On CUDA the scatter-add makes the float64 rounding order non-deterministic.)
     """
     sorted_scores = scores if isinstance(scores, SortedScores) else sort_scores(scores)
-    if anchors.dim() != 1:
-        raise ValueError(f"anchors must have shape [P], got shape {list(anchors.shape)}")
-    if anchor_weights.dim() not in (1, 2) or anchor_weights.shape[0] != anchors.shape[0]:
-        raise ValueError(
-            f"anchor_weights must have shape [P] or [P, C] with P = {anchors.shape[0]} "
-            f"(number of anchors), got {list(anchor_weights.shape)}"
-        )
-    if knots_x.dim() != 1 or knots_x.shape != knots_y.shape or knots_x.numel() < 2:
-        raise ValueError(
-            "knots_x and knots_y must both have shape [K] with K >= 2, got "
-            f"{list(knots_x.shape)} and {list(knots_y.shape)}"
-        )
+    _check_anchors_and_knots(anchors, knots_x, knots_y)
+    _check_weights(anchor_weights, anchors.shape[0], "anchor_weights", ("P", "number of anchors"))
     if not (values or slopes):
         return None, None
     squeeze = anchor_weights.dim() == 1
