@@ -96,7 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="settings overrides, e.g. search.rounds=3 proxy.iterations=100",
     )
 
-    status = commands.add_parser("status", help="table of rounds (and trials) of a search")
+    status = commands.add_parser(
+        "status",
+        help="table of rounds (and trials) of a search, with the candidates screening rejected "
+        "or found duplicate",
+    )
     status.add_argument("--output", metavar="DIR", required=True, help="search folder")
     status.add_argument("--trials", action="store_true", help="also list every trial")
 
@@ -173,6 +177,13 @@ def _write_report(output: Any) -> List[str]:
 
     lines = []
     with SearchJournal.open(str(output.journal), read_only=True) as journal:
+        statuses = [t.status for t in journal.trials()]
+        rejected, duplicates = statuses.count("rejected"), statuses.count("duplicate")
+        if rejected or duplicates:
+            lines.append(
+                f"  screening:       {rejected} rejected, {duplicates} duplicate(s) of "
+                f"{len(statuses)} candidates, not trained"
+            )
         if journal.best_trial() is not None:
             exported = export_config(journal, output.export("best"), which="best")
             lines.append(f"  exported config: {_show(exported.path)}")
@@ -277,7 +288,8 @@ def _settings_from_journal(output: Any, overrides: Sequence[str]) -> Any:
 
     with _open_journal(str(output.root)) as journal:
         stored = journal.settings
-    base = {key: stored[key] for key in ("model", "proxy", "search", "policy") if key in stored}
+    sections = ("model", "proxy", "search", "policy", "screening")
+    base = {key: stored[key] for key in sections if key in stored}
     if output.settings.exists():
         try:
             with open(output.settings) as handle:

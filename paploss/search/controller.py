@@ -3,10 +3,24 @@
 One round::
 
     θ_1..θ_S ~ policy            (+ μ itself when search.score_mean)
-    journal.begin_round(...)     candidates + the policy state *after* sampling (RNG included)
+    screen the samples           rejected and duplicate candidates are decided, never trained
+    journal.begin_round(...)     candidates with their screening decisions + the policy state
+                                 *after* sampling (RNG included)
     launch the trials, record each outcome as it arrives, retry failures up to max_attempts
-    policy.update(θ, rewards)    PPO on the scored samples (diverged ones with their penalty)
+    duplicates take the reward of their earlier equivalent candidate
+    policy.update(θ, rewards)    PPO on the scored samples (diverged ones with their penalty,
+                                 rejected ones with screening.rejection.rejected_reward)
     journal.end_round(...)       the policy state after the update
+
+**Screening** (``settings.screening``, see :mod:`paploss.search.screening`). Before a round is
+stored, every sample is screened: a candidate whose gradient fingerprint equals that of an earlier
+candidate (of any round, not failed) is stored as ``duplicate`` with that candidate's reward (once
+known) and ``metrics.screening.duplicate_of``; a candidate that fails the loss-rejection protocol is
+stored as ``rejected`` with ``rejected_reward``. Neither gets a folder or a job, both count in the
+PPO update. The policy mean is exempt (always trained); its fingerprint is registered all the same.
+Fingerprints are stored in ``metrics.screening.fingerprint``, and the registry of fingerprints is
+rebuilt from the journal before each new round, so a resumed search detects duplicates of trials
+from before the restart; candidates already in the journal are never screened again.
 
 The journal (:class:`~paploss.search.journal.SearchJournal`) is the only durable state, and the
 controller is its only writer. A killed search resumes exactly: closed rounds are never repeated,
@@ -26,13 +40,15 @@ Output folder layout::
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import logging
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import yaml
@@ -191,6 +207,7 @@ class SearchController:
         self._policy: Optional[TruncatedNormalPolicy] = None
         self._trials_run = 0
         self._datasets_root: Optional[str] = None
+        self._screener: Optional[Any] = None  # paploss.search.screening.Screener, built lazily
 
     # ------------------------------------------------------------------ public
     def run(self) -> SearchSummary:
@@ -345,11 +362,13 @@ class SearchController:
                 )
                 for index, (theta, role) in enumerate(candidates)
             ]
+            new_trials = self._screen_candidates(round_index, new_trials)
             journal.begin_round(round_index, policy.state_dict(), new_trials)
             logger.info(
-                "round %d/%d: %d trial(s), sigma %.4f, seed %d",
+                "round %d/%d: %d trial(s) to train of %d, sigma %.4f, seed %d",
                 round_index + 1,
                 total,
+                sum(t.status == "pending" for t in new_trials),
                 len(new_trials),
                 policy.sigma,
                 seed,
@@ -384,9 +403,16 @@ class SearchController:
         assert journal is not None
         trials = journal.trials(round=round_index)
         samples = [t for t in trials if t.role == "sample"]
-        if all(t.is_final for t in trials) and not any(t.status in _SCORED for t in samples):
+        if all(t.is_final for t in trials) and not any(_is_scored(t) for t in samples):
             for trial in trials:
-                if trial.status == "failed":
+                if trial.status != "failed":
+                    continue
+                if trial.folder is None and _duplicate_of(trial) is not None:
+                    # A duplicate whose original failed: it waits for the original again.
+                    journal.update_trial(
+                        round_index, trial.index, status="duplicate", error=None, finished_at=None
+                    )
+                else:
                     journal.update_trial(round_index, trial.index, status="pending", attempts=0)
             logger.info(
                 "round %d/%d: every sample had failed; trying them again",
@@ -399,7 +425,7 @@ class SearchController:
         assert journal is not None and policy is not None
         loop = self.settings.search
         trials = journal.trials(round=round_index)
-        samples = [t for t in trials if t.role == "sample" and t.status in _SCORED]
+        samples = [t for t in trials if t.role == "sample" and _is_scored(t)]
         if not samples:
             failed = [t for t in trials if t.status == "failed"]
             last = failed[-1] if failed else None
@@ -412,7 +438,7 @@ class SearchController:
         thetas = np.asarray([t.theta for t in samples], dtype=np.float64)
         rewards = np.asarray([t.reward for t in samples], dtype=np.float64)
         baseline = None
-        mean_trials = [t for t in trials if t.role == "mean" and t.status in _SCORED]
+        mean_trials = [t for t in trials if t.role == "mean" and _is_scored(t)]
         if loop.baseline == "policy_mean":
             if mean_trials:
                 baseline = float(mean_trials[0].reward)
@@ -430,11 +456,13 @@ class SearchController:
             mean_reward=float(mean_trials[0].reward) if mean_trials else None,
             num_failed=sum(t.status == "failed" for t in trials),
             num_diverged=sum(t.status == "diverged" for t in trials),
+            num_rejected=sum(t.status == "rejected" for t in trials),
+            num_duplicates=sum(t.status == "duplicate" for t in trials),
         )
         journal.end_round(round_index, policy.state_dict(), stats)
         best = journal.best_trial()
         logger.info(
-            "round %d/%d closed: reward mean %.4f min %.4f max %.4f%s | best so far %s | "
+            "round %d/%d closed: reward mean %.4f min %.4f max %.4f%s%s | best so far %s | "
             "mean moved %.4f",
             round_index + 1,
             loop.rounds,
@@ -442,9 +470,196 @@ class SearchController:
             stats["reward_min"],
             stats["reward_max"],
             "" if stats["mean_reward"] is None else f" | policy mean {stats['mean_reward']:.4f}",
+            (
+                f" | {stats['num_rejected']} rejected, {stats['num_duplicates']} duplicate(s)"
+                if self._screener is not None or stats["num_rejected"] or stats["num_duplicates"]
+                else ""
+            ),
             "n/a" if best is None else f"{best.reward:.4f}",
             stats["mean_shift_l2"],
         )
+
+    # ------------------------------------------------------------------ screening
+    def _screen_candidates(self, round_index: int, trials: List[NewTrial]) -> List[NewTrial]:
+        """The round's candidates with their screening decisions (unchanged without screening)."""
+        screener = self._screener_for_round()
+        if screener is None:
+            return trials
+        start = time.perf_counter()
+        decided: List[NewTrial] = []
+        with _torch_threads(self.settings.proxy.num_threads):
+            for index, trial in enumerate(trials):
+                decided.append(self._screen(screener, trial, (round_index, index), decided))
+        samples = [t for t in decided if t.role == "sample"]
+        logger.info(
+            "round %d/%d: screened %d sample(s) in %.1f s: %d rejected, %d duplicate(s), "
+            "%d to train",
+            round_index + 1,
+            self.settings.search.rounds,
+            len(samples),
+            time.perf_counter() - start,
+            sum(t.status == "rejected" for t in samples),
+            sum(t.status == "duplicate" for t in samples),
+            sum(t.status == "pending" for t in samples),
+        )
+        return decided
+
+    def _screen(
+        self,
+        screener: Any,
+        trial: NewTrial,
+        key: Tuple[int, int],
+        earlier: Sequence[NewTrial],
+    ) -> NewTrial:
+        """Screen one candidate; ``earlier``: the round's candidates decided before it."""
+        from paploss.search.screening import ScreeningDecision
+
+        if trial.role == "mean":
+            # Exempt (always trained), but registered: later equivalent samples reuse its reward.
+            start = time.perf_counter()
+            digest = None
+            if self.settings.screening.equivalence.enabled:
+                digest = screener.fingerprint(trial.overrides).digest
+                screener.registry.register(digest, key)
+            decision = ScreeningDecision(
+                "accepted", fingerprint=digest, seconds=time.perf_counter() - start
+            )
+            record = dict(decision.metrics(), exempt=True)
+            return dataclasses.replace(trial, metrics={**trial.metrics, "screening": record})
+        decision = screener.screen(trial.overrides, key=key)
+        record = decision.metrics()
+        metrics = {**trial.metrics, "screening": record}
+        if decision.status == "rejected":
+            logger.info(
+                "%s rejected: AP gain %.2f < %g",
+                trial_folder_name(*key),
+                decision.score,
+                self.settings.screening.rejection.min_ap_gain,
+            )
+            return dataclasses.replace(
+                trial, status="rejected", reward=decision.reward, metrics=metrics, folder=None
+            )
+        if decision.status == "duplicate":
+            original_key = (int(decision.duplicate_of[0]), int(decision.duplicate_of[1]))
+            original = self._original(original_key, key[0], earlier)
+            record["duplicate_of_trial"] = trial_folder_name(*original_key)
+            reward = None
+            if original is not None and original[0] in _SCORED and original[1] is not None:
+                reward = original[1]
+                record["original_status"] = original[0]
+            logger.info(
+                "%s is a duplicate of %s%s",
+                trial_folder_name(*key),
+                record["duplicate_of_trial"],
+                "" if reward is None else f" (reward {reward:.4f})",
+            )
+            return dataclasses.replace(
+                trial, status="duplicate", reward=reward, metrics=metrics, folder=None
+            )
+        return dataclasses.replace(trial, metrics=metrics)
+
+    def _original(
+        self, key: Tuple[int, int], round_index: int, earlier: Sequence[NewTrial]
+    ) -> Optional[Tuple[str, Optional[float]]]:
+        """Status and reward of the candidate ``key`` (of this round or an earlier one)."""
+        if key[0] == round_index:
+            if key[1] >= len(earlier):
+                return None
+            return earlier[key[1]].status, earlier[key[1]].reward
+        journal = self._journal
+        assert journal is not None
+        try:
+            trial = journal.trial(*key)
+        except KeyError:
+            return None
+        return trial.status, trial.reward
+
+    def _screener_for_round(self) -> Optional[Any]:
+        """The search's screener (built on first use) with its registry rebuilt from the journal,
+        or None when screening of candidates is off."""
+        screening = self.settings.screening
+        if not screening.screens_candidates:
+            return None
+        space = self._space
+        assert space is not None
+        if self._screener is None:
+            from paploss.engine import setup_cfg
+            from paploss.search.screening import Screener
+
+            proxy = self.settings.proxy
+            start = time.perf_counter()
+            try:
+                cfg = setup_cfg(
+                    str(self.output.model_config),
+                    proxy.config_opts(self.settings.search.seed, str(self.output.trials)),
+                )
+                with _torch_threads(proxy.num_threads):
+                    self._screener = Screener.build(
+                        screening, cfg, dataset=proxy.train_dataset, heads=list(space.heads)
+                    )
+            except (ValueError, RuntimeError, KeyError) as exc:
+                raise SearchError(f"cannot set up the screening of candidates: {exc}") from None
+            logger.info("screening set up in %.1f s", time.perf_counter() - start)
+        self._screener.registry = self._registry_from_journal()
+        return self._screener
+
+    def _registry_from_journal(self) -> Any:
+        """Fingerprint registry of every stored candidate that did not fail, in trial order."""
+        from paploss.search.screening import EquivalenceRegistry
+
+        journal = self._journal
+        assert journal is not None
+        registry = EquivalenceRegistry()
+        for trial in journal.trials():
+            digest = (trial.metrics.get("screening") or {}).get("fingerprint")
+            if isinstance(digest, str) and trial.status != "failed":
+                registry.register(digest, (trial.round, trial.index))
+        return registry
+
+    def _resolve_duplicates(self, round_index: int) -> None:
+        """Give the round's duplicates the reward of their original, now that it is known."""
+        journal = self._journal
+        assert journal is not None
+        for trial in journal.trials(round=round_index):
+            if trial.status != "duplicate" or trial.reward is not None:
+                continue
+            key = _duplicate_of(trial)
+            name = trial_folder_name(trial.round, trial.index)
+            original = None
+            if key is not None:
+                with contextlib.suppress(KeyError):
+                    original = journal.trial(*key)
+            record = dict(trial.metrics.get("screening") or {})
+            if original is not None:
+                record["original_status"] = original.status
+            metrics = {**trial.metrics, "screening": record}
+            if original is not None and _is_scored(original):
+                journal.update_trial(
+                    round_index,
+                    trial.index,
+                    reward=original.reward,
+                    metrics=metrics,
+                    finished_at=time.time(),
+                )
+                logger.info(
+                    "%s: reward %.4f of its equivalent %s",
+                    name,
+                    original.reward,
+                    trial_folder_name(*key),
+                )
+                continue
+            if original is not None and not original.is_final:
+                continue  # cannot happen: the round's trials are all final here
+            what = "an unknown trial" if key is None else trial_folder_name(*key)
+            journal.update_trial(
+                round_index,
+                trial.index,
+                status="failed",
+                metrics=metrics,
+                error=f"not trained: equivalent to {what}, which has no reward (failed)",
+                finished_at=time.time(),
+            )
+            logger.warning("%s: its equivalent %s failed; left out", name, what)
 
     # ------------------------------------------------------------------ trials
     def _run_trials(self, round_index: int) -> None:
@@ -455,6 +670,7 @@ class SearchController:
             trials = journal.trials(round=round_index)
             unfinished = [t for t in trials if not t.is_final]
             if not unfinished:
+                self._resolve_duplicates(round_index)
                 return
             self._run_wave(round_index, unfinished, n_total=len(trials))
 
@@ -520,6 +736,8 @@ class SearchController:
             if result.reason:
                 metrics["reason"] = result.reason
             metrics["reused"] = bool(result.reused)
+            if "screening" in trial.metrics:  # the fingerprint: a resumed search needs it
+                metrics["screening"] = trial.metrics["screening"]
             journal.update_trial(
                 round_index,
                 trial.index,
@@ -595,6 +813,7 @@ class SearchController:
 
     def _spec(self, trial: TrialRecord) -> TrialSpec:
         assert trial.folder is not None
+        early_stop = self.settings.screening.early_stop
         return TrialSpec(
             trial_id=trial_folder_name(trial.round, trial.index),
             round=trial.round,
@@ -606,6 +825,7 @@ class SearchController:
             proxy=self.settings.proxy,
             output_dir=str(self.output.root / trial.folder),
             datasets_root=self._datasets_root,
+            early_stop=early_stop if early_stop.enabled else None,
         )
 
     def _job_label(self, handle: TrialHandle) -> Optional[str]:
@@ -619,7 +839,35 @@ class SearchController:
         return kind == self.settings.launcher.kind and kind in LAUNCHER_KINDS and kind != "debug"
 
 
-_SCORED = ("done", "diverged")
+#: Statuses whose reward enters the policy update: trained (done, diverged) or screened
+#: (rejected, duplicate; a duplicate once its original's reward is known).
+_SCORED = ("done", "diverged", "rejected", "duplicate")
+
+
+def _is_scored(trial: TrialRecord) -> bool:
+    return trial.status in _SCORED and trial.reward is not None
+
+
+def _duplicate_of(trial: TrialRecord) -> Optional[Tuple[int, int]]:
+    """The ``(round, index)`` a duplicate trial reuses the result of, from its metrics."""
+    key = (trial.metrics.get("screening") or {}).get("duplicate_of")
+    if isinstance(key, (list, tuple)) and len(key) == 2:
+        return int(key[0]), int(key[1])
+    return None
+
+
+@contextlib.contextmanager
+def _torch_threads(num_threads: int) -> Iterator[None]:
+    """Screen with the trials' thread count: the same decisions in any controller process."""
+    import torch
+
+    saved = torch.get_num_threads()
+    if num_threads > 0:
+        torch.set_num_threads(num_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
 
 
 def _write_text_atomic(path: Path, text: str) -> None:

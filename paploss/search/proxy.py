@@ -1,4 +1,4 @@
-"""The Detectron2 side of a proxy training: a trainer that resumes exactly and stops diverged runs.
+"""The Detectron2 side of a proxy training: a trainer that resumes exactly and stops invalid runs.
 
 :class:`ProxyTrainer` is :class:`paploss.engine.Trainer` with three changes:
 
@@ -12,9 +12,11 @@
   aspect-ratio group (or no grouping), the same thread count, and TorchScript graph optimisation
   off (:func:`paploss.search.trial.run_trial` turns it off); otherwise a resumed trial is still
   correct, only not bit-identical.
-* **Stuck-loss stop.** :class:`StuckLossHook` raises :class:`StuckLossError` when the total loss
-  has not changed over a window of iterations (a loss without useful gradient); Detectron2 itself
-  raises ``FloatingPointError`` on a NaN or infinite loss. Both mark a trial *diverged*.
+* **Early stop of invalid trainings.** The hook of the search's ``screening.early_stop`` settings
+  (:class:`paploss.search.screening.InvalidTrainingHook`) stops the training at the iteration its
+  PAP-loss heads receive NaN/infinite predictions, or its loss becomes NaN/infinite or stays
+  constant over a window of iterations, with a ``FloatingPointError`` (as Detectron2's own NaN-loss
+  check): the trial runner marks such a trial *diverged*.
 * **Evaluation is left to the caller** (no ``EvalHook``), so training and evaluation are timed
   separately, and only plain-text/JSON metric writers are used (no TensorBoard files).
 """
@@ -36,22 +38,17 @@ from detectron2.utils.events import CommonMetricPrinter, JSONWriter
 
 from paploss.data import ensure_dataset_files
 from paploss.engine import Trainer
+from paploss.search.screening_settings import EarlyStopSettings
 
 __all__ = [
-    "StuckLossError",
     "ResumableTrainingSampler",
     "RandomStateHook",
-    "StuckLossHook",
     "ProxyTrainer",
     "get_random_state",
     "set_random_state",
 ]
 
 logger = logging.getLogger(__name__)
-
-
-class StuckLossError(FloatingPointError):
-    """The total loss stayed constant over a window of iterations."""
 
 
 def get_random_state() -> Dict[str, Any]:
@@ -164,46 +161,14 @@ class RandomStateHook(HookBase):
         self._sampler.start_index = self.trainer.start_iter * self._batch_size
 
 
-class StuckLossHook(HookBase):
-    """Stops training when the total loss has not moved over ``window`` iterations.
-
-    The loss counts as stuck when ``max - min <= tolerance * max(1, |mean|)`` over the last
-    ``window`` logged values of ``total_loss``.
-
-    Args:
-        window: number of iterations; 0 disables the check.
-        tolerance: relative tolerance.
-    """
-
-    def __init__(self, window: int, tolerance: float) -> None:
-        self._window = int(window)
-        self._tolerance = float(tolerance)
-
-    def after_step(self) -> None:
-        if self._window <= 0:
-            return
-        try:
-            history = self.trainer.storage.history("total_loss")
-        except KeyError:  # not the main process, or nothing logged yet
-            return
-        values = [value for value, _ in history.values()[-self._window :]]
-        if len(values) < self._window:
-            return
-        spread = max(values) - min(values)
-        if spread <= self._tolerance * max(1.0, abs(float(np.mean(values)))):
-            raise StuckLossError(
-                f"total loss stuck at {values[-1]:.6g} for {self._window} iterations "
-                f"(spread {spread:.3g}) at iteration {self.trainer.iter}"
-            )
-
-
 class ProxyTrainer(Trainer):
     """:class:`paploss.engine.Trainer` for proxy trainings (see the module docstring).
 
     Args:
         cfg: frozen config of the proxy training.
         sampler_seed: shuffling seed of the training data.
-        stuck_window, stuck_tolerance: see :class:`StuckLossHook`.
+        early_stop: settings of the :class:`~paploss.search.screening.InvalidTrainingHook` the
+            trainer installs (None or disabled: none).
     """
 
     def __init__(
@@ -211,11 +176,10 @@ class ProxyTrainer(Trainer):
         cfg: Any,
         *,
         sampler_seed: int,
-        stuck_window: int = 0,
-        stuck_tolerance: float = 1e-6,
+        early_stop: Optional[EarlyStopSettings] = None,
     ) -> None:
         self._sampler_seed = int(sampler_seed)
-        self._stuck = (stuck_window, stuck_tolerance)
+        self._early_stop = early_stop
         self.train_sampler: Optional[ResumableTrainingSampler] = None
         super().__init__(cfg)
 
@@ -235,11 +199,11 @@ class ProxyTrainer(Trainer):
         kept = [h for h in super().build_hooks() if not isinstance(h, hooks.EvalHook)]
         assert sampler is not None
         self.train_sampler = sampler
-        extra = [
-            RandomStateHook(sampler, self.cfg.SOLVER.IMS_PER_BATCH),
-            StuckLossHook(*self._stuck),
-        ]
-        # Before the checkpointer, so that a stuck run stops before writing another checkpoint.
+        extra: List[HookBase] = [RandomStateHook(sampler, self.cfg.SOLVER.IMS_PER_BATCH)]
+        early_stop = None if self._early_stop is None else self._early_stop.build_hook()
+        if early_stop is not None:
+            extra.append(early_stop)
+        # Before the checkpointer, so that an invalid run stops before writing another checkpoint.
         position = next(
             (i for i, h in enumerate(kept) if isinstance(h, hooks.PeriodicCheckpointer)), len(kept)
         )

@@ -3,7 +3,9 @@
 Everything here reads the journal only (opened read-only by the CLI) and needs neither Detectron2
 nor a running search: the search space is rebuilt from the settings stored in the journal.
 
-* :func:`format_status`: a table of rounds (and optionally of trials).
+* :func:`format_status`: a table of rounds (and optionally of trials). Candidates that screening
+  kept from training are counted per round (``rej``, ``dup``) and listed with status ``rejected``
+  (with their AP gain) or ``duplicate`` (with the trial whose reward they reuse).
 * :func:`export_config`: the best trial's (or the final policy mean's) parameters as a Detectron2
   config file that inherits from the searched model's config (``_BASE_``), so
   ``tools/train_net.py --config-file <file>`` trains it directly.
@@ -39,7 +41,10 @@ __all__ = [
 
 #: What :func:`export_config` can export: the best scored trial, or the final policy mean.
 EXPORT_CHOICES = ("best", "mean")
-_SCORED = ("done", "diverged")
+#: Statuses of samples whose reward enters the policy update (see the controller).
+_SCORED = ("done", "diverged", "rejected", "duplicate")
+#: Per-round counts shown in the status table, in this order.
+_COUNTED = ("done", "diverged", "failed", "rejected", "duplicate")
 _MAX_DIGITS = 12
 
 
@@ -55,7 +60,9 @@ class RoundSummary:
         status: ``open`` or ``closed``.
         sigma: σ the round's candidates were sampled with (None if unknown).
         counts: number of trials per status.
-        rewards: rewards of the scored samples (done and diverged), in trial order.
+        rewards: rewards of the samples in the policy update (done, diverged, and the ones
+            screening kept from training: rejected, duplicate), in trial order.
+        statuses: the status of each of ``rewards``.
         mean_reward: reward of the policy-mean trial, if it was scored.
         best_so_far: best ``done`` reward up to and including this round.
         minutes: wall time of the round so far.
@@ -66,6 +73,7 @@ class RoundSummary:
     sigma: Optional[float]
     counts: Dict[str, int]
     rewards: List[float]
+    statuses: List[str]
     mean_reward: Optional[float]
     best_so_far: Optional[float]
     minutes: Optional[float]
@@ -83,12 +91,12 @@ def round_summaries(journal: SearchJournal) -> List[RoundSummary]:
         counts: Dict[str, int] = {}
         for trial in trials:
             counts[trial.status] = counts.get(trial.status, 0) + 1
-        rewards = [
-            float(t.reward)
-            for t in trials
-            if t.role == "sample" and t.status in _SCORED and t.reward is not None
+        scored = [
+            t for t in trials if t.role == "sample" and t.status in _SCORED and t.reward is not None
         ]
-        means = [t for t in trials if t.role == "mean" and t.status in _SCORED]
+        means = [
+            t for t in trials if t.role == "mean" and t.status in _SCORED and t.reward is not None
+        ]
         done = [float(t.reward) for t in trials if t.status == "done" and t.reward is not None]
         if done:
             best = max(done) if best is None else max(best, max(done))
@@ -102,7 +110,8 @@ def round_summaries(journal: SearchJournal) -> List[RoundSummary]:
                 status=record.status,
                 sigma=_round_sigma(record),
                 counts=counts,
-                rewards=rewards,
+                rewards=[float(t.reward) for t in scored],
+                statuses=[t.status for t in scored],
                 mean_reward=float(means[0].reward) if means else None,
                 best_so_far=best,
                 minutes=None if end is None else (end - record.started_at) / 60.0,
@@ -147,11 +156,14 @@ def format_status(journal: SearchJournal, show_trials: bool = False) -> str:
             f"best:    reward {best.reward:.4f} (round {best.round} trial {best.index}, "
             f"{best.role}) in {best.folder}"
         )
+    screening = _screening_line(journal, summaries)
+    if screening:
+        lines.append(screening)
     lines.append("")
     rows = []
     for s in summaries:
         counts = s.counts
-        state = "/".join(str(counts.get(key, 0)) for key in ("done", "diverged", "failed")) + (
+        state = "/".join(str(counts.get(key, 0)) for key in _COUNTED) + (
             f" +{counts.get('pending', 0) + counts.get('running', 0)} open"
             if s.status == "open"
             else ""
@@ -174,7 +186,7 @@ def format_status(journal: SearchJournal, show_trials: bool = False) -> str:
         "round",
         "status",
         "sigma",
-        "done/div/fail",
+        "done/div/fail/rej/dup",
         "mean",
         "min",
         "max",
@@ -185,10 +197,12 @@ def format_status(journal: SearchJournal, show_trials: bool = False) -> str:
     lines += _table(header, rows)
     if show_trials:
         lines.append("")
+        min_gain = (settings.get("screening") or {}).get("rejection", {}).get("min_ap_gain")
         trial_rows = []
         for t in journal.trials():
             seconds = t.metrics.get("total_s")
-            note = t.metrics.get("reason") or _last_line(t.error or "")
+            note = _screening_note(t, min_gain) or t.metrics.get("reason")
+            note = note or _last_line(t.error or "")
             trial_rows.append(
                 [
                     str(t.round),
@@ -221,6 +235,43 @@ def format_status(journal: SearchJournal, show_trials: bool = False) -> str:
             trial_rows,
         )
     return "\n".join(lines)
+
+
+def _screening_line(journal: SearchJournal, summaries: Sequence[RoundSummary]) -> Optional[str]:
+    """``screening: 3 rejected, 1 duplicate(s) of 12 samples (not trained; on: ...)``, or None
+    for a journal of a search from before screening existed."""
+    rejected = sum(s.counts.get("rejected", 0) for s in summaries)
+    duplicates = sum(s.counts.get("duplicate", 0) for s in summaries)
+    screening = journal.settings.get("screening")
+    if not screening and not rejected and not duplicates:
+        return None  # a search from before screening existed
+    switches = screening or {}
+    on = [
+        name
+        for name in ("rejection", "equivalence", "early_stop")
+        if (switches.get(name) or {}).get("enabled")
+    ]
+    samples = sum(1 for t in journal.trials() if t.role == "sample")
+    return (
+        f"screening: {rejected} rejected, {duplicates} duplicate(s) of {samples} samples "
+        f"(not trained; on: {', '.join(on) or 'nothing'})"
+    )
+
+
+def _screening_note(trial: TrialRecord, min_gain: Any) -> Optional[str]:
+    """Why screening kept a trial from training (for the trial table)."""
+    record = trial.metrics.get("screening") or {}
+    if trial.status == "rejected":
+        score = _number(record.get("score"))
+        if score is None:
+            return "rejected by screening"
+        limit = _number(min_gain)
+        return f"AP gain {score:.2f}" + (f" < {limit:g}" if limit is not None else "")
+    if trial.status == "duplicate" or (trial.status == "failed" and trial.folder is None):
+        original = record.get("duplicate_of_trial")
+        if original:
+            return f"duplicate of {original}" + ("" if trial.status == "duplicate" else " (failed)")
+    return None
 
 
 def _number(value: Any) -> Optional[float]:
@@ -452,6 +503,7 @@ def plot_rewards(journal: SearchJournal, path: os.PathLike) -> str:
     penalty = journal.settings.get("proxy", {}).get("diverged_reward")
     fig, ax = plt.subplots(figsize=(7.5, 4.5), dpi=110)
     xs, means, lows, highs, q1s, q3s = [], [], [], [], [], []
+    screened: Dict[str, List[Tuple[int, float]]] = {"rejected": [], "duplicate": []}
     for s in summaries:
         x = s.round
         if s.rewards:
@@ -462,9 +514,32 @@ def plot_rewards(journal: SearchJournal, path: os.PathLike) -> str:
             highs.append(values.max())
             q1s.append(np.percentile(values, 25))
             q3s.append(np.percentile(values, 75))
+            trained = [r for r, status in zip(s.rewards, s.statuses) if status not in screened]
             ax.scatter(
-                np.full(len(values), x), values, s=12, color="tab:blue", alpha=0.45, zorder=3
+                np.full(len(trained), x), trained, s=12, color="tab:blue", alpha=0.45, zorder=3
             )
+            for r, status in zip(s.rewards, s.statuses):
+                if status in screened:
+                    screened[status].append((x, r))
+    if screened["rejected"]:
+        ax.scatter(
+            *zip(*screened["rejected"]),
+            s=28,
+            marker="x",
+            color="tab:grey",
+            zorder=4,
+            label=f"rejected by screening ({len(screened['rejected'])})",
+        )
+    if screened["duplicate"]:
+        ax.scatter(
+            *zip(*screened["duplicate"]),
+            s=36,
+            marker="o",
+            facecolors="none",
+            edgecolors="tab:purple",
+            zorder=4,
+            label=f"duplicates, reward reused ({len(screened['duplicate'])})",
+        )
     if xs:
         ax.fill_between(xs, lows, highs, color="tab:blue", alpha=0.12, label="samples: min-max")
         ax.fill_between(xs, q1s, q3s, color="tab:blue", alpha=0.25, label="samples: quartiles")
@@ -479,7 +554,13 @@ def plot_rewards(journal: SearchJournal, path: os.PathLike) -> str:
         ax.axhline(penalty, color="grey", linestyle=":", label="diverged penalty")
     ax.set_xlabel("round")
     ax.set_ylabel(f"reward: bbox AP on {journal.settings.get('proxy', {}).get('val_dataset', '')}")
-    ax.set_title("Loss search: reward per round")
+    title = "Loss search: reward per round"
+    if screened["rejected"] or screened["duplicate"]:
+        title += (
+            f" ({len(screened['rejected'])} rejected, {len(screened['duplicate'])} duplicates"
+            " not trained)"
+        )
+    ax.set_title(title, fontsize=10)
     if summaries:
         ax.set_xlim(-0.5, max(s.round for s in summaries) + 0.5)
         ax.xaxis.get_major_locator().set_params(integer=True)

@@ -1,11 +1,13 @@
 """Search settings: what a loss search trains, how it samples and where its trials run.
 
-A search is described by a YAML file (``configs/search/*.yaml``) with five sections::
+A search is described by a YAML file (``configs/search/*.yaml``) with six sections::
 
     model:     the searched detector (a Detectron2 config file) and which loss groups to search
     proxy:     the short proxy training that scores a candidate
     search:    rounds, candidates per round, seeds, retries
     policy:    σ schedule and PPO hyper-parameters (see :mod:`paploss.search.policy`)
+    screening: loss rejection, gradient-equivalence check and early stop of invalid trainings
+               (see :mod:`paploss.search.screening`)
     launcher:  where trials run: in-process, local processes or Slurm job arrays
 
 Every key has a default (see the dataclasses below); a file only names what it changes. A file may
@@ -16,8 +18,9 @@ start from another one with ``_BASE_: other.yaml`` (merged key by key, like Dete
 there is relative to the working directory.
 
 The journal of a search stores :meth:`SearchSettings.journal_settings`: everything that changes
-the result (model, proxy, search, policy) but not the launcher, so a search started on one kind
-of launcher can be resumed on another.
+the result (model, proxy, search, policy, screening) but not the launcher, so a search started on
+one kind of launcher can be resumed on another. ``proxy.stuck_window`` and ``proxy.stuck_tolerance``
+of earlier versions are now ``screening.early_stop.window`` and ``.tolerance``.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import yaml
 
 from paploss.search.launcher import LAUNCHER_KINDS
 from paploss.search.policy import PPOConfig, SigmaSchedule
+from paploss.search.screening_settings import ScreeningSettings
 from paploss.search.trial import ProxySettings
 
 __all__ = [
@@ -44,6 +48,7 @@ __all__ = [
     "load_settings",
     "parse_overrides",
     "settings_summary",
+    "screening_summary",
     "BASELINES",
 ]
 
@@ -51,6 +56,12 @@ __all__ = [
 BASELINES = ("round_mean", "policy_mean")
 _BASE_KEY = "_BASE_"
 _MAX_BASE_DEPTH = 16
+_SECTIONS = ("model", "proxy", "search", "policy", "screening", "launcher")
+#: Keys that moved: old dotted key -> new dotted key.
+_MOVED_KEYS = {
+    "proxy.stuck_window": "screening.early_stop.window",
+    "proxy.stuck_tolerance": "screening.early_stop.tolerance",
+}
 
 
 class SettingsError(ValueError):
@@ -179,6 +190,7 @@ class SearchSettings:
     proxy: ProxySettings = ProxySettings()
     search: SearchLoopSettings = SearchLoopSettings()
     policy: PolicySettings = PolicySettings()
+    screening: ScreeningSettings = ScreeningSettings()
     launcher: LauncherSettings = LauncherSettings()
     source: Optional[str] = None  # the file the settings came from (not part of the journal)
 
@@ -192,6 +204,7 @@ class SearchSettings:
                 "sigma": _plain(dataclasses.asdict(self.policy.sigma)),
                 "ppo": _plain(dataclasses.asdict(self.policy.ppo)),
             },
+            "screening": _plain(self.screening.to_dict()),
         }
 
     def to_dict(self) -> Dict[str, Any]:
@@ -208,9 +221,10 @@ class SearchSettings:
             SettingsError: naming the offending key.
         """
         data = dict(data)
-        unknown = sorted(set(data) - {"model", "proxy", "search", "policy", "launcher"})
+        unknown = sorted(set(data) - set(_SECTIONS))
         if unknown:
-            _raise_unknown("", unknown, ("model", "proxy", "search", "policy", "launcher"))
+            _raise_unknown("", unknown, _SECTIONS)
+        _check_moved_keys(data)
         search = _build(SearchLoopSettings, data.get("search") or {}, "search")
         policy_data = dict(data.get("policy") or {})
         unknown = sorted(set(policy_data) - {"sigma", "ppo"})
@@ -227,6 +241,7 @@ class SearchSettings:
             proxy=_build(ProxySettings, data.get("proxy") or {}, "proxy"),
             search=search,
             policy=policy,
+            screening=_build_screening(data.get("screening")),
             launcher=_build(LauncherSettings, data.get("launcher") or {}, "launcher"),
             source=source,
         )
@@ -275,6 +290,12 @@ class SearchSettings:
         _check_int(launcher.gpus_per_node, "launcher.gpus_per_node", minimum=0)
         try:
             self.proxy.validate()
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from None
+        if not isinstance(self.screening, ScreeningSettings):
+            raise SettingsError("screening must be ScreeningSettings")
+        try:
+            self.screening.validate()
         except ValueError as exc:
             raise SettingsError(str(exc)) from None
 
@@ -456,6 +477,26 @@ def _build(cls: Any, data: Any, section: str) -> Any:
         raise SettingsError(f"{section}: {exc}") from None
 
 
+def _check_moved_keys(data: Mapping[str, Any]) -> None:
+    for old, new in _MOVED_KEYS.items():
+        section, key = old.split(".", 1)
+        node = data.get(section)
+        if isinstance(node, Mapping) and key in node:
+            raise SettingsError(f"{old} is no longer a search setting: use {new}")
+
+
+def _build_screening(data: Any) -> ScreeningSettings:
+    """The ``screening`` section (missing keys keep their defaults)."""
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise SettingsError(f"screening must be a mapping, got {data!r}")
+    try:
+        return ScreeningSettings.from_dict(data)
+    except (TypeError, ValueError) as exc:
+        raise SettingsError(str(exc)) from None
+
+
 def _check_int(value: Any, name: str, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise SettingsError(f"{name} must be an integer >= {minimum}, got {value!r}")
@@ -480,6 +521,7 @@ def settings_summary(settings: SearchSettings) -> List[str]:
         + (" + the policy mean)" if loop.score_mean else ")"),
         f"proxy: {proxy.iterations} iterations x {proxy.ims_per_batch} images on "
         f"{proxy.train_dataset}, reward = bbox AP on {proxy.val_dataset}",
+        f"screening: {screening_summary(settings.screening)}",
         f"launcher: {settings.launcher.kind}"
         + (
             f" ({settings.launcher.parallel} at a time)"
@@ -487,3 +529,26 @@ def settings_summary(settings: SearchSettings) -> List[str]:
             else ""
         ),
     ]
+
+
+def screening_summary(screening: ScreeningSettings) -> str:
+    """One line saying which screening techniques are on, e.g. for :func:`settings_summary`."""
+    parts = []
+    rejection, equivalence, early_stop = (
+        screening.rejection,
+        screening.equivalence,
+        screening.early_stop,
+    )
+    if rejection.enabled:
+        parts.append(
+            f"rejection below an AP gain of {rejection.min_ap_gain:g} after {rejection.steps} "
+            f"steps on {rejection.num_images} images (reward {rejection.rejected_reward:g})"
+        )
+    if equivalence.enabled:
+        parts.append(f"duplicates by gradients to {equivalence.significant_digits} digits")
+    if early_stop.enabled:
+        stop = "early stop on NaN/inf"
+        if early_stop.window:
+            stop += f" or a loss constant over {early_stop.window} iterations"
+        parts.append(stop)
+    return "; ".join(parts) if parts else "off"

@@ -5,11 +5,14 @@ controller's process (``debug`` launcher) or in a job (``local``/``slurm`` launc
 the searched model with the candidate's ``MODEL.PAPLOSS`` values on the proxy training split and
 evaluates it on the proxy validation split; the reward is the bbox AP (0-100).
 
-**Statuses.** ``done``: trained and evaluated. ``diverged``: the loss became NaN/infinite
-(Detectron2 raises ``FloatingPointError``) or stayed constant over ``proxy.stuck_window``
-iterations; the reward is the fixed penalty ``proxy.diverged_reward`` (default 0, the AP of a
-detector that finds nothing), so the policy learns to avoid such regions. ``failed``: anything
-else went wrong (the error is returned, nothing is scored; the controller retries the trial).
+**Statuses.** ``done``: trained and evaluated. ``diverged``: the training was stopped as invalid:
+the predictions or the loss became NaN/infinite, or the loss stayed constant over
+``screening.early_stop.window`` iterations (the spec's ``early_stop`` settings, see
+:class:`~paploss.search.screening.InvalidTrainingHook`; without that hook Detectron2's own
+``FloatingPointError`` on a NaN loss and a loss's non-finite-input error count as well); the
+reward is the fixed penalty ``proxy.diverged_reward`` (default 0, the AP of a detector that finds
+nothing), so the policy learns to avoid such regions. ``failed``: anything else went wrong (the
+error is returned, nothing is scored; the controller retries the trial).
 
 **Common random numbers.** All trials of a round get the same ``seed``: the same initial weights,
 the same order of training images and the same augmentations, so reward differences within a
@@ -52,6 +55,8 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
+
+from paploss.search.screening_settings import EarlyStopSettings
 
 __all__ = [
     "TRIAL_RESULT_STATUSES",
@@ -101,8 +106,6 @@ class ProxySettings:
             because CPU results depend on it.
         num_gpus: processes (GPUs) per trial; above 1 the training uses Detectron2's ``launch``.
         diverged_reward: reward of a diverged trial (AP units, 0-100).
-        stuck_window: iterations over which an unchanged total loss counts as stuck (0: off).
-        stuck_tolerance: relative tolerance of that check.
         keep_checkpoints: keep the trial's checkpoints after its result is written.
     """
 
@@ -116,8 +119,6 @@ class ProxySettings:
     num_threads: int = 1
     num_gpus: int = 1
     diverged_reward: float = 0.0
-    stuck_window: int = 50
-    stuck_tolerance: float = 1e-6
     keep_checkpoints: bool = False
 
     def validate(self) -> None:
@@ -126,10 +127,9 @@ class ProxySettings:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"proxy.{name} must be an integer >= 1, got {value!r}")
-        for name in ("num_threads", "stuck_window"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"proxy.{name} must be an integer >= 0, got {value!r}")
+        value = self.num_threads
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"proxy.num_threads must be an integer >= 0, got {value!r}")
         if self.ims_per_batch % self.num_gpus:
             raise ValueError(
                 f"proxy.ims_per_batch ({self.ims_per_batch}) must be divisible by proxy.num_gpus "
@@ -149,8 +149,6 @@ class ProxySettings:
             self.diverged_reward
         ):
             raise ValueError("proxy.diverged_reward must be a finite number")
-        if not (isinstance(self.stuck_tolerance, (int, float)) and self.stuck_tolerance >= 0):
-            raise ValueError("proxy.stuck_tolerance must be a number >= 0")
         reserved = {"SOLVER.MAX_ITER", "SOLVER.IMS_PER_BATCH", "SEED", "OUTPUT_DIR"}
         reserved |= {"DATASETS.TRAIN", "DATASETS.TEST", "SOLVER.CHECKPOINT_PERIOD"}
         clashes = sorted(reserved & set(self.opts))
@@ -219,6 +217,8 @@ class TrialSpec:
         proxy: the proxy training.
         output_dir: the trial's own folder.
         datasets_root: where datasets are generated/cached (``$PAPLOSS_DATASETS`` for the job).
+        early_stop: stopping of invalid trainings (``screening.early_stop``; None: no such hook,
+            only Detectron2's own NaN-loss check).
     """
 
     trial_id: str
@@ -231,15 +231,18 @@ class TrialSpec:
     proxy: ProxySettings
     output_dir: str
     datasets_root: Optional[str] = None
+    early_stop: Optional[EarlyStopSettings] = EarlyStopSettings()
 
     def identity(self) -> Dict[str, Any]:
         """What makes two specs the same trial (the model config by its content, not its path)."""
+        early_stop = self.early_stop
         return {
             "theta": [float(v) for v in self.theta],
             "overrides": json.loads(json.dumps(self.overrides)),
             "config": _file_digest(self.config_file),
             "seed": int(self.seed),
             "proxy": self.proxy.to_dict(),
+            "early_stop": None if early_stop is None else dataclasses.asdict(early_stop),
         }
 
     def digest(self) -> str:
@@ -430,12 +433,7 @@ def _train_and_score(spec: TrialSpec, started_at: float, rank: int = 0) -> Trial
     cfg = setup_cfg(spec.config_file, spec.config_opts())
     os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
     seed_all_rng(spec.seed + rank)
-    trainer = ProxyTrainer(
-        cfg,
-        sampler_seed=spec.seed,
-        stuck_window=spec.proxy.stuck_window,
-        stuck_tolerance=spec.proxy.stuck_tolerance,
-    )
+    trainer = ProxyTrainer(cfg, sampler_seed=spec.seed, early_stop=spec.early_stop)
     trainer.resume_or_load(resume=True)
     resumed_from = int(trainer.start_iter)
     if rank == 0:
@@ -445,11 +443,14 @@ def _train_and_score(spec: TrialSpec, started_at: float, rank: int = 0) -> Trial
     train_start = time.perf_counter()
     try:
         trainer.train()
-    except FloatingPointError as exc:  # NaN/inf loss (Detectron2) or a stuck loss (ours)
+    except FloatingPointError as exc:
+        # NaN/inf predictions, a NaN/inf or constant loss (InvalidTrainingHook), or Detectron2's
+        # own NaN-loss check.
         diverged_reason = _first_line(exc)
     except Exception as exc:
         # A loss that checks its inputs may stop a diverging run before Detectron2 sees a NaN
-        # loss ("logits contain NaN or infinite values"): that is a divergence too.
+        # loss ("logits contain NaN or infinite values"), e.g. with the early-stop hook disabled
+        # or a NaN produced inside the loss module: that is a divergence too.
         if not _is_divergence(exc, trainer.model):
             raise
         diverged_reason = f"{type(exc).__name__} at iteration {trainer.iter}: {_first_line(exc)}"

@@ -16,6 +16,15 @@ MODEL_CONFIG = str(REPO_ROOT / "configs" / "synthetic" / "pap_retinanet_identity
 # Timings and bookkeeping that legitimately differ between two runs of the same search.
 RUN_SPECIFIC_METRICS = {"train_s", "eval_s", "total_s", "seconds_per_iter", "iterations"}
 RUN_SPECIFIC_METRICS |= {"resumed_from", "reused"}
+#: Screening settings of the tiny searches: the equivalence check and the early stop as by
+#: default; the rejection protocol off (on 2 images for 10 steps it rejects many random samples,
+#: which tests of other things should not depend on) but cheap (~0.1 s a candidate) where a test
+#: turns it on with ``screening.rejection.enabled=true``.
+TINY_SCREENING = [
+    "screening.rejection.enabled=false",
+    "screening.rejection.num_images=2",
+    "screening.rejection.steps=10",
+]
 
 
 def tiny_val_dataset(folder: Path, num_images: int = 50) -> List[str]:
@@ -67,6 +76,7 @@ def tiny_search_overrides(
         "search.seed=7",
         f"launcher.kind={launcher}",
         "launcher.poll_interval_s=0.2",
+        *TINY_SCREENING,
     ]
     overrides += [f"{key.replace('__', '.')}={json.dumps(value)}" for key, value in extra.items()]
     return overrides
@@ -95,13 +105,22 @@ def journal_snapshot(path: Path) -> Dict[str, Any]:
                 "status": t.status,
                 "reward": t.reward,
                 "metrics": {
-                    k: v for k, v in sorted(t.metrics.items()) if k not in RUN_SPECIFIC_METRICS
+                    k: _without_timings(v) if k == "screening" else v
+                    for k, v in sorted(t.metrics.items())
+                    if k not in RUN_SPECIFIC_METRICS
                 },
             }
             for t in journal.trials()
         ]
     # NaN metrics (COCO's APl on a set without large objects) compare equal as text.
     return json.loads(json.dumps({"rounds": rounds, "trials": trials}, default=str))
+
+
+def _without_timings(value: Any) -> Any:
+    """A screening record without its wall times (``seconds`` at any depth)."""
+    if isinstance(value, dict):
+        return {k: _without_timings(v) for k, v in value.items() if k != "seconds"}
+    return value
 
 
 def cli_command(*args: str) -> List[str]:

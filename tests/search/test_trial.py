@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from paploss.search.proxy import get_random_state, set_random_state
+from paploss.search.screening_settings import EarlyStopSettings
 from paploss.search.space import SearchSpace
 from paploss.search.trial import (
     ProxySettings,
@@ -34,7 +35,12 @@ TINY = ProxySettings(
 )
 
 
-def _spec(folder: Path, proxy: ProxySettings = TINY, theta_shift: float = 0.0) -> TrialSpec:
+def _spec(
+    folder: Path,
+    proxy: ProxySettings = TINY,
+    theta_shift: float = 0.0,
+    early_stop: EarlyStopSettings = EarlyStopSettings(),
+) -> TrialSpec:
     space = SearchSpace(["RETINANET"])
     theta = np.clip(space.identity_theta() + theta_shift, 0, 1)
     return TrialSpec(
@@ -47,6 +53,7 @@ def _spec(folder: Path, proxy: ProxySettings = TINY, theta_shift: float = 0.0) -
         seed=1234,
         proxy=proxy,
         output_dir=str(folder),
+        early_stop=early_stop,
     )
 
 
@@ -101,26 +108,41 @@ def test_trial_resumes_exactly_from_its_last_checkpoint(tmp_path: Path) -> None:
     assert all(torch.equal(reference[key], weights[key]) for key in reference)
 
 
-def test_nan_loss_is_diverged_with_the_penalty(tmp_path: Path) -> None:
+@pytest.mark.parametrize("early_stop", [EarlyStopSettings(), None], ids=["hook", "no_hook"])
+def test_nan_loss_is_diverged_with_the_penalty(tmp_path: Path, early_stop) -> None:
+    """The weights explode in the first step: the early-stop hook stops the training as soon as
+    the head receives NaN/inf predictions; without the hook, the PAP loss's input check (a
+    ValueError) or Detectron2's NaN-loss check ends it. Either way the trial *diverged*."""
     proxy = dataclasses.replace(
         TINY, diverged_reward=-1.0, opts={"SOLVER.BASE_LR": 1.0e6, "SOLVER.WARMUP_ITERS": 0}
     )
-    spec = _spec(tmp_path / "nan", proxy)
+    spec = _spec(tmp_path / "nan", proxy, early_stop=early_stop)
     result = run_trial(spec)
 
-    assert result.status == "diverged" and result.reward == -1.0
+    assert result.status == "diverged" and result.reward == -1.0, result.error
     assert "NaN" in result.reason, result.reason
+    if early_stop is not None:
+        assert "predictions became NaN or infinite at iteration" in result.reason
     assert result.metrics["iterations"] < proxy.iterations and "AP" not in result.metrics
     assert load_result(spec.output_dir).status == "diverged"  # stored: never trained again
 
 
-def test_stuck_loss_is_diverged(tmp_path: Path) -> None:
-    # A tolerance this loose calls any loss stuck once the window is full.
-    proxy = dataclasses.replace(TINY, stuck_window=3, stuck_tolerance=1.0e9)
-    result = run_trial(_spec(tmp_path / "stuck", proxy))
+def test_constant_loss_is_diverged(tmp_path: Path) -> None:
+    # A tolerance this loose calls any loss constant once the window is full.
+    early_stop = EarlyStopSettings(window=3, tolerance=1.0e9)
+    result = run_trial(_spec(tmp_path / "constant", early_stop=early_stop))
 
     assert result.status == "diverged" and result.reward == 0.0
-    assert result.reason.startswith("total loss stuck") and result.metrics["iterations"] == 2
+    assert result.reason.startswith("total loss constant"), result.reason
+    assert result.metrics["iterations"] == 2
+
+
+def test_early_stop_settings_are_part_of_the_trial(tmp_path: Path) -> None:
+    folder = tmp_path / "trial"
+    default = _spec(folder)
+    assert _spec(folder, early_stop=EarlyStopSettings(window=7)).digest() != default.digest()
+    assert _spec(folder, early_stop=None).digest() != default.digest()
+    assert default.identity()["early_stop"]["window"] == 50
 
 
 def test_a_failing_trial_is_reported_not_stored(tmp_path: Path) -> None:
