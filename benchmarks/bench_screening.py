@@ -5,7 +5,7 @@ Usage::
 
     python benchmarks/bench_screening.py --quick            # 32 random candidates, RetinaNet
     python benchmarks/bench_screening.py --candidates 64 --threads 2
-    python benchmarks/bench_screening.py --quick --spearman 16 --proxy-iterations 200
+    python benchmarks/bench_screening.py --quick --spearman 16 --search-set proxy.iterations=200
 
 What is measured (model: ``--config``, images of ``synthetic_shapes_search_train``):
 
@@ -15,12 +15,11 @@ What is measured (model: ``--config``, images of ``synthetic_shapes_search_train
   rejection protocol's AP before/after and gain, its wall time, and the fingerprint's wall time;
 * the share of the random candidates rejected at the configured ``min_ap_gain`` and at a few
   other thresholds;
-* with ``--spearman N``: the first N random candidates (and the identity) are also scored by a
-  proxy training of ``--proxy-iterations`` iterations on the search-train split, evaluated on
-  search-val. The trial runner of the search (``paploss.search.trial.run_trial``) is used when it
-  is available, otherwise a plain ``paploss.engine.train_and_evaluate`` with the same schedule.
-  Spearman's rank correlation between the screening scores and the rewards is printed. This
-  takes minutes per candidate on a CPU.
+* with ``--spearman N``: the first N random candidates (and the identity) are also scored by the
+  proxy training of ``--search-config`` (default: the default search's), run by the search's own
+  trial runner (``paploss.search.trial.run_trial``) with the search's seed. Spearman's rank
+  correlation between the screening scores and the rewards is printed. This takes about a
+  minute per candidate on a CPU.
 
 All timings are wall times on this machine with ``--threads`` torch threads.
 """
@@ -39,6 +38,7 @@ from typing import Any, Dict, List, Optional, Tuple
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a plain checkout
 
 DEFAULT_CONFIG = "configs/synthetic/pap_retinanet_identity.yaml"
+DEFAULT_SEARCH_CONFIG = "configs/search/default.yaml"
 SEARCH_TRAIN = "synthetic_shapes_search_train"
 SEARCH_VAL = "synthetic_shapes_search_val"
 THRESHOLDS = (1.0, 5.0, 10.0, 20.0, 40.0)
@@ -84,56 +84,30 @@ def _decreasing_i1_results(screener: Any) -> Dict[str, Any]:
 def _proxy_reward(
     config: str,
     overrides: Dict[str, Any],
-    iterations: int,
-    proxy_opts: Dict[str, Any],
+    search: Any,
     seed: int,
     folder: Path,
     name: str,
 ) -> Tuple[float, str, float]:
-    """``(reward, status, seconds)`` of a short proxy training of one candidate."""
-    start = time.perf_counter()
-    try:
-        from paploss.search.trial import ProxySettings, TrialSpec, run_trial
-    except ImportError:
-        run_trial = None
-    if run_trial is not None:
-        spec = TrialSpec(
-            trial_id=name,
-            round=0,
-            index=0,
-            theta=(),
-            overrides=overrides,
-            config_file=str(Path(config).resolve()),
-            seed=seed,
-            proxy=ProxySettings(
-                iterations=iterations, checkpoint_period=10 * iterations, opts=dict(proxy_opts)
-            ),
-            output_dir=str(folder / name),
-        )
-        result = run_trial(spec)
-        reward = float("nan") if result.reward is None else float(result.reward)
-        return reward, result.status, time.perf_counter() - start
-    # Fallback: the same schedule through the plain trainer.
-    from paploss.engine import setup_cfg, train_and_evaluate
+    """``(reward, status, seconds)`` of the search's proxy training of one candidate."""
+    from paploss.search.trial import TrialSpec, run_trial
 
-    opts: List[Any] = [
-        "DATASETS.TRAIN", (SEARCH_TRAIN,),
-        "DATASETS.TEST", (SEARCH_VAL,),
-        "SOLVER.MAX_ITER", iterations,
-        "SOLVER.STEPS", (int(0.75 * iterations), int(0.925 * iterations)),
-        "SOLVER.CHECKPOINT_PERIOD", 10 * iterations,
-        "SEED", seed,
-        "OUTPUT_DIR", str(folder / name),
-    ]  # fmt: skip
-    for key, value in list(proxy_opts.items()) + list(overrides.items()):
-        opts += [key, value]
-    try:
-        results = train_and_evaluate(setup_cfg(config, opts))
-        ap = float(results.get("bbox", {}).get("AP", float("nan")))
-        reward, status = (ap if ap == ap else 0.0), "done"
-    except FloatingPointError:
-        reward, status = 0.0, "diverged"
-    return reward, status, time.perf_counter() - start
+    start = time.perf_counter()
+    spec = TrialSpec(
+        trial_id=name,
+        round=0,
+        index=0,
+        theta=(),
+        overrides=overrides,
+        config_file=str(Path(config).resolve()),
+        seed=seed,
+        proxy=search.proxy,
+        output_dir=str(folder / name),
+        early_stop=search.screening.early_stop,
+    )
+    result = run_trial(spec)
+    reward = float("nan") if result.reward is None else float(result.reward)
+    return reward, result.status, time.perf_counter() - start
 
 
 def _spearman(x: List[float], y: List[float]) -> Tuple[float, float]:
@@ -160,13 +134,17 @@ def main(argv: Optional[List[str]] = None) -> None:
         help="screening settings, e.g. rejection.steps=200 (values parsed as YAML)",
     )
     parser.add_argument("--spearman", type=int, default=0, metavar="N", help="proxy-train N")
-    parser.add_argument("--proxy-iterations", type=int, default=200)
     parser.add_argument(
-        "--proxy-opt",
+        "--search-config",
+        default=DEFAULT_SEARCH_CONFIG,
+        help="search settings whose proxy training (and early stop) score the candidates",
+    )
+    parser.add_argument(
+        "--search-set",
         nargs="*",
         default=[],
-        metavar="KEY=VALUE",
-        help="config overrides of the proxy training, e.g. SOLVER.BASE_LR=0.05 (YAML values)",
+        metavar="SECTION.KEY=VALUE",
+        help="overrides of the search settings, e.g. proxy.iterations=200",
     )
     parser.add_argument("--json", type=str, default=None, help="also write all rows to this file")
     args = parser.parse_args(argv)
@@ -253,11 +231,10 @@ def main(argv: Optional[List[str]] = None) -> None:
         print(f"{threshold:>20.1f} {rejected:>9d} {rejected / len(gains):>7.1%}{marker}")
 
     if args.spearman:
-        proxy_opts = {}
-        for item in args.proxy_opt:
-            key, _, text = item.partition("=")
-            proxy_opts[key] = yaml.safe_load(text)
-        _run_spearman(args, proxy_opts, rows, candidates, random_rows)
+        from paploss.search.settings import load_settings
+
+        search = load_settings(args.search_config, args.search_set)
+        _run_spearman(args, search, rows, candidates, random_rows)
     if args.json:
         with open(args.json, "w") as handle:
             json.dump(rows, handle, indent=1)
@@ -279,11 +256,13 @@ def _row(name: str, results: Dict[str, Any], digest: str, fingerprint_s: float, 
     }
 
 
-def _run_spearman(args, proxy_opts, rows, candidates, random_rows) -> None:
+def _run_spearman(args, search, rows, candidates, random_rows) -> None:
     chosen = [row for row in rows if row["name"] == "identity"] + random_rows[: args.spearman]
+    proxy = search.proxy
     print(
-        f"\nproxy trainings: {len(chosen)} candidates x {args.proxy_iterations} iterations "
-        f"({SEARCH_TRAIN} -> AP on {SEARCH_VAL}), same seed for all, opts {proxy_opts}"
+        f"\nproxy trainings ({args.search_config}): {len(chosen)} candidates x "
+        f"{proxy.iterations} iterations x {proxy.ims_per_batch} images ({proxy.train_dataset} -> "
+        f"AP on {proxy.val_dataset}), seed {search.search.seed} for all, opts {proxy.opts}"
     )
     print(f"{'candidate':<14} {'gain':>7} {'mean gain':>9} {'reward':>7} {'status':>9} {'s':>7}")
     with tempfile.TemporaryDirectory(prefix="bench_screening_") as folder:
@@ -292,9 +271,8 @@ def _run_spearman(args, proxy_opts, rows, candidates, random_rows) -> None:
                 reward, status, seconds = _proxy_reward(
                     args.config,
                     candidates[row["name"]],
-                    args.proxy_iterations,
-                    proxy_opts,
-                    seed=0,
+                    search,
+                    seed=search.search.seed,
                     folder=Path(folder),
                     name=row["name"],
                 )
