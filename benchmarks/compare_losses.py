@@ -8,6 +8,8 @@ batch and datasets), evaluated with COCO AP on the chosen test set, and summaris
     python benchmarks/compare_losses.py                       # RetinaNet + Faster R-CNN, all losses
     python benchmarks/compare_losses.py --iters 600 --configs configs/synthetic/retinanet_stock.yaml \\
         configs/synthetic/pap_retinanet_identity.yaml
+    python benchmarks/compare_losses.py --configs configs/synthetic/pap_faster_rcnn_identity.yaml \\
+        --opts MODEL.PAPLOSS.ROI_HEADS.SAMPLE_PROPOSALS False --output output/compare_all_rois
 """
 
 import argparse
@@ -42,7 +44,8 @@ def run(config, args):
     cmd = [sys.executable, os.path.join(ROOT, "tools", "train_net.py"), "--config-file", config,
            "SOLVER.MAX_ITER", str(args.iters), "SOLVER.STEPS", steps, "SEED", str(args.seed),
            "SOLVER.IMS_PER_BATCH", str(args.batch), "DATASETS.TEST", f"('{args.test_set}',)",
-           "SOLVER.CHECKPOINT_PERIOD", str(10 * args.iters), "OUTPUT_DIR", out]  # fmt: skip
+           "SOLVER.CHECKPOINT_PERIOD", str(10 * args.iters), "OUTPUT_DIR", out,
+           *args.opts]  # fmt: skip
     result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     log = result.stdout + result.stderr
     if result.returncode != 0:
@@ -65,8 +68,12 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--test-set", default="synthetic_shapes_val")
     parser.add_argument("--output", default=os.path.join("output", "compare_losses"))
+    parser.add_argument(
+        "--opts", nargs="*", default=[], metavar="KEY VALUE", help="config overrides for every run"
+    )
     args = parser.parse_args()
-    print(f"{args.iters} iterations, batch {args.batch}, seed {args.seed}, test {args.test_set}")
+    print(f"{args.iters} iterations, batch {args.batch}, seed {args.seed}, test {args.test_set}"
+          + (f", overrides {' '.join(args.opts)}" if args.opts else ""))  # fmt: skip
     print(f"| {'config':<30} | {'AP':>6} | {'AP50':>6} | {'AP75':>6} | {'s/iter':>7} |")
     print(f"|{'-' * 32}|{'-' * 8}|{'-' * 8}|{'-' * 8}|{'-' * 9}|")
     for config in args.configs:
