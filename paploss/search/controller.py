@@ -48,17 +48,29 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import yaml
 
-from paploss.search.journal import JournalError, NewTrial, SearchJournal, TrialRecord
+from paploss.search.journal import (
+    SCORED_TRIAL_STATUSES,
+    JournalError,
+    NewTrial,
+    SearchJournal,
+    TrialRecord,
+)
 from paploss.search.launcher import LAUNCHER_KINDS, TrialHandle, TrialLauncher, TrialOutcome
 from paploss.search.policy import TruncatedNormalPolicy
 from paploss.search.settings import SearchSettings, settings_summary
 from paploss.search.space import SearchSpace
-from paploss.search.trial import TrialResult, TrialSpec, run_trial, trial_folder_name
+from paploss.search.trial import (
+    TrialResult,
+    TrialSpec,
+    run_trial,
+    torch_threads,
+    trial_folder_name,
+)
 
 __all__ = [
     "SearchError",
@@ -403,7 +415,7 @@ class SearchController:
         assert journal is not None
         trials = journal.trials(round=round_index)
         samples = [t for t in trials if t.role == "sample"]
-        if all(t.is_final for t in trials) and not any(_is_scored(t) for t in samples):
+        if all(t.is_final for t in trials) and not any(t.is_scored for t in samples):
             for trial in trials:
                 if trial.status != "failed":
                     continue
@@ -425,7 +437,7 @@ class SearchController:
         assert journal is not None and policy is not None
         loop = self.settings.search
         trials = journal.trials(round=round_index)
-        samples = [t for t in trials if t.role == "sample" and _is_scored(t)]
+        samples = [t for t in trials if t.role == "sample" and t.is_scored]
         if not samples:
             failed = [t for t in trials if t.status == "failed"]
             last = failed[-1] if failed else None
@@ -438,7 +450,7 @@ class SearchController:
         thetas = np.asarray([t.theta for t in samples], dtype=np.float64)
         rewards = np.asarray([t.reward for t in samples], dtype=np.float64)
         baseline = None
-        mean_trials = [t for t in trials if t.role == "mean" and _is_scored(t)]
+        mean_trials = [t for t in trials if t.role == "mean" and t.is_scored]
         if loop.baseline == "policy_mean":
             if mean_trials:
                 baseline = float(mean_trials[0].reward)
@@ -487,7 +499,7 @@ class SearchController:
             return trials
         start = time.perf_counter()
         decided: List[NewTrial] = []
-        with _torch_threads(self.settings.proxy.num_threads):
+        with torch_threads(self.settings.proxy.num_threads):
             for index, trial in enumerate(trials):
                 decided.append(self._screen(screener, trial, (round_index, index), decided))
         samples = [t for t in decided if t.role == "sample"]
@@ -544,7 +556,11 @@ class SearchController:
             original = self._original(original_key, key[0], earlier)
             record["duplicate_of_trial"] = trial_folder_name(*original_key)
             reward = None
-            if original is not None and original[0] in _SCORED and original[1] is not None:
+            if (
+                original is not None
+                and original[0] in SCORED_TRIAL_STATUSES
+                and original[1] is not None
+            ):
                 reward = original[1]
                 record["original_status"] = original[0]
             logger.info(
@@ -593,7 +609,7 @@ class SearchController:
                     str(self.output.model_config),
                     proxy.config_opts(self.settings.search.seed, str(self.output.trials)),
                 )
-                with _torch_threads(proxy.num_threads):
+                with torch_threads(proxy.num_threads):
                     self._screener = Screener.build(
                         screening, cfg, dataset=proxy.train_dataset, heads=list(space.heads)
                     )
@@ -633,7 +649,7 @@ class SearchController:
             if original is not None:
                 record["original_status"] = original.status
             metrics = {**trial.metrics, "screening": record}
-            if original is not None and _is_scored(original):
+            if original is not None and original.is_scored:
                 journal.update_trial(
                     round_index,
                     trial.index,
@@ -839,35 +855,12 @@ class SearchController:
         return kind == self.settings.launcher.kind and kind in LAUNCHER_KINDS and kind != "debug"
 
 
-#: Statuses whose reward enters the policy update: trained (done, diverged) or screened
-#: (rejected, duplicate; a duplicate once its original's reward is known).
-_SCORED = ("done", "diverged", "rejected", "duplicate")
-
-
-def _is_scored(trial: TrialRecord) -> bool:
-    return trial.status in _SCORED and trial.reward is not None
-
-
 def _duplicate_of(trial: TrialRecord) -> Optional[Tuple[int, int]]:
     """The ``(round, index)`` a duplicate trial reuses the result of, from its metrics."""
     key = (trial.metrics.get("screening") or {}).get("duplicate_of")
     if isinstance(key, (list, tuple)) and len(key) == 2:
         return int(key[0]), int(key[1])
     return None
-
-
-@contextlib.contextmanager
-def _torch_threads(num_threads: int) -> Iterator[None]:
-    """Screen with the trials' thread count: the same decisions in any controller process."""
-    import torch
-
-    saved = torch.get_num_threads()
-    if num_threads > 0:
-        torch.set_num_threads(num_threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(saved)
 
 
 def _write_text_atomic(path: Path, text: str) -> None:

@@ -53,6 +53,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "TRIAL_STATUSES",
     "FINAL_TRIAL_STATUSES",
+    "SCORED_TRIAL_STATUSES",
     "TRIAL_ROLES",
     "JournalError",
     "NewTrial",
@@ -66,6 +67,9 @@ JOURNAL_MAGIC = "paploss-search-journal"
 SCHEMA_VERSION = 1
 TRIAL_STATUSES = ("pending", "running", "done", "diverged", "failed", "rejected", "duplicate")
 FINAL_TRIAL_STATUSES = ("done", "diverged", "failed", "rejected", "duplicate")
+#: Statuses whose reward enters the policy update: trained (done, diverged) or screened (rejected,
+#: duplicate; a duplicate once its original's reward is known).
+SCORED_TRIAL_STATUSES = ("done", "diverged", "rejected", "duplicate")
 TRIAL_ROLES = ("sample", "mean")
 
 _SQLITE_HEADER = b"SQLite format 3\x00"
@@ -181,6 +185,11 @@ class TrialRecord:
     def is_final(self) -> bool:
         """Whether the status is one a round can close with."""
         return self.status in FINAL_TRIAL_STATUSES
+
+    @property
+    def is_scored(self) -> bool:
+        """Whether its reward enters the policy update (a scored status, and a reward)."""
+        return self.status in SCORED_TRIAL_STATUSES and self.reward is not None
 
 
 @dataclass(frozen=True)

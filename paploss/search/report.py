@@ -41,8 +41,6 @@ __all__ = [
 
 #: What :func:`export_config` can export: the best scored trial, or the final policy mean.
 EXPORT_CHOICES = ("best", "mean")
-#: Statuses of samples whose reward enters the policy update (see the controller).
-_SCORED = ("done", "diverged", "rejected", "duplicate")
 #: Per-round counts shown in the status table, in this order.
 _COUNTED = ("done", "diverged", "failed", "rejected", "duplicate")
 _MAX_DIGITS = 12
@@ -91,12 +89,8 @@ def round_summaries(journal: SearchJournal) -> List[RoundSummary]:
         counts: Dict[str, int] = {}
         for trial in trials:
             counts[trial.status] = counts.get(trial.status, 0) + 1
-        scored = [
-            t for t in trials if t.role == "sample" and t.status in _SCORED and t.reward is not None
-        ]
-        means = [
-            t for t in trials if t.role == "mean" and t.status in _SCORED and t.reward is not None
-        ]
+        scored = [t for t in trials if t.role == "sample" and t.is_scored]
+        means = [t for t in trials if t.role == "mean" and t.is_scored]
         done = [float(t.reward) for t in trials if t.status == "done" and t.reward is not None]
         if done:
             best = max(done) if best is None else max(best, max(done))

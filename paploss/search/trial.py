@@ -66,6 +66,7 @@ __all__ = [
     "TrialResult",
     "TrialFolderError",
     "run_trial",
+    "torch_threads",
     "load_result",
     "read_starts",
 ]
@@ -631,6 +632,20 @@ def _remove_checkpoints(train_dir: Path) -> None:
 
 
 @contextlib.contextmanager
+def torch_threads(num_threads: int) -> Iterator[None]:
+    """Run with ``num_threads`` torch CPU threads (0: leave the count as it is), then restore it."""
+    import torch
+
+    saved = torch.get_num_threads()
+    if num_threads > 0:
+        torch.set_num_threads(num_threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
+
+
+@contextlib.contextmanager
 def _trial_environment(spec: TrialSpec, log_path: Path) -> Iterator[None]:
     """Datasets root, torch threads and a log file for the duration of a trial."""
     import torch
@@ -638,9 +653,6 @@ def _trial_environment(spec: TrialSpec, log_path: Path) -> Iterator[None]:
     saved_root = os.environ.get("PAPLOSS_DATASETS")
     if spec.datasets_root:
         os.environ["PAPLOSS_DATASETS"] = spec.datasets_root
-    saved_threads = torch.get_num_threads()
-    if spec.proxy.num_threads > 0:
-        torch.set_num_threads(spec.proxy.num_threads)
     handler = logging.FileHandler(log_path)
     handler.setFormatter(logging.Formatter("[%(asctime)s] %(name)s %(levelname)s: %(message)s"))
     handler.setLevel(logging.INFO)
@@ -656,7 +668,7 @@ def _trial_environment(spec: TrialSpec, log_path: Path) -> Iterator[None]:
         # after their first calls, which rounds differently: the first iterations of a process
         # would then differ from the same iterations later in a process, so neither a resumed
         # trial nor a trial run after others in one process would reproduce an uninterrupted one.
-        with torch.jit.optimized_execution(False):
+        with torch_threads(spec.proxy.num_threads), torch.jit.optimized_execution(False):
             yield
     finally:
         for name, level in zip(_LOGGERS, saved_levels):
@@ -664,7 +676,6 @@ def _trial_environment(spec: TrialSpec, log_path: Path) -> Iterator[None]:
             log.removeHandler(handler)
             log.setLevel(level)
         handler.close()
-        torch.set_num_threads(saved_threads)
         if spec.datasets_root:
             if saved_root is None:
                 os.environ.pop("PAPLOSS_DATASETS", None)
