@@ -34,13 +34,16 @@ Sections (``--only`` picks some):
   weights, nothing downloaded) with ``MODEL.PAPLOSS.LOSS`` stock, pap (published functions) and
   rs: forward, backward and an SGD step (momentum 0.9, learning rate ``--lr``, 0 by default so
   that the random network cannot diverge) on batches of random images with 1-8 random boxes
-  each, fed to the model directly (no dataset). Median seconds per iteration after warm-up, and
-  the peak of ``torch.cuda.max_memory_allocated`` over the timed iterations (model, optimizer
-  state and activations). A non-finite loss fails the row.
+  each, fed to the model directly (no dataset). Median seconds per iteration after
+  ``--train-warmup`` untimed ones (5 by default: on an H100 the first 5 iterations of stock
+  RetinaNet were 4-9x slower than the later ones; its focal loss is a TorchScript function,
+  optimised during its first calls), and the peak of ``torch.cuda.max_memory_allocated`` over
+  the timed iterations (model, optimizer state and activations). A non-finite loss fails the row.
 
 Default sizes: M = 1e5, 1e6, 1e7, 2e7 with P = 1e3, 1e4 (a RetinaNet batch of 8 COCO images at
 512 px ranks about 3e7 (anchor, class) entries); training batch 8 at 512 px. A row that raises
-fails with its one-line error (the traceback goes to stderr) and the script carries on. ``--device cpu --quick`` shrinks every size so that the whole script runs in well
+fails with its one-line error (the traceback goes to stderr) and the script carries on.
+``--device cpu --quick`` shrinks every size so that the whole script runs in well
 under a minute on two cores; the test suite runs it that way.
 """
 
@@ -681,7 +684,7 @@ def run_train(table: Table, device: torch.device, args: argparse.Namespace) -> N
             finite = all(math.isfinite(v) for v in losses)
             if loss == "stock":
                 stock_times[model_name] = median
-            text = f"{len(times)} iters, last loss {losses[-1]:.4g}"
+            text = f"{len(times)} iters {min(times):.3f}-{max(times):.3f} s, loss {losses[-1]:.4g}"
             if loss != "stock" and model_name in stock_times:
                 text = f"{median / stock_times[model_name]:.2f}x stock, " + text
             table.add(
@@ -745,8 +748,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     train = parser.add_argument_group("train")
     train.add_argument("--batch", type=int, help="images per batch (default 8)")
     train.add_argument("--image-size", type=int, help="square image side (default 512)")
-    train.add_argument("--train-warmup", type=int, help="untimed iterations (default 2)")
-    train.add_argument("--train-iters", type=int, help="timed iterations (default 5)")
+    train.add_argument("--train-warmup", type=int, help="untimed iterations (default 5)")
+    train.add_argument("--train-iters", type=int, help="timed iterations (default 10)")
     train.add_argument(
         "--lr",
         type=float,
@@ -768,8 +771,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         repeats=2 if quick else 5,
         batch=2 if quick else 8,
         image_size=128 if quick else 512,
-        train_warmup=1 if quick else 2,
-        train_iters=1 if quick else 5,
+        train_warmup=1 if quick else 5,
+        train_iters=1 if quick else 10,
     )
     for key, value in defaults.items():
         if getattr(args, key) is None:
