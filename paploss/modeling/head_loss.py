@@ -426,9 +426,7 @@ class ALRPHeadLoss(RankingHeadLoss):
         self.delta = check_number(delta, self.config_key("delta"), low=0.0)
         self.balance = ALRPSelfBalance(
             period=check_int(balance_period, self.config_key("balance_period"), minimum=1),
-            initial_weight=check_number(
-                initial_weight, self.config_key("initial_weight"), low=0.0
-            ),
+            initial_weight=check_number(initial_weight, self.config_key("initial_weight"), low=0.0),
         )
 
     @classmethod
