@@ -12,9 +12,9 @@ Three independent checks, each switchable in :class:`ScreeningSettings`:
    randomly initialised detector (:func:`paploss.search.screening_data.build_screening_batches`,
    one network forward per search) is optimised directly under the candidate's PAP loss: the
    logits and the positives' box deltas are leaf tensors, updated by Adam for a fixed number of
-   steps. COCO bbox AP (pycocotools, AP@[.5:.95], as the reward) of the detections
-   decoded from the predictions is measured before and after; a candidate whose gain is below a
-   threshold is rejected (status ``rejected``) and never trained.
+   steps. COCO bbox AP (pycocotools, AP@[.5:.95], as the reward) of the detections decoded from
+   the predictions is measured before and after; a candidate whose gain is below a threshold is
+   rejected (status ``rejected``) and never trained.
 3. **Early stop of invalid trainings** (:class:`InvalidTrainingHook`): a Detectron2 hook that
    stops a proxy training as soon as its predictions or its loss become NaN/infinite, or its loss
    stays constant over a window, by raising an :class:`InvalidTrainingError` (a
