@@ -70,14 +70,17 @@ def _decreasing_i1_results(screener: Any) -> Dict[str, Any]:
     import torch
 
     from paploss.losses import PAPFunctions
-    from paploss.search.screening import HeadLossParameters
 
     results = {}
     for head, protocol in screener.protocols.items():
-        functions = PAPFunctions.identity()
+        identity = {
+            f"MODEL.PAPLOSS.{head}.FUNCTIONS.{name}": knots
+            for name, knots in PAPFunctions.identity().to_dict().items()
+        }
+        head_loss = screener.head_losses(identity)[head]
         with torch.no_grad():
-            functions.I1.knots_y.copy_(1 - functions.I1.knots_y)
-        results[head] = protocol.run(HeadLossParameters(functions, 1.0))
+            head_loss.functions.I1.knots_y.copy_(1 - head_loss.functions.I1.knots_y)
+        results[head] = protocol.run(head_loss)
     return results
 
 

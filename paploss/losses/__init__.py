@@ -32,7 +32,7 @@ from .published import published_grad_scale, published_knots, published_names
 
 # isort: split
 # Ranking-loss baselines with their error-driven gradients, and their loop references.
-from .alrp_loss import ALRPLossBalancer, alrp_loss
+from .alrp_loss import alrp_loss
 from .ap_loss import ap_loss
 from .rank_sort_loss import rank_sort_loss
 from .ranking_reference import alrp_loss_reference, ap_loss_reference, rank_sort_loss_reference
@@ -65,7 +65,6 @@ __all__ = [
     "published_grad_scale",
     "published_knots",
     "published_names",
-    "ALRPLossBalancer",
     "alrp_loss",
     "alrp_loss_reference",
     "ap_loss",

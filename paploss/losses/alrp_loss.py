@@ -1,15 +1,16 @@
 """aLRP Loss (Oksuz et al., "A Ranking-based, Balanced Loss Function Unifying Classification and
-Localisation in Object Detection"), exact and fast, plus its self-balancing weight.
+Localisation in Object Detection"), exact and fast.
 
 The classification part is trained with the error-driven gradient computed in the forward pass;
 the localisation part is an ordinary differentiable function of the positives' localisation
 errors. The published algorithm (``ranking_reference.alrp_loss_reference``) loops over the
 positives, O(P (P + N)); here every per-positive sum is exact in O((P + M) log P) time and
 O(P + M) memory (the machinery is described in :mod:`paploss.losses.ap_loss`), with the same values
-and gradients.
+and gradients. The self-balancing weight of the localisation term lives with the head that trains
+with the loss (:class:`paploss.modeling.head_loss.ALRPSelfBalance`).
 """
 
-from typing import Dict, List, Tuple, Union
+from typing import Tuple
 
 import torch
 
@@ -21,9 +22,7 @@ from .ap_loss import (
     _smoothed_step_sums,
 )
 
-__all__ = ["alrp_loss", "ALRPLossBalancer"]
-
-Number = Union[float, torch.Tensor]
+__all__ = ["alrp_loss"]
 
 # A positive's error is distributed over the negatives above it only if its smoothed number of
 # false positives exceeds this (the published value).
@@ -144,68 +143,3 @@ def alrp_loss(
     running_loc_error = torch.cumsum(pos_loc_errors[descending], dim=0)
     loc_loss = (running_loc_error / rank[descending]).mean()
     return cls_loss, loc_loss
-
-
-class ALRPLossBalancer:
-    """Self-balancing weight of the aLRP localisation loss (one instance per head).
-
-    The weight starts at ``initial_weight`` (50 in the paper). Every ``period`` calls (an epoch in
-    the paper: 7330 iterations on COCO at batch 16) it is reset to
-    ``(mean(L_cls) + mean(L_loc)) / mean(L_loc)`` over the values seen in that period, and the
-    new weight already applies to the call that completes the period. The values are taken per
-    process (not averaged across workers), as in the published implementation.
-
-    Example::
-
-        balancer = ALRPLossBalancer(period=iters_per_epoch)
-        cls_loss, loc_loss = alrp_loss(logits, targets, loc_errors)
-        losses = {"loss_cls": cls_loss, "loss_box_reg": balancer(cls_loss, loc_loss)}
-    """
-
-    def __init__(self, period: int = 7330, initial_weight: float = 50.0):
-        """
-        Args:
-            period: number of calls between two resets of the weight, > 0.
-            initial_weight: weight used until the first reset, > 0.
-        """
-        if isinstance(period, bool) or not isinstance(period, int) or period <= 0:
-            raise ValueError(f"period must be a positive integer, got {period!r}")
-        if not float(initial_weight) > 0:
-            raise ValueError(f"initial_weight must be > 0, got {initial_weight!r}")
-        self.period = period
-        self.weight = float(initial_weight)
-        self._cls_history: List[float] = []
-        self._loc_history: List[float] = []
-
-    def update(self, cls_loss: Number, loc_loss: Number) -> float:
-        """Record this iteration's (unweighted) losses and return the weight to apply now."""
-        self._cls_history.append(float(cls_loss))
-        self._loc_history.append(float(loc_loss))
-        if len(self._loc_history) >= self.period:
-            mean_loc = sum(self._loc_history) / len(self._loc_history)
-            mean_cls = sum(self._cls_history) / len(self._cls_history)
-            if mean_loc > 0:  # otherwise keep the previous weight
-                self.weight = (mean_cls + mean_loc) / mean_loc
-            self._cls_history.clear()
-            self._loc_history.clear()
-        return self.weight
-
-    def __call__(self, cls_loss: torch.Tensor, loc_loss: torch.Tensor) -> torch.Tensor:
-        """Record the losses and return ``loc_loss`` times the current weight."""
-        return loc_loss * self.update(cls_loss.detach(), loc_loss.detach())
-
-    def state_dict(self) -> Dict[str, object]:
-        """The weight and the history of the current period, for checkpointing."""
-        return {
-            "period": self.period,
-            "weight": self.weight,
-            "cls_history": list(self._cls_history),
-            "loc_history": list(self._loc_history),
-        }
-
-    def load_state_dict(self, state: Dict[str, object]) -> None:
-        """Restore what :meth:`state_dict` returned."""
-        self.period = int(state["period"])
-        self.weight = float(state["weight"])
-        self._cls_history = [float(v) for v in state["cls_history"]]
-        self._loc_history = [float(v) for v in state["loc_history"]]

@@ -2,14 +2,13 @@
 
 from detectron2.config import CfgNode as CN
 
-__all__ = ["add_paploss_config", "PAP_HEADS", "IDENTITY_KNOTS", "LOSS_NAMES"]
+__all__ = ["add_paploss_config", "PAP_HEADS", "IDENTITY_KNOTS"]
 
-#: Head subtrees that carry their own PAP functions and gradient scale.
+#: The heads with a subtree of ``MODEL.PAPLOSS`` (their own PAP functions, gradient scale and
+#: baseline settings), in the order of the search space.
 PAP_HEADS = ("RETINANET", "RPN", "ROI_HEADS")
 #: Interior knots of the identity function (the default of every function).
 IDENTITY_KNOTS = [[0.2, 0.2], [0.4, 0.4], [0.6, 0.6], [0.8, 0.8]]
-#: Values accepted by ``MODEL.PAPLOSS.LOSS``.
-LOSS_NAMES = ("pap", "ap", "alrp", "rs", "stock")
 
 
 def _head_node(alrp_tau: float = 0.5, rs_loss_weight: float = 1.0) -> CN:
@@ -36,7 +35,8 @@ def add_paploss_config(cfg: CN) -> None:
 
     Safe to call twice. Keys:
 
-    * ``MODEL.PAPLOSS.LOSS``: which loss the PAP heads train with.
+    * ``MODEL.PAPLOSS.LOSS``: which loss the PAP heads train with, a name registered in
+      :data:`paploss.modeling.HEAD_LOSS_REGISTRY`.
     * ``MODEL.PAPLOSS.QUALITY``: the box quality ``u`` of a positive.
     * ``MODEL.PAPLOSS.{RETINANET,RPN,ROI_HEADS}.FUNCTIONS.{H1,H2,I1,I2,I3}`` and ``.GRAD_SCALE``
       (PAP only), ``.ALRP_TAU`` (aLRP) and ``.RS_LOSS_WEIGHT`` (RS).
@@ -54,14 +54,15 @@ def add_paploss_config(cfg: CN) -> None:
     # "ap" / "alrp" / "rs": AP-Loss, aLRP Loss, Rank & Sort Loss baselines in the same heads, each
     # with its paper's box loss and task balancing (see MODEL.PAPLOSS.{AP,ALRP,RS} below).
     # "stock": Detectron2's own losses of the head (focal/CE + smooth-L1/GIoU as configured).
+    # Any other name registered in paploss.modeling.HEAD_LOSS_REGISTRY (e.g. by a user project).
     cfg.MODEL.PAPLOSS.LOSS = "pap"
     # Box quality u of a positive, from its decoded predicted box and its ground truth:
     # "giou": (GIoU + 1) / 2; "iou": IoU.
     cfg.MODEL.PAPLOSS.QUALITY = "giou"
     # Per-head settings (see _head_node); the RPN's baseline defaults are the papers' values.
-    cfg.MODEL.PAPLOSS.RETINANET = _head_node()
-    cfg.MODEL.PAPLOSS.RPN = _head_node(alrp_tau=0.7, rs_loss_weight=0.2)
-    cfg.MODEL.PAPLOSS.ROI_HEADS = _head_node()
+    head_defaults = {"RPN": {"alrp_tau": 0.7, "rs_loss_weight": 0.2}}
+    for head in PAP_HEADS:
+        setattr(cfg.MODEL.PAPLOSS, head, _head_node(**head_defaults.get(head, {})))
     # LOSS "ap" (AP-Loss): half-width delta of the smoothed step, > 0. The box term is the head's
     # smooth L1 on its box deltas (its Detectron2 SMOOTH_L1 beta), normalised by the positives.
     cfg.MODEL.PAPLOSS.AP = CN()

@@ -1,20 +1,15 @@
 """The loss of one detection head's ranking, shared by the dense, RPN and ROI heads.
 
-Shape shorthand (as in Detectron2's ``fast_rcnn.py``):
+A head hands its :class:`~paploss.modeling.ranking.HeadRanking` (``[R, K]`` logits, ``[R]``
+labels, the positives' predicted and ground-truth boxes and deltas) to its head loss, an
+``nn.Module``: :meth:`RankingHeadLoss.forward` computes the loss of the configured kind on it
+(:meth:`RankingHeadLoss.compute`), logs the loss's parts to Detectron2's event storage under
+``<head>/...`` and returns a one-entry loss dict ``{"<prefix><loss name>": total}``. Because the
+ranking is the module's input, whoever needs what a head ranks observes it with a forward
+pre-hook (:func:`record_rankings`, the screening's early stop) rather than re-deriving it.
 
-* ``R``: number of anchors (dense heads, RPN) or RoIs (ROI head) of the whole per-device batch
-* ``K``: number of foreground classes (1 for the RPN)
-* ``P``: number of positive anchors / RoIs
-
-A head hands over its classification logits ``[R, K]``, the labels ``[R]`` of its anchors or RoIs
-in Detectron2's convention (``0..K-1`` the class of a positive, ``K`` background, ``-1`` ignored),
-and the decoded predicted and ground-truth boxes of the positives ``[P, 4]`` in label order (plus,
-for losses with a box-delta regression term, the positives' predicted and target deltas). The
-head-loss module flattens every (anchor or RoI, class) pair into one ranking and computes the
-configured loss on it. It logs its parts to Detectron2's event storage under ``<head>/...`` and
-returns a one-entry loss dict ``{"<prefix><loss name>": total}``.
-
-One class per ``MODEL.PAPLOSS.LOSS``, all subclasses of :class:`RankingHeadLoss`:
+Head losses are registered in :data:`HEAD_LOSS_REGISTRY` under their ``MODEL.PAPLOSS.LOSS`` name
+(:attr:`RankingHeadLoss.loss_name`); :func:`build_head_loss` builds the configured one. Built in:
 
 * ``"pap"`` (:class:`PAPHeadLoss`): the PAP loss, ranking and localisation in one term; the only
   loss that reads the head's ``FUNCTIONS`` and ``GRAD_SCALE`` (λ).
@@ -23,21 +18,27 @@ One class per ``MODEL.PAPLOSS.LOSS``, all subclasses of :class:`RankingHeadLoss`
 * ``"rs"`` (:class:`RSHeadLoss`): Rank & Sort Loss + score-weighted GIoU loss, value-balanced.
 * ``"stock"`` (:class:`StockHeadLoss`): a marker; the head uses Detectron2's own losses.
 
-:func:`build_head_loss` picks the class from the config.
+A Detectron2 project adds its own loss by subclassing :class:`RankingHeadLoss` (``loss_name``,
+``@configurable`` constructor, ``from_config``, ``compute``) and decorating it with
+``@HEAD_LOSS_REGISTRY.register()``; ``MODEL.PAPLOSS.LOSS`` then selects it by that name
+(``projects/CustomHeadLoss``).
+
+Every constructor argument is checked once, in ``__init__``; an error names the config key the
+argument comes from (:meth:`RankingHeadLoss.config_key`) when the loss was built from a config.
 """
 
+import contextlib
 import logging
-from typing import Dict, List, NamedTuple, Optional, Tuple
+from typing import Dict, Iterator, Optional, Tuple
 
 import torch
 from detectron2.config import configurable
-from detectron2.layers import cat
-from detectron2.modeling.box_regression import Box2BoxTransform
-from detectron2.structures import Boxes
 from detectron2.utils.events import get_event_storage
+from detectron2.utils.registry import Registry
 from fvcore.nn import smooth_l1_loss
 from torch import nn
 
+from paploss.checks import check_int, check_number
 from paploss.losses import (
     PAPFunctions,
     alrp_loss,
@@ -48,25 +49,47 @@ from paploss.losses import (
 )
 from paploss.losses.box_quality import QUALITY_TYPES, box_quality, paired_iou_giou
 
-from .config import LOSS_NAMES
+from .ranking import HeadRanking
 
 __all__ = [
     "ALRPHeadLoss",
     "ALRPSelfBalance",
     "APHeadLoss",
-    "HeadLossInputs",
+    "HEAD_LOSS_REGISTRY",
     "PAPHeadLoss",
     "RSHeadLoss",
     "RankingHeadLoss",
     "StockHeadLoss",
     "build_head_loss",
-    "class_targets",
+    "record_rankings",
 ]
 
 logger = logging.getLogger(__name__)
 
-#: Loss names of ``MODEL.PAPLOSS.LOSS`` implemented by a :class:`RankingHeadLoss` subclass.
-RANKING_LOSSES = ("pap", "ap", "alrp", "rs")
+
+class _HeadLossRegistry(Registry):
+    """A Detectron2 :class:`Registry` whose entries are named by their ``loss_name``."""
+
+    def register(self, obj=None):
+        """Register a :class:`RankingHeadLoss` subclass under its ``loss_name`` (the value of
+        ``MODEL.PAPLOSS.LOSS`` that selects it); as a decorator or a call, like any registry."""
+        if obj is None:
+            return self.register
+        name = getattr(obj, "loss_name", "")
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"{obj.__name__} needs a loss_name to be registered")
+        self._do_register(name, obj)
+        return obj
+
+
+HEAD_LOSS_REGISTRY = _HeadLossRegistry("HEAD_LOSS")
+HEAD_LOSS_REGISTRY.__doc__ = """
+Registry of head losses, by their ``MODEL.PAPLOSS.LOSS`` name.
+
+A registered class is a :class:`RankingHeadLoss` whose ``@configurable`` constructor takes
+``from_config(cfg, head, *, head_name, loss_key)``, where ``head`` is the head's subtree of
+``MODEL.PAPLOSS`` (``"RETINANET"``, ``"RPN"`` or ``"ROI_HEADS"``).
+"""
 
 #: The Detectron2 key of each head's smooth-L1 beta, used by the AP-Loss box term.
 _SMOOTH_L1_BETA_KEYS = {
@@ -79,24 +102,6 @@ _SMOOTH_L1_BETA_KEYS = {
 _RS_BOX_WEIGHT_EPS = 1e-10
 
 
-def class_targets(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Per-(anchor, class) targets from per-anchor labels.
-
-    Args:
-        labels: ``[R]`` int; ``0..K-1`` positive of that class, ``K`` background, ``-1`` ignored.
-        num_classes: ``K``.
-
-    Returns:
-        ``[R, K]`` int8 targets: 1 at a positive's own class, 0 at every other class of a
-        non-ignored anchor, -1 at every class of an ignored anchor.
-    """
-    targets = torch.zeros((labels.numel(), num_classes), dtype=torch.int8, device=labels.device)
-    positive = (labels >= 0) & (labels < num_classes)
-    targets[positive, labels[positive]] = 1
-    targets[labels < 0] = -1
-    return targets
-
-
 def _config_functions(node, key: str) -> PAPFunctions:
     try:
         return PAPFunctions.from_knots({name: node[name] for name in node.keys()})
@@ -104,89 +109,35 @@ def _config_functions(node, key: str) -> PAPFunctions:
         raise ValueError(f"{key}: {e}") from e
 
 
-def _config_number(
-    value,
-    key: str,
-    *,
-    low: float,
-    high: float = float("inf"),
-    low_inclusive: bool = False,
-    high_inclusive: bool = False,
-) -> float:
-    """``value`` as a float, or a ``ValueError`` naming ``key`` if it is not in the interval."""
-    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    above = is_number and (value >= low if low_inclusive else value > low)
-    below = is_number and (value <= high if high_inclusive else value < high)
-    if not (above and below):
-        interval = f"{'[' if low_inclusive else '('}{low}, {high}{']' if high_inclusive else ')'}"
-        raise ValueError(f"{key} must be a number in {interval}, got {value!r}")
-    return float(value)
-
-
-def _config_positive_int(value, key: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{key} must be a positive integer, got {value!r}")
-    return value
-
-
-class HeadLossInputs(NamedTuple):
-    """What :meth:`RankingHeadLoss.forward` hands to a loss, flattened and checked.
-
-    Attributes:
-        logits: ``[R, K]`` classification logits.
-        flat_logits: ``[M]`` = ``logits.reshape(-1)``, ``M = R * K``.
-        targets: ``[M]`` int8 in {1, 0, -1} (:func:`class_targets`, flattened).
-        positive_index: ``[P]`` int64 indices of the positives in the ``[M]`` entries, in label
-            order (a positive's row is ``positive_index // K``).
-        pred_boxes: ``[P, 4]`` decoded predicted boxes of the positives (XYXY).
-        gt_boxes: ``[P, 4]`` their ground-truth boxes.
-        pred_deltas: ``[P, 4]`` the positives' predicted box deltas, or ``None``.
-        gt_deltas: ``[P, 4]`` their regression targets in the same encoding, or ``None``.
-    """
-
-    logits: torch.Tensor
-    flat_logits: torch.Tensor
-    targets: torch.Tensor
-    positive_index: torch.Tensor
-    pred_boxes: torch.Tensor
-    gt_boxes: torch.Tensor
-    pred_deltas: Optional[torch.Tensor]
-    gt_deltas: Optional[torch.Tensor]
-
-    @property
-    def num_positives(self) -> int:
-        return self.positive_index.numel()
-
-    def per_entry(self, values: torch.Tensor) -> torch.Tensor:
-        """``[M]`` tensor with the positives' ``values [P]`` at their entries, 0 elsewhere."""
-        return torch.zeros_like(self.flat_logits).index_put(
-            (self.positive_index,), values.to(self.flat_logits.dtype)
-        )
-
-    def positive_rows(self) -> torch.Tensor:
-        """``[P]`` rows (anchors / RoIs) of the positives in ``logits``."""
-        return torch.div(self.positive_index, self.logits.shape[1], rounding_mode="floor")
-
-
 class RankingHeadLoss(nn.Module):
     """Base class: one head's loss over the flattened (anchor or RoI, class) ranking of a batch.
 
-    Subclasses implement :meth:`compute` for one value of ``MODEL.PAPLOSS.LOSS``; build them with
-    :func:`build_head_loss`.
+    Subclasses implement :meth:`compute` for one value of ``MODEL.PAPLOSS.LOSS`` and are
+    registered in :data:`HEAD_LOSS_REGISTRY`; build them with :func:`build_head_loss`.
     """
 
-    #: The ``MODEL.PAPLOSS.LOSS`` value a subclass implements.
+    #: The ``MODEL.PAPLOSS.LOSS`` value a subclass implements (its registry name).
     loss_name: str = ""
     #: True only for :class:`StockHeadLoss`: the head uses Detectron2's own losses.
     is_stock: bool = False
+    #: True when the loss reads the head's ``GRAD_SCALE`` (otherwise a λ != 1 is warned about).
+    uses_grad_scale: bool = False
+    #: Constructor argument -> the config key it is read from (``{head}``: the head's subtree).
+    config_keys: Dict[str, str] = {}
 
-    def __init__(self, *, head_name: str = "head", loss_key: Optional[str] = None):
+    def __init__(
+        self, *, head: Optional[str] = None, head_name: str = "head", loss_key: Optional[str] = None
+    ):
         """
         Args:
+            head: the head's subtree of ``MODEL.PAPLOSS`` (``"RETINANET"``, ``"RPN"``,
+                ``"ROI_HEADS"``) when built from a config; names keys in errors and identifies
+                the head in :func:`record_rankings`.
             head_name: prefix of the event-storage scalars (e.g. ``"retinanet"``).
             loss_key: the key of the returned loss dict (default ``"loss_<loss_name>"``).
         """
         super().__init__()
+        self.head = head
         self.head_name = head_name
         self.loss_key = loss_key or f"loss_{self.loss_name}"
 
@@ -201,101 +152,43 @@ class RankingHeadLoss(nn.Module):
             head_name: prefix of the event-storage scalars.
             loss_key: the key of the returned loss dict.
         """
-        return {"head_name": head_name, "loss_key": loss_key}
+        return {"head": head, "head_name": head_name, "loss_key": loss_key}
 
-    def forward(
-        self,
-        logits: torch.Tensor,
-        labels: torch.Tensor,
-        pred_boxes: torch.Tensor,
-        gt_boxes: torch.Tensor,
-        *,
-        pred_deltas: Optional[torch.Tensor] = None,
-        gt_deltas: Optional[torch.Tensor] = None,
-    ) -> Dict[str, torch.Tensor]:
-        """
+    def config_key(self, argument: str) -> str:
+        """The config key ``argument`` was read from, for error messages; the argument's own name
+        when the loss was not built from a config."""
+        key = self.config_keys.get(argument)
+        if key is None or self.head is None:
+            return argument
+        return key.format(head=self.head)
+
+    def forward(self, ranking: HeadRanking) -> Dict[str, torch.Tensor]:
+        """The loss of one batch, its parts logged to the event storage.
+
         Args:
-            logits: ``[R, K]`` classification logits.
-            labels: ``[R]`` labels (``0..K-1`` positive, ``K`` background, ``-1`` ignored).
-            pred_boxes: ``[P, 4]`` decoded predicted boxes of the positives, in the order of
-                ``labels`` (XYXY), carrying the gradient to the box branch.
-            gt_boxes: ``[P, 4]`` their ground-truth boxes.
-            pred_deltas: ``[P, 4]`` the positives' predicted box deltas (needed by ``"ap"``).
-            gt_deltas: ``[P, 4]`` their regression targets (needed by ``"ap"``).
+            ranking: what the head ranks.
 
         Returns:
             ``{loss_key: scalar}``.
         """
-        num_classes = logits.shape[1]
-        targets = class_targets(labels, num_classes).reshape(-1)
-        positive_index = torch.nonzero(targets == 1, as_tuple=True)[0]
-        if positive_index.numel() != pred_boxes.shape[0]:
-            raise ValueError(
-                f"{self.head_name}: {positive_index.numel()} positives in labels but "
-                f"{pred_boxes.shape[0]} predicted boxes"
-            )
-        inputs = HeadLossInputs(
-            logits=logits,
-            flat_logits=logits.reshape(-1),
-            targets=targets,
-            positive_index=positive_index,
-            pred_boxes=pred_boxes,
-            gt_boxes=gt_boxes,
-            pred_deltas=pred_deltas,
-            gt_deltas=gt_deltas,
-        )
-        loss, scalars = self.compute(inputs)
+        loss, scalars = self.compute(ranking)
         storage = get_event_storage()
         for name, value in scalars.items():
             storage.put_scalar(f"{self.head_name}/{name}", value)
-        storage.put_scalar(f"{self.head_name}/num_positives", float(inputs.num_positives))
+        storage.put_scalar(f"{self.head_name}/num_positives", float(ranking.num_positives))
         return {self.loss_key: loss}
 
-    def forward_dense(
-        self,
-        anchors: List[Boxes],
-        logits: torch.Tensor,
-        labels: torch.Tensor,
-        pred_anchor_deltas: List[torch.Tensor],
-        gt_boxes: List[torch.Tensor],
-        box2box_transform: Box2BoxTransform,
-    ) -> Dict[str, torch.Tensor]:
-        """:meth:`forward` for a dense head: decodes the positives' boxes from anchors and deltas.
-
-        Args:
-            anchors: per-level anchors, ``R`` in all, shared by the ``N`` images.
-            logits: ``[N * R, K]`` classification logits, image-major.
-            labels: ``[N, R]`` labels (``0..K-1`` positive, ``K`` background, ``-1`` ignored).
-            pred_anchor_deltas: per-level ``[N, Hi*Wi*A, 4]`` predicted box deltas.
-            gt_boxes: per-image ``[R, 4]`` ground-truth boxes matched to the anchors.
-            box2box_transform: the head's anchor-to-box transform.
+    def compute(self, ranking: HeadRanking) -> Tuple[torch.Tensor, Dict[str, float]]:
+        """The loss of one batch, without logging.
 
         Returns:
-            ``{loss_key: scalar}``.
-        """
-        positive = (labels >= 0) & (labels != logits.shape[1])  # [N, R]
-        deltas = cat(pred_anchor_deltas, dim=1)  # [N, R, 4]
-        positive_anchors = Boxes.cat(anchors).tensor.unsqueeze(0).expand_as(deltas)[positive]
-        positive_deltas = deltas[positive]  # [P, 4]
-        positive_gt_boxes = torch.stack(gt_boxes)[positive]
-        return self(
-            logits,
-            labels.reshape(-1),
-            box2box_transform.apply_deltas(positive_deltas, positive_anchors),
-            positive_gt_boxes,
-            pred_deltas=positive_deltas,
-            gt_deltas=box2box_transform.get_deltas(positive_anchors, positive_gt_boxes),
-        )
-
-    def compute(self, inputs: HeadLossInputs) -> Tuple[torch.Tensor, Dict[str, float]]:
-        """The loss of one batch.
-
-        Returns:
-            ``(total loss, {scalar name: value})``; the scalars are logged under the head's name.
+            ``(total loss, {scalar name: value})``; :meth:`forward` logs the scalars under the
+            head's name.
         """
         raise NotImplementedError
 
 
+@HEAD_LOSS_REGISTRY.register()
 class StockHeadLoss(RankingHeadLoss):
     """``MODEL.PAPLOSS.LOSS: "stock"``: the head keeps Detectron2's losses and never calls this."""
 
@@ -310,12 +203,13 @@ class StockHeadLoss(RankingHeadLoss):
         """
         super().__init__(**kwargs)
 
-    def compute(self, inputs: HeadLossInputs) -> Tuple[torch.Tensor, Dict[str, float]]:
+    def compute(self, ranking: HeadRanking) -> Tuple[torch.Tensor, Dict[str, float]]:
         raise RuntimeError(f"{self.head_name}: the stock head computes Detectron2's own losses")
 
 
+@HEAD_LOSS_REGISTRY.register()
 class PAPHeadLoss(RankingHeadLoss):
-    """The PAP loss: ranking and localisation in one term (DESIGN §4).
+    """The PAP loss: ranking and localisation in one term (formula: ``docs/pap_loss.md``).
 
     The quality of a positive is ``(GIoU + 1) / 2`` or the IoU of its decoded predicted box; λ
     scales only the gradient that reaches the box branch through the quality.
@@ -323,6 +217,12 @@ class PAPHeadLoss(RankingHeadLoss):
     """
 
     loss_name = "pap"
+    uses_grad_scale = True
+    config_keys = {
+        "functions": "MODEL.PAPLOSS.{head}.FUNCTIONS",
+        "grad_scale": "MODEL.PAPLOSS.{head}.GRAD_SCALE",
+        "quality_type": "MODEL.PAPLOSS.QUALITY",
+    }
 
     @configurable
     def __init__(
@@ -343,37 +243,34 @@ class PAPHeadLoss(RankingHeadLoss):
         super().__init__(**kwargs)
         if quality_type not in QUALITY_TYPES:
             raise ValueError(
-                f"MODEL.PAPLOSS.QUALITY must be one of {QUALITY_TYPES}, got {quality_type!r}"
+                f"{self.config_key('quality_type')} must be one of {QUALITY_TYPES}, "
+                f"got {quality_type!r}"
             )
-        if not float(grad_scale) > 0:
-            raise ValueError(f"GRAD_SCALE (λ) must be > 0, got {grad_scale}")
         self.functions = functions
-        self.grad_scale = float(grad_scale)
+        self.grad_scale = check_number(grad_scale, self.config_key("grad_scale"), low=0.0)
         self.quality_type = quality_type
 
     @classmethod
     def from_config(cls, cfg, head: str, *, head_name: str, loss_key: str) -> dict:
         ret = super().from_config(cfg, head, head_name=head_name, loss_key=loss_key)
         node = cfg.MODEL.PAPLOSS
-        prefix = f"MODEL.PAPLOSS.{head}"
-        grad_scale = node[head].GRAD_SCALE
-        if not isinstance(grad_scale, (int, float)) or not grad_scale > 0:
-            raise ValueError(f"{prefix}.GRAD_SCALE (λ) must be a number > 0, got {grad_scale!r}")
         ret.update(
-            functions=_config_functions(node[head].FUNCTIONS, f"{prefix}.FUNCTIONS"),
-            grad_scale=grad_scale,
+            functions=_config_functions(
+                node[head].FUNCTIONS, cls.config_keys["functions"].format(head=head)
+            ),
+            grad_scale=node[head].GRAD_SCALE,
             quality_type=node.QUALITY,
         )
         return ret
 
-    def compute(self, inputs: HeadLossInputs) -> Tuple[torch.Tensor, Dict[str, float]]:
+    def compute(self, ranking: HeadRanking) -> Tuple[torch.Tensor, Dict[str, float]]:
         quality_of_positives = scale_grad(
-            box_quality(inputs.pred_boxes, inputs.gt_boxes, self.quality_type), self.grad_scale
+            box_quality(ranking.pred_boxes, ranking.gt_boxes, self.quality_type), self.grad_scale
         )
         parts = pap_loss_components(
-            inputs.flat_logits,
-            inputs.targets,
-            inputs.per_entry(quality_of_positives),
+            ranking.flat_logits,
+            ranking.targets,
+            ranking.per_entry(quality_of_positives),
             self.functions,
         )
         scalars = {
@@ -383,6 +280,7 @@ class PAPHeadLoss(RankingHeadLoss):
         return parts.loss, scalars
 
 
+@HEAD_LOSS_REGISTRY.register()
 class APHeadLoss(RankingHeadLoss):
     """AP-Loss for classification plus a smooth-L1 box regression loss.
 
@@ -397,6 +295,7 @@ class APHeadLoss(RankingHeadLoss):
     """
 
     loss_name = "ap"
+    config_keys = {"delta": "MODEL.PAPLOSS.AP.DELTA"}
 
     @configurable
     def __init__(self, *, delta: float = 1.0, smooth_l1_beta: float = 0.0, **kwargs):
@@ -407,30 +306,30 @@ class APHeadLoss(RankingHeadLoss):
             kwargs: the arguments of :class:`RankingHeadLoss`.
         """
         super().__init__(**kwargs)
-        self.delta = _config_number(delta, "delta", low=0.0)
-        self.smooth_l1_beta = _config_number(
-            smooth_l1_beta, "smooth_l1_beta", low=0.0, low_inclusive=True
+        self.delta = check_number(delta, self.config_key("delta"), low=0.0)
+        self.smooth_l1_beta = check_number(
+            smooth_l1_beta, self.config_key("smooth_l1_beta"), low=0.0, low_inclusive=True
         )
+
+    def config_key(self, argument: str) -> str:
+        if argument == "smooth_l1_beta" and self.head in _SMOOTH_L1_BETA_KEYS:
+            return "MODEL.{}.{}".format(*_SMOOTH_L1_BETA_KEYS[self.head])
+        return super().config_key(argument)
 
     @classmethod
     def from_config(cls, cfg, head: str, *, head_name: str, loss_key: str) -> dict:
         ret = super().from_config(cfg, head, head_name=head_name, loss_key=loss_key)
         node, key = _SMOOTH_L1_BETA_KEYS[head]
-        ret.update(
-            delta=_config_number(cfg.MODEL.PAPLOSS.AP.DELTA, "MODEL.PAPLOSS.AP.DELTA", low=0.0),
-            smooth_l1_beta=_config_number(
-                cfg.MODEL[node][key], f"MODEL.{node}.{key}", low=0.0, low_inclusive=True
-            ),
-        )
+        ret.update(delta=cfg.MODEL.PAPLOSS.AP.DELTA, smooth_l1_beta=cfg.MODEL[node][key])
         return ret
 
-    def compute(self, inputs: HeadLossInputs) -> Tuple[torch.Tensor, Dict[str, float]]:
-        if inputs.pred_deltas is None or inputs.gt_deltas is None:
+    def compute(self, ranking: HeadRanking) -> Tuple[torch.Tensor, Dict[str, float]]:
+        if ranking.pred_deltas is None or ranking.gt_deltas is None:
             raise ValueError(f"{self.head_name}: the AP-Loss box term needs pred_deltas, gt_deltas")
-        cls_loss = ap_loss(inputs.flat_logits, inputs.targets, self.delta)
+        cls_loss = ap_loss(ranking.flat_logits, ranking.targets, self.delta)
         box_loss = smooth_l1_loss(
-            inputs.pred_deltas, inputs.gt_deltas, self.smooth_l1_beta, reduction="sum"
-        ) / max(inputs.num_positives, 1)
+            ranking.pred_deltas, ranking.gt_deltas, self.smooth_l1_beta, reduction="sum"
+        ) / max(ranking.num_positives, 1)
         scalars = {"ap_cls": cls_loss.item(), "ap_box": box_loss.item()}
         return cls_loss + box_loss.to(cls_loss.dtype), scalars
 
@@ -438,27 +337,27 @@ class APHeadLoss(RankingHeadLoss):
 class ALRPSelfBalance(nn.Module):
     """aLRP's self-balancing weight of the localisation term, with its state in buffers.
 
-    The rule of :class:`paploss.losses.ALRPLossBalancer`: the weight starts at
-    ``initial_weight`` and every ``period`` calls is reset to ``(mean(L_cls) + mean(L_loc)) /
-    mean(L_loc)`` over the calls of that period (kept when ``mean(L_loc) == 0``); the new weight
-    already applies to the call that completes the period. The weight and the running sums of
-    the period are float64 buffers, so they are part of the model's state dict: checkpoints
-    keep them and a resumed training continues the period exactly. They are updated without a
-    host synchronisation. Under DistributedDataParallel each process keeps its own values (as
-    the published implementation; Detectron2's trainer does not broadcast buffers) and the
-    checkpoint holds those of the main process.
+    The weight starts at ``initial_weight`` (50 in the paper) and every ``period`` calls (one
+    epoch in the paper) is reset to ``(mean(L_cls) + mean(L_loc)) / mean(L_loc)`` over the calls
+    of that period (kept when ``mean(L_loc) == 0``); the new weight already applies to the call
+    that completes the period. The weight and the running sums of the period are float64
+    buffers, so they are part of the model's state dict: checkpoints keep them and a resumed
+    training continues the period exactly. They are updated without a host synchronisation.
+    Under DistributedDataParallel each process keeps its own values (as the published
+    implementation; Detectron2's trainer does not broadcast buffers) and the checkpoint holds
+    those of the main process.
     """
 
     def __init__(self, *, period: int, initial_weight: float = 50.0):
         """
         Args:
-            period: number of calls between two resets of the weight, > 0.
-            initial_weight: weight until the first reset, > 0.
+            period: number of calls between two resets of the weight, an int > 0.
+            initial_weight: weight until the first reset, > 0. (:class:`ALRPHeadLoss` checks
+                both against its config keys.)
         """
         super().__init__()
-        self.period = _config_positive_int(period, "period")
-        initial_weight = _config_number(initial_weight, "initial_weight", low=0.0)
-        self.register_buffer("weight", torch.tensor(initial_weight, dtype=torch.float64))
+        self.period = int(period)
+        self.register_buffer("weight", torch.tensor(float(initial_weight), dtype=torch.float64))
         self.register_buffer("cls_sum", torch.zeros((), dtype=torch.float64))
         self.register_buffer("loc_sum", torch.zeros((), dtype=torch.float64))
         self.register_buffer("count", torch.zeros((), dtype=torch.int64))
@@ -483,6 +382,7 @@ class ALRPSelfBalance(nn.Module):
         return f"period={self.period}"
 
 
+@HEAD_LOSS_REGISTRY.register()
 class ALRPHeadLoss(RankingHeadLoss):
     """aLRP Loss: ``L = L_cls + w * L_loc`` with the self-balancing weight ``w``.
 
@@ -495,6 +395,12 @@ class ALRPHeadLoss(RankingHeadLoss):
     """
 
     loss_name = "alrp"
+    config_keys = {
+        "tau": "MODEL.PAPLOSS.{head}.ALRP_TAU",
+        "delta": "MODEL.PAPLOSS.ALRP.DELTA",
+        "balance_period": "MODEL.PAPLOSS.ALRP.BALANCE_PERIOD",
+        "initial_weight": "MODEL.PAPLOSS.ALRP.INITIAL_WEIGHT",
+    }
 
     @configurable
     def __init__(
@@ -511,30 +417,27 @@ class ALRPHeadLoss(RankingHeadLoss):
             tau: the IoU threshold of a positive in aLRP's localisation error, in (0, 1).
             delta: half-width of the smoothed step, > 0.
             balance_period: iterations between two resets of the self-balancing weight (one
-                epoch in the paper).
-            initial_weight: the weight of the localisation term until the first reset.
+                epoch in the paper), an int > 0.
+            initial_weight: the weight of the localisation term until the first reset, > 0.
             kwargs: the arguments of :class:`RankingHeadLoss`.
         """
         super().__init__(**kwargs)
-        self.tau = _config_number(tau, "tau", low=0.0, high=1.0)
-        self.delta = _config_number(delta, "delta", low=0.0)
-        self.balance = ALRPSelfBalance(period=balance_period, initial_weight=initial_weight)
+        self.tau = check_number(tau, self.config_key("tau"), low=0.0, high=1.0)
+        self.delta = check_number(delta, self.config_key("delta"), low=0.0)
+        self.balance = ALRPSelfBalance(
+            period=check_int(balance_period, self.config_key("balance_period"), minimum=1),
+            initial_weight=check_number(initial_weight, self.config_key("initial_weight"), low=0.0),
+        )
 
     @classmethod
     def from_config(cls, cfg, head: str, *, head_name: str, loss_key: str) -> dict:
         ret = super().from_config(cfg, head, head_name=head_name, loss_key=loss_key)
         node = cfg.MODEL.PAPLOSS
         ret.update(
-            tau=_config_number(
-                node[head].ALRP_TAU, f"MODEL.PAPLOSS.{head}.ALRP_TAU", low=0.0, high=1.0
-            ),
-            delta=_config_number(node.ALRP.DELTA, "MODEL.PAPLOSS.ALRP.DELTA", low=0.0),
-            balance_period=_config_positive_int(
-                node.ALRP.BALANCE_PERIOD, "MODEL.PAPLOSS.ALRP.BALANCE_PERIOD"
-            ),
-            initial_weight=_config_number(
-                node.ALRP.INITIAL_WEIGHT, "MODEL.PAPLOSS.ALRP.INITIAL_WEIGHT", low=0.0
-            ),
+            tau=node[head].ALRP_TAU,
+            delta=node.ALRP.DELTA,
+            balance_period=node.ALRP.BALANCE_PERIOD,
+            initial_weight=node.ALRP.INITIAL_WEIGHT,
         )
         return ret
 
@@ -543,10 +446,10 @@ class ALRPHeadLoss(RankingHeadLoss):
         _, giou = paired_iou_giou(pred_boxes, gt_boxes)
         return (1 - giou).clamp_min(0.0) / (2 * (1 - self.tau))
 
-    def compute(self, inputs: HeadLossInputs) -> Tuple[torch.Tensor, Dict[str, float]]:
-        loc_errors = self.localization_errors(inputs.pred_boxes, inputs.gt_boxes)
+    def compute(self, ranking: HeadRanking) -> Tuple[torch.Tensor, Dict[str, float]]:
+        loc_errors = self.localization_errors(ranking.pred_boxes, ranking.gt_boxes)
         cls_loss, loc_loss = alrp_loss(
-            inputs.flat_logits, inputs.targets, inputs.per_entry(loc_errors), self.delta
+            ranking.flat_logits, ranking.targets, ranking.per_entry(loc_errors), self.delta
         )
         weight = self.balance(cls_loss, loc_loss)
         scalars = {
@@ -557,6 +460,7 @@ class ALRPHeadLoss(RankingHeadLoss):
         return cls_loss + weight.to(loc_loss.dtype) * loc_loss, scalars
 
 
+@HEAD_LOSS_REGISTRY.register()
 class RSHeadLoss(RankingHeadLoss):
     """Rank & Sort Loss with a score-weighted GIoU box loss and value-based balancing.
 
@@ -570,6 +474,10 @@ class RSHeadLoss(RankingHeadLoss):
     """
 
     loss_name = "rs"
+    config_keys = {
+        "delta": "MODEL.PAPLOSS.RS.DELTA",
+        "loss_weight": "MODEL.PAPLOSS.{head}.RS_LOSS_WEIGHT",
+    }
 
     @configurable
     def __init__(self, *, delta: float = 0.5, loss_weight: float = 1.0, **kwargs):
@@ -580,29 +488,22 @@ class RSHeadLoss(RankingHeadLoss):
             kwargs: the arguments of :class:`RankingHeadLoss`.
         """
         super().__init__(**kwargs)
-        self.delta = _config_number(delta, "delta", low=0.0, low_inclusive=True)
-        self.loss_weight = _config_number(loss_weight, "loss_weight", low=0.0)
+        self.delta = check_number(delta, self.config_key("delta"), low=0.0, low_inclusive=True)
+        self.loss_weight = check_number(loss_weight, self.config_key("loss_weight"), low=0.0)
 
     @classmethod
     def from_config(cls, cfg, head: str, *, head_name: str, loss_key: str) -> dict:
         ret = super().from_config(cfg, head, head_name=head_name, loss_key=loss_key)
         node = cfg.MODEL.PAPLOSS
-        ret.update(
-            delta=_config_number(
-                node.RS.DELTA, "MODEL.PAPLOSS.RS.DELTA", low=0.0, low_inclusive=True
-            ),
-            loss_weight=_config_number(
-                node[head].RS_LOSS_WEIGHT, f"MODEL.PAPLOSS.{head}.RS_LOSS_WEIGHT", low=0.0
-            ),
-        )
+        ret.update(delta=node.RS.DELTA, loss_weight=node[head].RS_LOSS_WEIGHT)
         return ret
 
-    def compute(self, inputs: HeadLossInputs) -> Tuple[torch.Tensor, Dict[str, float]]:
-        iou, giou = paired_iou_giou(inputs.pred_boxes, inputs.gt_boxes)
-        quality = inputs.per_entry(iou.detach().clamp(0.0, 1.0))
-        rs = rank_sort_loss(inputs.flat_logits, inputs.targets, quality, self.delta)
+    def compute(self, ranking: HeadRanking) -> Tuple[torch.Tensor, Dict[str, float]]:
+        iou, giou = paired_iou_giou(ranking.pred_boxes, ranking.gt_boxes)
+        quality = ranking.per_entry(iou.detach().clamp(0.0, 1.0))
+        rs = rank_sort_loss(ranking.flat_logits, ranking.targets, quality, self.delta)
 
-        scores = inputs.logits.detach().index_select(0, inputs.positive_rows()).sigmoid()
+        scores = ranking.logits.detach().index_select(0, ranking.positive_rows).sigmoid()
         box_weights = scores.max(dim=1).values  # [P]
         normaliser = box_weights.sum()
         normaliser = torch.where(normaliser < _RS_BOX_WEIGHT_EPS, 1.0, normaliser)
@@ -622,14 +523,8 @@ class RSHeadLoss(RankingHeadLoss):
         return total, scalars
 
 
-#: The head-loss class of each ``MODEL.PAPLOSS.LOSS``.
-HEAD_LOSSES = {
-    cls.loss_name: cls for cls in (PAPHeadLoss, APHeadLoss, ALRPHeadLoss, RSHeadLoss, StockHeadLoss)
-}
-
-
 def build_head_loss(cfg, head: str, *, head_name: str, key_prefix: str) -> RankingHeadLoss:
-    """The head loss of ``cfg.MODEL.PAPLOSS.LOSS`` for one head.
+    """The head loss registered under ``cfg.MODEL.PAPLOSS.LOSS``, for one head.
 
     Args:
         cfg: a config with :func:`~paploss.modeling.config.add_paploss_config` keys.
@@ -640,17 +535,54 @@ def build_head_loss(cfg, head: str, *, head_name: str, key_prefix: str) -> Ranki
             ``"loss_rpn_"`` gives ``"loss_rpn_rs"``).
 
     Raises:
-        ValueError: naming the key, for an unknown loss or a bad value of a key it reads.
+        ValueError: naming the key, for an unregistered loss or a bad value of a key it reads.
     """
     loss_name = cfg.MODEL.PAPLOSS.LOSS
-    if loss_name not in LOSS_NAMES:
-        raise ValueError(f"MODEL.PAPLOSS.LOSS must be one of {LOSS_NAMES}, got {loss_name!r}")
+    if not isinstance(loss_name, str) or loss_name not in HEAD_LOSS_REGISTRY:
+        names = ", ".join(sorted(name for name, _ in HEAD_LOSS_REGISTRY))
+        raise ValueError(
+            f"MODEL.PAPLOSS.LOSS must be one of the registered head losses ({names}), "
+            f"got {loss_name!r}"
+        )
+    loss_class = HEAD_LOSS_REGISTRY.get(loss_name)
     grad_scale = cfg.MODEL.PAPLOSS[head].GRAD_SCALE
-    if loss_name != "pap" and grad_scale != 1.0:
+    if not loss_class.uses_grad_scale and grad_scale != 1.0:
         logger.warning(
             f"MODEL.PAPLOSS.{head}.GRAD_SCALE={grad_scale} only applies to the 'pap' loss; "
             f"it is ignored with MODEL.PAPLOSS.LOSS={loss_name!r}"
         )
-    return HEAD_LOSSES[loss_name](
-        cfg, head, head_name=head_name, loss_key=f"{key_prefix}{loss_name}"
-    )
+    return loss_class(cfg, head, head_name=head_name, loss_key=f"{key_prefix}{loss_name}")
+
+
+@contextlib.contextmanager
+def record_rankings(model: nn.Module) -> Iterator[Dict[str, HeadRanking]]:
+    """Record what each head of ``model`` ranks, during the forwards run inside the context.
+
+    A forward pre-hook on every :class:`RankingHeadLoss` of the model built from a config keeps
+    the :class:`HeadRanking` the head hands to its loss, by head (``"RETINANET"``, ``"RPN"``,
+    ``"ROI_HEADS"``; the latest forward wins). Nothing about the forward changes: the losses are
+    computed as in training. A stock head (``MODEL.PAPLOSS.LOSS: "stock"``) builds no ranking.
+
+    Example::
+
+        with record_rankings(model) as rankings, EventStorage():
+            model(batched_inputs)
+        rankings["RPN"].labels
+
+    Yields:
+        The dict that the forwards fill.
+    """
+    rankings: Dict[str, HeadRanking] = {}
+    handles = []
+    for module in model.modules():
+        if isinstance(module, RankingHeadLoss) and module.head is not None:
+
+            def keep(_module, inputs, head=module.head):
+                rankings[head] = inputs[0]
+
+            handles.append(module.register_forward_pre_hook(keep))
+    try:
+        yield rankings
+    finally:
+        for handle in handles:
+            handle.remove()

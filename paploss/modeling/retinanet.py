@@ -4,12 +4,12 @@ from typing import Dict, List
 
 import torch
 from detectron2.config import configurable
-from detectron2.layers import cat
 from detectron2.modeling import META_ARCH_REGISTRY, RetinaNet
 from detectron2.structures import Boxes
 from detectron2.utils.events import get_event_storage
 
 from .head_loss import RankingHeadLoss, build_head_loss
+from .ranking import dense_ranking
 
 __all__ = ["PAPRetinaNet"]
 
@@ -20,7 +20,8 @@ class PAPRetinaNet(RetinaNet):
 
     Only :meth:`losses` differs from :class:`detectron2.modeling.RetinaNet`: anchor labelling,
     the head and inference are Detectron2's. Every (anchor, class) pair of the per-device batch
-    enters one ranking; the positives' box quality comes from their decoded predicted boxes.
+    enters one ranking (:func:`~paploss.modeling.ranking.dense_ranking`); the positives' box
+    quality comes from their decoded predicted boxes.
     With ``MODEL.PAPLOSS.LOSS: "stock"`` it is exactly Detectron2's RetinaNet.
     """
 
@@ -64,15 +65,8 @@ class PAPRetinaNet(RetinaNet):
         """
         if self.head_loss.is_stock:
             return super().losses(anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes)
-        num_images = len(gt_labels)
-        labels = torch.stack(gt_labels)  # [N, R]
-        positive = (labels >= 0) & (labels != self.num_classes)
-        get_event_storage().put_scalar("num_pos_anchors", positive.sum().item() / num_images)
-        return self.head_loss.forward_dense(
-            anchors,
-            cat(pred_logits, dim=1).reshape(-1, self.num_classes),
-            labels,
-            pred_anchor_deltas,
-            gt_boxes,
-            self.box2box_transform,
+        ranking = dense_ranking(
+            anchors, pred_logits, gt_labels, pred_anchor_deltas, gt_boxes, self.box2box_transform
         )
+        get_event_storage().put_scalar("num_pos_anchors", ranking.num_positives / len(gt_labels))
+        return self.head_loss(ranking)

@@ -8,13 +8,14 @@ from typing import Dict, List, Tuple
 
 import torch
 from detectron2.config import configurable
-from detectron2.layers import ShapeSpec, cat
+from detectron2.layers import ShapeSpec
 from detectron2.modeling import ROI_HEADS_REGISTRY, StandardROIHeads
 from detectron2.modeling.roi_heads.fast_rcnn import FastRCNNOutputLayers
 from detectron2.structures import Instances
 from torch import nn
 
 from .head_loss import RankingHeadLoss, build_head_loss
+from .ranking import roi_ranking
 
 __all__ = ["PAPFastRCNNOutputLayers", "PAPROIHeads"]
 
@@ -23,8 +24,9 @@ class PAPFastRCNNOutputLayers(FastRCNNOutputLayers):
     """Fast R-CNN box predictor with sigmoid classification and a ranking loss.
 
     With a ranking loss, ``cls_score`` predicts ``K`` sigmoid logits (no background logit): every
-    (RoI, class) pair of the batch is ranked. Inference is Detectron2's (per-class NMS) on sigmoid
-    scores. With ``MODEL.PAPLOSS.LOSS: "stock"`` it is exactly ``FastRCNNOutputLayers``.
+    (RoI, class) pair of the batch is ranked (:func:`~paploss.modeling.ranking.roi_ranking`).
+    Inference is Detectron2's (per-class NMS) on sigmoid scores. With
+    ``MODEL.PAPLOSS.LOSS: "stock"`` it is exactly ``FastRCNNOutputLayers``.
     """
 
     @configurable
@@ -65,32 +67,7 @@ class PAPFastRCNNOutputLayers(FastRCNNOutputLayers):
         """
         if self.head_loss.is_stock:
             return super().losses(predictions, proposals)
-        scores, proposal_deltas = predictions
-        labels = cat([p.gt_classes for p in proposals], dim=0)  # [R]
-        proposal_boxes = cat([p.proposal_boxes.tensor for p in proposals], dim=0)  # [R, 4]
-        gt_boxes = cat(
-            [(p.gt_boxes if p.has("gt_boxes") else p.proposal_boxes).tensor for p in proposals],
-            dim=0,
-        )
-        positive = (labels >= 0) & (labels < self.num_classes)
-        positive_labels = labels[positive]
-        if proposal_deltas.shape[1] == 4:  # class-agnostic regression
-            positive_deltas = proposal_deltas[positive]
-        else:
-            positive_deltas = proposal_deltas.view(-1, self.num_classes, 4)[
-                positive, positive_labels
-            ]
-        positive_proposals = proposal_boxes[positive]
-        positive_gt_boxes = gt_boxes[positive]
-        pred_boxes = self.box2box_transform.apply_deltas(positive_deltas, positive_proposals)
-        return self.head_loss(
-            scores,
-            labels,
-            pred_boxes,
-            positive_gt_boxes,
-            pred_deltas=positive_deltas,
-            gt_deltas=self.box2box_transform.get_deltas(positive_proposals, positive_gt_boxes),
-        )
+        return self.head_loss(roi_ranking(predictions, proposals, self.box2box_transform))
 
     def predict_probs(
         self, predictions: Tuple[torch.Tensor, torch.Tensor], proposals: List[Instances]

@@ -4,13 +4,13 @@ from typing import Dict, List
 
 import torch
 from detectron2.config import configurable
-from detectron2.layers import cat
 from detectron2.modeling import PROPOSAL_GENERATOR_REGISTRY
 from detectron2.modeling.proposal_generator import RPN
 from detectron2.structures import Boxes
 from detectron2.utils.events import get_event_storage
 
 from .head_loss import RankingHeadLoss, build_head_loss
+from .ranking import rpn_ranking
 
 __all__ = ["PAPRPN"]
 
@@ -19,7 +19,8 @@ __all__ = ["PAPRPN"]
 class PAPRPN(RPN):
     """RPN trained with ``MODEL.PAPLOSS.LOSS`` (the PAP loss by default).
 
-    The objectness logits of all anchors of the per-device batch form one ranking (one class).
+    The objectness logits of all anchors of the per-device batch form one ranking (one class,
+    :func:`~paploss.modeling.ranking.rpn_ranking`).
     Ranking losses need no positive/negative balancing, so anchors are not subsampled: every
     anchor that the matcher labels positive or negative takes part. With
     ``MODEL.PAPLOSS.LOSS: "stock"`` it is exactly Detectron2's RPN.
@@ -70,20 +71,17 @@ class PAPRPN(RPN):
             return super().losses(
                 anchors, pred_objectness_logits, gt_labels, pred_anchor_deltas, gt_boxes
             )
-        num_images = len(gt_labels)
-        objectness = torch.stack(gt_labels)  # [N, R] in {-1, 0, 1}
-        positive = objectness == 1
-        storage = get_event_storage()
-        storage.put_scalar("rpn/num_pos_anchors", positive.sum().item() / num_images)
-        storage.put_scalar("rpn/num_neg_anchors", (objectness == 0).sum().item() / num_images)
-        # one class: label 0 = foreground, 1 = background, -1 = ignored
-        labels = torch.where(positive, 0, torch.where(objectness == 0, 1, -1))
-
-        return self.head_loss.forward_dense(
+        ranking = rpn_ranking(
             anchors,
-            cat(pred_objectness_logits, dim=1).reshape(-1, 1),
-            labels,
+            pred_objectness_logits,
+            gt_labels,
             pred_anchor_deltas,
             gt_boxes,
             self.box2box_transform,
         )
+        num_images = len(gt_labels)
+        storage = get_event_storage()
+        storage.put_scalar("rpn/num_pos_anchors", ranking.num_positives / num_images)
+        num_negatives = (ranking.labels == 1).sum().item()  # one class: 1 is background
+        storage.put_scalar("rpn/num_neg_anchors", num_negatives / num_images)
+        return self.head_loss(ranking)

@@ -10,7 +10,6 @@ from typing import Any
 
 __all__ = [
     "SearchSpace",
-    "HEADS",
     "TruncatedNormalPolicy",
     "SigmaSchedule",
     "PPOConfig",
@@ -34,7 +33,6 @@ __all__ = [
 
 _LAZY = {
     "SearchSpace": "space",
-    "HEADS": "space",
     "TruncatedNormalPolicy": "policy",
     "SigmaSchedule": "policy",
     "PPOConfig": "policy",

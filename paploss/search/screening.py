@@ -11,10 +11,10 @@ Three independent checks, each switchable in :class:`ScreeningSettings`:
 2. **Loss-rejection protocol** (:class:`RejectionProtocol`). A fixed batch of predictions of a
    randomly initialised detector (:func:`paploss.search.screening_data.build_screening_batches`,
    one network forward per search) is optimised directly under the candidate's PAP loss: the
-   flattened logits and the positives' box deltas are leaf tensors, updated by Adam for a fixed
-   number of steps. COCO bbox AP (pycocotools, AP@[.5:.95], as the reward) of the detections
-   decoded from the predictions is measured before and after; a candidate whose gain is below a
-   threshold is rejected (status ``rejected``) and never trained.
+   logits and the positives' box deltas are leaf tensors, updated by Adam for a fixed number of
+   steps. COCO bbox AP (pycocotools, AP@[.5:.95], as the reward) of the detections decoded from
+   the predictions is measured before and after; a candidate whose gain is below a threshold is
+   rejected (status ``rejected``) and never trained.
 3. **Early stop of invalid trainings** (:class:`InvalidTrainingHook`): a Detectron2 hook that
    stops a proxy training as soon as its predictions or its loss become NaN/infinite, or its loss
    stays constant over a window, by raising an :class:`InvalidTrainingError` (a
@@ -38,10 +38,21 @@ negatives and tighten the boxes; it is invariant to the overall gradient scale a
 rescales the box gradient). Those are judged by the proxy training (and λ is part of the
 fingerprint). ``optimizer: sgd`` makes the protocol scale-sensitive instead.
 
-**Heads.** Every searched head is screened on its own batch, captured from the searched model
+**Heads.** Every searched head is screened on its own batch, recorded from the searched model
 itself: RetinaNet anchors × classes, RPN anchors (one class, class-agnostic AP), ROI-head RoIs ×
 classes (proposals of the random RPN plus the ground truth boxes, as in training, with per-class
 deltas). A multi-head candidate is rejected when any head's gain is below the threshold.
+
+**One definition of the loss.** The screen does not re-implement what a head trains on: the batch
+is the head's own :class:`~paploss.modeling.ranking.HeadRanking` (recorded from the head-loss
+module's input), and a candidate's loss is the head loss the candidate trains with,
+:class:`~paploss.modeling.head_loss.PAPHeadLoss` built by
+:func:`~paploss.modeling.build_head_loss` from the model's config with the candidate's overrides
+(:meth:`Screener.head_losses`, so the quality type, the functions and λ are read by the same
+code), evaluated with its own :meth:`~paploss.modeling.head_loss.RankingHeadLoss.compute` on the
+ranking decoded from the optimised predictions
+(:meth:`~paploss.modeling.ranking.HeadRanking.with_predictions`). The fingerprint reads the
+functions and λ from those same head losses.
 """
 
 from __future__ import annotations
@@ -54,13 +65,14 @@ import json
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, Hashable, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Hashable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from detectron2.engine.train_loop import HookBase
 
-from paploss.losses import PAPFunctions, pap_loss, scale_grad
-from paploss.losses.box_quality import box_quality
+from paploss.checks import is_int, is_number
+from paploss.losses import pap_loss, scale_grad
+from paploss.modeling.config import PAP_HEADS
 
 from .screening_data import HeadBatch, build_screening_batches
 from .screening_settings import (
@@ -68,17 +80,17 @@ from .screening_settings import (
     EquivalenceSettings,
     RejectionSettings,
     ScreeningSettings,
-    _is_int,
-    _is_number,
 )
+
+if TYPE_CHECKING:  # pragma: no cover
+    from paploss.modeling.head_loss import PAPHeadLoss, RankingHeadLoss
 
 __all__ = [
     "RejectionSettings",
     "EquivalenceSettings",
     "EarlyStopSettings",
     "ScreeningSettings",
-    "HeadLossParameters",
-    "head_parameters",
+    "candidate_head_losses",
     "RejectionResult",
     "RejectionProtocol",
     "GradientProbes",
@@ -91,56 +103,57 @@ __all__ = [
     "NonFiniteTrainingError",
     "ConstantLossError",
     "InvalidTrainingHook",
-    "SCREENING_STATUSES",
 ]
 
-#: Outcomes of :meth:`Screener.screen`.
-SCREENING_STATUSES = ("accepted", "rejected", "duplicate")
-#: Head subtrees of ``MODEL.PAPLOSS`` in search-space order.
-_HEADS = ("RETINANET", "RPN", "ROI_HEADS")
 _CONFIG_PREFIX = "MODEL.PAPLOSS"
 
 
 # ------------------------------------------------------------------------------------ candidates
 
 
-class HeadLossParameters(NamedTuple):
-    """The PAP-loss parameters of one head of a candidate."""
+def candidate_head_losses(
+    cfg: Any, overrides: Mapping[str, Any], heads: Sequence[str]
+) -> Dict[str, "PAPHeadLoss"]:
+    """The PAP head loss of each head as the candidate trains with it.
 
-    functions: PAPFunctions
-    grad_scale: float
-
-
-def head_parameters(
-    overrides: Mapping[str, Any], heads: Optional[Sequence[str]] = None
-) -> Dict[str, HeadLossParameters]:
-    """Per-head PAP functions and λ from config overrides (``SearchSpace.to_overrides``).
+    The model's config with the candidate's ``MODEL.PAPLOSS.*`` overrides merged as a trial
+    merges them (other keys are ignored), ``MODEL.PAPLOSS.LOSS`` set to ``"pap"``, built by
+    :func:`paploss.modeling.build_head_loss`.
 
     Args:
-        overrides: ``MODEL.PAPLOSS.<HEAD>.FUNCTIONS.<NAME>`` → interior knots and
-            ``MODEL.PAPLOSS.<HEAD>.GRAD_SCALE`` → λ; other keys are ignored.
-        heads: heads to read (default: every head with keys in ``overrides``).
+        cfg: the searched model's Detectron2 config (with paploss's keys).
+        overrides: ``MODEL.PAPLOSS.<HEAD>.FUNCTIONS.<NAME>`` → interior knots,
+            ``MODEL.PAPLOSS.<HEAD>.GRAD_SCALE`` → λ (``SearchSpace.to_overrides``).
+        heads: heads to build.
 
     Returns:
-        Head → :class:`HeadLossParameters`, in search-space head order. A head without a
-        ``GRAD_SCALE`` key gets λ = 1.
+        Head → its :class:`~paploss.modeling.head_loss.PAPHeadLoss`, in ``heads`` order.
 
     Raises:
-        ValueError: if a requested head has no functions, or its knots are invalid.
+        ValueError: naming the key, if a value cannot be merged or is invalid.
     """
-    present = [h for h in _HEADS if any(k.startswith(f"{_CONFIG_PREFIX}.{h}.") for k in overrides)]
-    wanted = present if heads is None else [h for h in _HEADS if h in heads]
-    result: Dict[str, HeadLossParameters] = {}
-    for head in wanted:
-        prefix = f"{_CONFIG_PREFIX}.{head}.FUNCTIONS."
-        knots = {k[len(prefix) :]: v for k, v in overrides.items() if k.startswith(prefix)}
-        if not knots:
-            raise ValueError(f"overrides have no {prefix}* values for head {head}")
-        functions = PAPFunctions.identity().to_dict()
-        functions.update(knots)
-        lam = float(overrides.get(f"{_CONFIG_PREFIX}.{head}.GRAD_SCALE", 1.0))
-        result[head] = HeadLossParameters(PAPFunctions.from_knots(functions), lam)
-    return result
+    from paploss.modeling import build_head_loss
+
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.MODEL.PAPLOSS.LOSS = "pap"
+    opts: List[Any] = []
+    for key, value in overrides.items():
+        if key.startswith(f"{_CONFIG_PREFIX}."):
+            opts += [key, value]
+    try:
+        cfg.merge_from_list(opts)
+    except (AssertionError, KeyError, TypeError) as exc:
+        raise ValueError(f"candidate overrides: {exc}") from None
+    return {
+        head: build_head_loss(cfg, head, head_name=head.lower(), key_prefix="loss_")
+        for head in heads
+    }
+
+
+def _heads_in(overrides: Mapping[str, Any]) -> List[str]:
+    """The heads with ``MODEL.PAPLOSS.<HEAD>.*`` keys in ``overrides``, in search-space order."""
+    return [h for h in PAP_HEADS if any(k.startswith(f"{_CONFIG_PREFIX}.{h}.") for k in overrides)]
 
 
 # ------------------------------------------------------------------------------------ rejection
@@ -186,11 +199,11 @@ class RejectionResult:
 class RejectionProtocol:
     """Optimise one head's fixed predictions under a candidate loss and measure the AP gain.
 
-    The ranking is the head's flattened ``[R * K]`` logits with targets from
-    :func:`paploss.modeling.head_loss.class_targets`; the positives' qualities are
-    ``box_quality(decoded box, matched ground truth)`` through ``scale_grad(·, λ)``, exactly as
-    :class:`paploss.modeling.head_loss.RankingHeadLoss` computes them in training. Only the
-    positives' deltas can receive a gradient, so only they are leaf tensors.
+    The loss is the candidate's head loss (:meth:`~paploss.modeling.head_loss.RankingHeadLoss.
+    compute`) on the head's ranking with the optimised predictions
+    (:meth:`~paploss.modeling.ranking.HeadRanking.with_predictions`): the ``[R, K]`` logits and
+    the positives' ``[P, 4]`` deltas are the leaf tensors (only the positives' deltas can receive
+    a gradient).
 
     Detections for AP: per image, the ``candidates_per_image`` highest (anchor, class) logits,
     decoded, clipped to the image, per-class NMS, the ``detections_per_image`` best kept. Logits
@@ -204,71 +217,44 @@ class RejectionProtocol:
     """
 
     def __init__(self, batch: HeadBatch, settings: RejectionSettings) -> None:
-        from detectron2.modeling.box_regression import Box2BoxTransform
-
         self.batch = batch
         self.settings = settings
-        self._transform = Box2BoxTransform(batch.box_weights, batch.scale_clamp)
         self._coco_gt = _coco_ground_truth(batch)
+        image_index = batch.ranking.image_index
         self._image_rows = [
-            torch.nonzero(batch.image_index == i, as_tuple=True)[0] for i in range(batch.num_images)
+            torch.nonzero(image_index == i, as_tuple=True)[0] for i in range(batch.num_images)
         ]
-        num_classes = batch.num_classes
-        self._targets = batch.flat_targets()
-        self._positive_rows = torch.nonzero(batch.positive_mask, as_tuple=True)[0]
-        self._positive_labels = batch.labels[self._positive_rows]
-        self._positive_index = self._positive_rows * num_classes + self._positive_labels
         self._ap_before: Optional[float] = None
 
     @property
     def ap_before(self) -> float:
         """AP of the random network's predictions (computed once)."""
         if self._ap_before is None:
-            self._ap_before = self.average_precision(self.batch.logits, self.batch.deltas)
+            ranking = self.batch.ranking
+            self._ap_before = self.average_precision(ranking.logits, ranking.deltas)
         return self._ap_before
 
-    def _positive_deltas(self, deltas: torch.Tensor) -> torch.Tensor:
-        if deltas.dim() == 2:
-            return deltas[self._positive_rows]
-        return deltas[self._positive_rows, self._positive_labels]
-
-    def _with_positive_deltas(self, positive_deltas: torch.Tensor) -> torch.Tensor:
-        deltas = self.batch.deltas.clone()
-        if deltas.dim() == 2:
-            deltas[self._positive_rows] = positive_deltas
-        else:
-            deltas[self._positive_rows, self._positive_labels] = positive_deltas
-        return deltas
-
     def loss(
-        self, logits: torch.Tensor, positive_deltas: torch.Tensor, params: HeadLossParameters
+        self, logits: torch.Tensor, positive_deltas: torch.Tensor, head_loss: "RankingHeadLoss"
     ) -> torch.Tensor:
-        """The candidate's PAP loss of predictions (as the head computes it in training).
+        """The candidate's loss of predictions, as the head computes it in training.
 
         Args:
-            logits: ``[R * K]`` flattened logits.
+            logits: ``[R, K]`` logits.
             positive_deltas: ``[P, 4]`` deltas of the positives (in label order).
-            params: the candidate's functions and λ for this head.
+            head_loss: the candidate's head loss (:func:`candidate_head_losses`).
         """
-        boxes = self._transform.apply_deltas(
-            positive_deltas, self.batch.reference_boxes[self._positive_rows]
-        )
-        matched = self.batch.matched_gt_boxes[self._positive_rows]
-        quality_of_positives = scale_grad(
-            box_quality(boxes, matched, self.batch.quality_type), params.grad_scale
-        )
-        quality = torch.zeros_like(logits).index_put(
-            (self._positive_index,), quality_of_positives.to(logits.dtype)
-        )
-        return pap_loss(logits, self._targets, quality, params.functions)
+        loss, _ = head_loss.compute(self.batch.ranking.with_predictions(logits, positive_deltas))
+        return loss
 
-    def run(self, params: HeadLossParameters) -> RejectionResult:
-        """Optimise the predictions for ``settings.steps`` steps and measure the AP gain."""
+    def run(self, head_loss: "RankingHeadLoss") -> RejectionResult:
+        """Optimise the predictions for ``settings.steps`` steps under ``head_loss`` and measure
+        the AP gain."""
         start = time.perf_counter()
         settings = self.settings
         ap_before = self.ap_before
-        logits = self.batch.logits.reshape(-1).clone().requires_grad_(True)
-        positive_deltas = self._positive_deltas(self.batch.deltas).clone().requires_grad_(True)
+        logits = self.batch.ranking.logits.clone().requires_grad_(True)
+        positive_deltas = self.batch.ranking.pred_deltas.clone().requires_grad_(True)
         groups = [
             {"params": [logits], "lr": settings.logit_lr},
             {"params": [positive_deltas], "lr": settings.box_lr},
@@ -280,7 +266,7 @@ class RejectionProtocol:
         curve: List[Tuple[int, float]] = []
         loss_first = loss_last = float("nan")
         for step in range(1, settings.steps + 1):
-            loss = self.loss(logits, positive_deltas, params)
+            loss = self.loss(logits, positive_deltas, head_loss)
             loss_last = float(loss.detach())
             if step == 1:
                 loss_first = loss_last
@@ -311,8 +297,8 @@ class RejectionProtocol:
 
     def _ap_of(self, logits: torch.Tensor, positive_deltas: torch.Tensor) -> float:
         with torch.no_grad():
-            deltas = self._with_positive_deltas(positive_deltas.detach())
-            return self.average_precision(logits.detach().reshape(self.batch.logits.shape), deltas)
+            ranking = self.batch.ranking.with_predictions(logits.detach(), positive_deltas.detach())
+            return self.average_precision(ranking.logits, ranking.deltas)
 
     @torch.no_grad()
     def average_precision(self, logits: torch.Tensor, deltas: torch.Tensor) -> float:
@@ -325,7 +311,8 @@ class RejectionProtocol:
         from torchvision.ops import batched_nms
 
         settings = self.settings
-        num_classes = self.batch.num_classes
+        ranking = self.batch.ranking
+        num_classes = ranking.num_classes
         detections: List[Dict[str, Any]] = []
         for image, rows in enumerate(self._image_rows):
             scores = logits[rows].reshape(-1)
@@ -334,8 +321,8 @@ class RejectionProtocol:
             candidate_deltas = (
                 deltas[candidate_rows] if deltas.dim() == 2 else deltas[candidate_rows, classes]
             )
-            boxes = self._transform.apply_deltas(
-                candidate_deltas, self.batch.reference_boxes[candidate_rows]
+            boxes = ranking.box2box_transform.apply_deltas(
+                candidate_deltas, ranking.reference_boxes[candidate_rows]
             )
             height, width = self.batch.image_sizes[image]
             boxes[:, 0::2] = boxes[:, 0::2].clamp(0, width)
@@ -452,14 +439,18 @@ class GradientProbes:
     def num_samples(self) -> int:
         return int(self.logits.shape[0])
 
-    def gradient_norms(self, params: HeadLossParameters) -> torch.Tensor:
-        """``[B, 2]`` per-sample ``(||dL_b/ds_b||, ||dL_b/du_b||)`` (u after ``scale_grad``)."""
+    def gradient_norms(self, head_loss: "PAPHeadLoss") -> torch.Tensor:
+        """``[B, 2]`` per-sample ``(||dL_b/ds_b||, ||dL_b/du_b||)`` of the PAP loss with
+        ``head_loss``'s functions (u after ``scale_grad`` with its λ)."""
         norms = torch.empty(self.num_samples, 2, dtype=torch.float64)
         for b in range(self.num_samples):
             logits = self.logits[b].clone().requires_grad_(True)
             quality = self.quality[b].clone().requires_grad_(True)
             loss = pap_loss(
-                logits, self.targets[b], scale_grad(quality, params.grad_scale), params.functions
+                logits,
+                self.targets[b],
+                scale_grad(quality, head_loss.grad_scale),
+                head_loss.functions,
             )
             grad_logits, grad_quality = torch.autograd.grad(loss, (logits, quality))
             norms[b, 0] = grad_logits.norm()
@@ -487,12 +478,12 @@ class Fingerprint:
 
 
 def gradient_fingerprint(
-    params: Mapping[str, HeadLossParameters], probes: GradientProbes, significant_digits: int = 2
+    head_losses: Mapping[str, "PAPHeadLoss"], probes: GradientProbes, significant_digits: int = 2
 ) -> Fingerprint:
     """Fingerprint a candidate by its per-sample gradient norms on ``probes``.
 
     Args:
-        params: head → the candidate's functions and λ.
+        head_losses: head → the candidate's PAP head loss (its functions and λ).
         probes: the fixed probe rankings (the same for the whole search).
         significant_digits: digits each norm is rounded to.
 
@@ -501,8 +492,9 @@ def gradient_fingerprint(
         ones.
     """
     values = []
-    for head in sorted(params, key=lambda h: _HEADS.index(h) if h in _HEADS else len(_HEADS)):
-        norms = probes.gradient_norms(params[head]).tolist()
+    order = {head: index for index, head in enumerate(PAP_HEADS)}
+    for head in sorted(head_losses, key=lambda h: order.get(h, len(order))):
+        norms = probes.gradient_norms(head_losses[head]).tolist()
         rounded = tuple(
             (_round_significant(ds, significant_digits), _round_significant(du, significant_digits))
             for ds, du in norms
@@ -541,16 +533,6 @@ class EquivalenceRegistry:
         """
         first = self._first.setdefault(digest, key)
         return None if first == key else first
-
-    def to_dict(self) -> Dict[str, Any]:
-        return {"first": [[digest, key] for digest, key in self._first.items()]}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "EquivalenceRegistry":
-        registry = cls()
-        for digest, key in data.get("first", []):
-            registry.register(digest, tuple(key) if isinstance(key, list) else key)
-        return registry
 
 
 # ------------------------------------------------------------------------------------ screener
@@ -610,6 +592,8 @@ class Screener:
         batches: head → fixed prediction batch (needed when the rejection protocol is enabled).
         probes: probe rankings (default: from ``settings.equivalence``).
         registry: fingerprint registry (default: empty).
+        cfg: the searched model's config, which candidates' overrides are merged into
+            (:func:`candidate_head_losses`); default: Detectron2's defaults with paploss's keys.
     """
 
     def __init__(
@@ -618,9 +602,18 @@ class Screener:
         batches: Optional[Mapping[str, HeadBatch]] = None,
         probes: Optional[GradientProbes] = None,
         registry: Optional[EquivalenceRegistry] = None,
+        cfg: Optional[Any] = None,
     ) -> None:
         settings.validate()
         self.settings = settings
+        if cfg is None:
+            from detectron2.config import get_cfg
+
+            from paploss.modeling import add_paploss_config
+
+            cfg = get_cfg()
+            add_paploss_config(cfg)
+        self.cfg = cfg
         self.protocols: Dict[str, RejectionProtocol] = {}
         if settings.rejection.enabled:
             if not batches:
@@ -643,7 +636,7 @@ class Screener:
         dataset: str,
         heads: Optional[Sequence[str]] = None,
     ) -> "Screener":
-        """A screener for the model of ``cfg``: captures the batches (one network forward).
+        """A screener for the model of ``cfg``: records the batches (one network forward).
 
         Args:
             settings: screening settings.
@@ -660,19 +653,33 @@ class Screener:
                 seed=settings.rejection.seed,
                 heads=heads,
             )
-        return cls(settings, batches)
+        return cls(settings, batches, cfg=cfg)
+
+    def head_losses(
+        self, overrides: Mapping[str, Any], heads: Optional[Sequence[str]] = None
+    ) -> Dict[str, "PAPHeadLoss"]:
+        """The candidate's PAP head losses (:func:`candidate_head_losses` on :attr:`cfg`).
+
+        Args:
+            overrides: the candidate's config values.
+            heads: heads to build (default: those with keys in ``overrides``).
+        """
+        if heads is None:
+            heads = _heads_in(overrides)
+        return candidate_head_losses(self.cfg, overrides, heads)
 
     def fingerprint(self, overrides: Mapping[str, Any]) -> Fingerprint:
-        """The candidate's fingerprint (works with the check disabled too)."""
+        """The candidate's fingerprint over the heads in ``overrides`` (works with the check
+        disabled too)."""
         probes = self.probes or GradientProbes.from_settings(self.settings.equivalence)
         return gradient_fingerprint(
-            head_parameters(overrides), probes, self.settings.equivalence.significant_digits
+            self.head_losses(overrides), probes, self.settings.equivalence.significant_digits
         )
 
     def reject_score(self, overrides: Mapping[str, Any]) -> Dict[str, RejectionResult]:
         """Run the rejection protocol on every screened head (no decision, no registry)."""
-        params = head_parameters(overrides, heads=list(self.protocols))
-        return {head: protocol.run(params[head]) for head, protocol in self.protocols.items()}
+        losses = self.head_losses(overrides, heads=list(self.protocols))
+        return {head: protocol.run(losses[head]) for head, protocol in self.protocols.items()}
 
     def screen(self, overrides: Mapping[str, Any], key: Hashable) -> ScreeningDecision:
         """Decide about one candidate and register its fingerprint under ``key``.
@@ -763,9 +770,9 @@ class InvalidTrainingHook(HookBase):
     def __init__(
         self, window: int = 50, tolerance: float = 1e-6, check_predictions: bool = True
     ) -> None:
-        if not _is_int(window, 0):
+        if not is_int(window, 0):
             raise ValueError(f"window must be an integer >= 0, got {window!r}")
-        if not (_is_number(tolerance) and tolerance >= 0):
+        if not (is_number(tolerance) and tolerance >= 0):
             raise ValueError(f"tolerance must be a number >= 0, got {tolerance!r}")
         self.window = int(window)
         self.tolerance = float(tolerance)
@@ -791,8 +798,9 @@ class InvalidTrainingHook(HookBase):
         self._handles = []
 
     def _check_inputs(self, module: torch.nn.Module, inputs: Tuple[Any, ...]) -> None:
-        logits, _, pred_boxes = inputs[:3]
-        if not (bool(torch.isfinite(logits).all()) and bool(torch.isfinite(pred_boxes).all())):
+        ranking = inputs[0]  # the head's HeadRanking
+        finite = bool(torch.isfinite(ranking.logits).all())
+        if not (finite and bool(torch.isfinite(ranking.pred_boxes).all())):
             iteration = int(self.trainer.iter)
             raise NonFiniteTrainingError(
                 f"{getattr(module, 'head_name', 'head')}: predictions became NaN or infinite at "

@@ -8,9 +8,10 @@ re-exports them.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional
+
+from paploss.checks import is_int, is_number
 
 if TYPE_CHECKING:  # pragma: no cover
     from paploss.search.screening import InvalidTrainingHook
@@ -28,18 +29,6 @@ _OPTIMIZERS = ("adam", "sgd")
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise ValueError(message)
-
-
-def _is_int(value: Any, minimum: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
-
-
-def _is_number(value: Any) -> bool:
-    return (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and math.isfinite(float(value))
-    )
 
 
 @dataclass(frozen=True)
@@ -86,22 +75,22 @@ class RejectionSettings:
         p = "screening.rejection"
         _check(isinstance(self.enabled, bool), f"{p}.enabled must be true or false")
         for name in ("min_ap_gain", "rejected_reward"):
-            _check(_is_number(getattr(self, name)), f"{p}.{name} must be a finite number")
+            _check(is_number(getattr(self, name)), f"{p}.{name} must be a finite number")
         for name in ("steps", "num_images", "candidates_per_image", "detections_per_image"):
             value = getattr(self, name)
-            _check(_is_int(value, 1), f"{p}.{name} must be an integer >= 1, got {value!r}")
+            _check(is_int(value, 1), f"{p}.{name} must be an integer >= 1, got {value!r}")
         for name in ("seed", "eval_every"):
             value = getattr(self, name)
-            _check(_is_int(value, 0), f"{p}.{name} must be an integer >= 0, got {value!r}")
+            _check(is_int(value, 0), f"{p}.{name} must be an integer >= 0, got {value!r}")
         _check(
             self.optimizer in _OPTIMIZERS,
             f"{p}.optimizer must be one of {_OPTIMIZERS}, got {self.optimizer!r}",
         )
         for name in ("logit_lr", "box_lr"):
             value = getattr(self, name)
-            _check(_is_number(value) and value > 0, f"{p}.{name} must be > 0, got {value!r}")
+            _check(is_number(value) and value > 0, f"{p}.{name} must be > 0, got {value!r}")
         _check(
-            _is_number(self.nms_threshold) and 0 < self.nms_threshold <= 1,
+            is_number(self.nms_threshold) and 0 < self.nms_threshold <= 1,
             f"{p}.nms_threshold must lie in (0, 1], got {self.nms_threshold!r}",
         )
         _check(
@@ -141,9 +130,9 @@ class EquivalenceSettings:
             ("seed", 0),
         ):
             value = getattr(self, name)
-            _check(_is_int(value, minimum), f"{p}.{name} must be an integer >= {minimum}")
+            _check(is_int(value, minimum), f"{p}.{name} must be an integer >= {minimum}")
         _check(
-            _is_int(self.probe_entries, 2 * self.probe_positives + 1),
+            is_int(self.probe_entries, 2 * self.probe_positives + 1),
             f"{p}.probe_entries must be an integer > 2 * probe_positives",
         )
 
@@ -170,8 +159,8 @@ class EarlyStopSettings:
         p = "screening.early_stop"
         _check(isinstance(self.enabled, bool), f"{p}.enabled must be true or false")
         _check(isinstance(self.check_predictions, bool), f"{p}.check_predictions must be a bool")
-        _check(_is_int(self.window, 0), f"{p}.window must be an integer >= 0")
-        _check(_is_number(self.tolerance) and self.tolerance >= 0, f"{p}.tolerance must be >= 0")
+        _check(is_int(self.window, 0), f"{p}.window must be an integer >= 0")
+        _check(is_number(self.tolerance) and self.tolerance >= 0, f"{p}.tolerance must be >= 0")
 
     def build_hook(self) -> Optional["InvalidTrainingHook"]:
         """The hook to add to a proxy trainer, or None when disabled."""

@@ -19,8 +19,7 @@ there is relative to the working directory.
 
 The journal of a search stores :meth:`SearchSettings.journal_settings`: everything that changes
 the result (model, proxy, search, policy, screening) but not the launcher, so a search started on
-one kind of launcher can be resumed on another. ``proxy.stuck_window`` and ``proxy.stuck_tolerance``
-of earlier versions are now ``screening.early_stop.window`` and ``.tolerance``.
+one kind of launcher can be resumed on another.
 """
 
 from __future__ import annotations
@@ -57,11 +56,6 @@ BASELINES = ("round_mean", "policy_mean")
 _BASE_KEY = "_BASE_"
 _MAX_BASE_DEPTH = 16
 _SECTIONS = ("model", "proxy", "search", "policy", "screening", "launcher")
-#: Keys that moved: old dotted key -> new dotted key.
-_MOVED_KEYS = {
-    "proxy.stuck_window": "screening.early_stop.window",
-    "proxy.stuck_tolerance": "screening.early_stop.tolerance",
-}
 
 
 class SettingsError(ValueError):
@@ -224,7 +218,6 @@ class SearchSettings:
         unknown = sorted(set(data) - set(_SECTIONS))
         if unknown:
             _raise_unknown("", unknown, _SECTIONS)
-        _check_moved_keys(data)
         search = _build(SearchLoopSettings, data.get("search") or {}, "search")
         policy_data = dict(data.get("policy") or {})
         unknown = sorted(set(policy_data) - {"sigma", "ppo"})
@@ -475,14 +468,6 @@ def _build(cls: Any, data: Any, section: str) -> Any:
         return cls(**values)
     except (TypeError, ValueError) as exc:
         raise SettingsError(f"{section}: {exc}") from None
-
-
-def _check_moved_keys(data: Mapping[str, Any]) -> None:
-    for old, new in _MOVED_KEYS.items():
-        section, key = old.split(".", 1)
-        node = data.get(section)
-        if isinstance(node, Mapping) and key in node:
-            raise SettingsError(f"{old} is no longer a search setting: use {new}")
 
 
 def _build_screening(data: Any) -> ScreeningSettings:

@@ -4,9 +4,9 @@ A head (``RETINANET``, ``RPN`` or ``ROI_HEADS``) has five monotone functions, ea
 8 θ values in [0, 1] that stick-breaking turns into four interior knots
 (:func:`paploss.losses.theta_to_knots`), and one θ for the gradient scale of its box branch,
 ``λ = 10^(2θ - 1)`` (:func:`paploss.losses.lambda_from_theta`). The flat θ of a search space
-concatenates, head after head in the order of :data:`HEADS`, the functions in the order of
-:data:`paploss.losses.FUNCTION_NAMES` and then λ: 41 dimensions for one head, 82 for the RPN and
-the ROI heads of a Faster R-CNN. Dimensions are named ``<HEAD>.<FUNCTION>.theta<m><x|y>`` and
+concatenates, head after head in the order of :data:`paploss.modeling.config.PAP_HEADS`, the
+functions in the order of :data:`paploss.losses.FUNCTION_NAMES` and then λ: 41 dimensions for one
+head, 82 for the RPN and the ROI heads of a Faster R-CNN. Dimensions are named ``<HEAD>.<FUNCTION>.theta<m><x|y>`` and
 ``<HEAD>.lambda``, e.g. ``RETINANET.H2.theta1x`` or ``RPN.lambda``.
 
 Parameter *groups* are ``<HEAD>.<FUNCTION>`` (8 dimensions) and ``<HEAD>.lambda`` (1 dimension).
@@ -33,11 +33,10 @@ from paploss.losses import (
     theta_from_lambda,
     theta_to_knots,
 )
+from paploss.modeling.config import PAP_HEADS
 
-__all__ = ["HEADS", "CONFIG_PREFIX", "SearchSpace", "heads_from_config"]
+__all__ = ["CONFIG_PREFIX", "SearchSpace", "heads_from_config"]
 
-#: Heads whose loss parameters can be searched, in the order they appear in θ.
-HEADS: Tuple[str, ...] = ("RETINANET", "RPN", "ROI_HEADS")
 #: Config subtree holding the PAP-loss settings.
 CONFIG_PREFIX = "MODEL.PAPLOSS"
 
@@ -111,7 +110,7 @@ class SearchSpace:
         cfg.merge_from_list(space.to_opts_list(theta))
 
     Args:
-        heads: heads to search, a subset of :data:`HEADS` (reordered to that order).
+        heads: heads to search, a subset of :data:`PAP_HEADS` (reordered to that order).
         fixed: optional values of groups kept out of the search: ``"<HEAD>.<FUNCTION>"`` → four
             interior knots ``[[x, y], ...]``, or ``"<HEAD>.lambda"`` → λ in [0.1, 10].
 
@@ -124,14 +123,14 @@ class SearchSpace:
         if isinstance(heads, str):
             heads = (heads,)
         heads = tuple(heads)
-        unknown = [head for head in heads if head not in HEADS]
+        unknown = [head for head in heads if head not in PAP_HEADS]
         if unknown:
-            raise ValueError(f"unknown head(s) {unknown}; expected a subset of {HEADS}")
+            raise ValueError(f"unknown head(s) {unknown}; expected a subset of {PAP_HEADS}")
         if len(set(heads)) != len(heads):
             raise ValueError(f"heads must not repeat, got {list(heads)}")
         if not heads:
             raise ValueError("a search space needs at least one head")
-        self._heads = tuple(head for head in HEADS if head in heads)
+        self._heads = tuple(head for head in PAP_HEADS if head in heads)
 
         all_groups = [
             f"{head}.{name}" for head in self._heads for name in (*FUNCTION_NAMES, _LAMBDA)

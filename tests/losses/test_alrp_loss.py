@@ -1,10 +1,10 @@
-"""Tests of aLRP Loss: the fast version against the loop reference, hand-worked cases, invariants,
-and the self-balancing weight of the localisation term."""
+"""Tests of aLRP Loss: the fast version against the loop reference, hand-worked cases and
+invariants (the self-balancing weight is the head's: tests/modeling/test_baseline_heads.py)."""
 
 import pytest
 import torch
 
-from paploss.losses.alrp_loss import ALRPLossBalancer, alrp_loss
+from paploss.losses.alrp_loss import alrp_loss
 from paploss.losses.ranking_reference import alrp_loss_reference
 
 F64 = torch.float64
@@ -176,28 +176,6 @@ def test_bad_inputs_raise_value_error_naming_the_argument(loss_fn):
         loss_fn(logits, targets, errors[:3])
     with pytest.raises(ValueError, match="targets"):
         loss_fn(logits, torch.tensor([1, 0, 3, 0]), errors)
-
-
-def test_balancer_follows_the_published_schedule():
-    balancer = ALRPLossBalancer(period=3)
-    assert balancer.weight == 50.0
-    history = [(0.5, 0.2), (0.4, 0.2), (0.3, 0.5)]
-    weights = [balancer.update(cls, loc) for cls, loc in history[:2]]
-    assert weights == [50.0, 50.0]
-    # At the end of the period the weight is reset before it is applied to that iteration.
-    weight = balancer.update(torch.tensor(history[2][0]), torch.tensor(history[2][1]))
-    assert weight == pytest.approx((0.4 + 0.3) / 0.3)
-    loc = torch.tensor(0.25, requires_grad=True)
-    weighted = balancer(torch.tensor(1.0), loc)
-    weighted.backward()
-    assert loc.grad.item() == pytest.approx(weight)
-
-    restored = ALRPLossBalancer(period=3)
-    restored.load_state_dict(balancer.state_dict())
-    assert restored.weight == balancer.weight
-    assert restored.update(1.0, 1.0) == balancer.update(1.0, 1.0)
-    with pytest.raises(ValueError, match="period"):
-        ALRPLossBalancer(period=0)
 
 
 def test_fast_matches_reference_medium_size():

@@ -16,8 +16,8 @@ from detectron2.utils.events import EventStorage
 from torchvision.ops import box_iou, generalized_box_iou
 
 from paploss.engine import Trainer
-from paploss.losses import ALRPLossBalancer, alrp_loss, ap_loss, rank_sort_loss
-from paploss.modeling import ALRPHeadLoss, APHeadLoss, RSHeadLoss
+from paploss.losses import alrp_loss, ap_loss, rank_sort_loss
+from paploss.modeling import ALRPHeadLoss, APHeadLoss, HeadRanking, RSHeadLoss
 from paploss.modeling.head_loss import ALRPSelfBalance
 
 from .test_heads import _without_annotations
@@ -202,6 +202,19 @@ def _random_head_inputs(seed=0, num_rows=60, num_classes=3, num_positives=7):
     return (logits.requires_grad_(), labels, pred.requires_grad_(), gt, deltas.requires_grad_())
 
 
+def _ranking(logits, labels, pred, gt, deltas=None):
+    """A head ranking of boxes given directly (no reference boxes)."""
+    gt_deltas = None if deltas is None else 0 * deltas.detach()
+    return HeadRanking(
+        logits=logits,
+        labels=labels,
+        pred_boxes=pred,
+        gt_boxes=gt,
+        pred_deltas=deltas,
+        gt_deltas=gt_deltas,
+    )
+
+
 @pytest.mark.parametrize("head_loss_cls", [APHeadLoss, ALRPHeadLoss, RSHeadLoss])
 def test_logits_get_exactly_the_pure_ranking_gradient(head_loss_cls):
     """The box term's weights (scores, balancing) are detached: the logits' gradient is the
@@ -210,9 +223,7 @@ def test_logits_get_exactly_the_pure_ranking_gradient(head_loss_cls):
     head_loss = head_loss_cls(head_name="test", **kwargs)
     logits, labels, pred, gt, deltas = _random_head_inputs()
     with EventStorage(0):
-        (loss,) = head_loss(
-            logits, labels, pred, gt, pred_deltas=deltas, gt_deltas=0 * deltas
-        ).values()
+        (loss,) = head_loss(_ranking(logits, labels, pred, gt, deltas)).values()
     loss.backward()
 
     flat = logits.detach().reshape(-1).requires_grad_()
@@ -239,14 +250,41 @@ def test_logits_get_exactly_the_pure_ranking_gradient(head_loss_cls):
 def test_rs_loss_weight_scales_the_whole_head_loss():
     logits, labels, pred, gt, _ = _random_head_inputs(seed=1)
     with EventStorage(0):
-        full = RSHeadLoss(head_name="a")(logits, labels, pred, gt)["loss_rs"]
-        fifth = RSHeadLoss(head_name="b", loss_weight=0.2)(logits, labels, pred, gt)["loss_rs"]
+        ranking = _ranking(logits, labels, pred, gt)
+        full = RSHeadLoss(head_name="a")(ranking)["loss_rs"]
+        fifth = RSHeadLoss(head_name="b", loss_weight=0.2)(ranking)["loss_rs"]
     assert fifth.item() == pytest.approx(0.2 * full.item(), rel=1e-12)
 
 
-def test_alrp_self_balance_follows_the_reference_balancer_and_its_state_dict():
+def _reference_balance_weights(values, period, initial_weight=50.0):
+    """The published rule, readably: every ``period`` calls the weight becomes
+    ``(mean cls + mean loc) / mean loc`` over that period (kept when mean loc is 0), applied
+    from the call that completes the period on."""
+    weight, period_values, weights = initial_weight, [], []
+    for cls_loss, loc_loss in values:
+        period_values.append((cls_loss, loc_loss))
+        if len(period_values) == period:
+            mean_cls = sum(c for c, _ in period_values) / period
+            mean_loc = sum(l for _, l in period_values) / period
+            if mean_loc > 0:
+                weight = (mean_cls + mean_loc) / mean_loc
+            period_values = []
+        weights.append(weight)
+    return weights
+
+
+def test_alrp_self_balance_follows_the_published_schedule():
+    """The paper's schedule by hand: 50 until the first period ends, then (0.4 + 0.3) / 0.3."""
+    balance = ALRPSelfBalance(period=3)
+    history = [(0.5, 0.2), (0.4, 0.2), (0.3, 0.5)]
+    weights = [balance(torch.tensor(c), torch.tensor(l)).item() for c, l in history]
+    assert weights[:2] == [50.0, 50.0]
+    assert weights[2] == pytest.approx((0.4 + 0.3) / 0.3)
+    assert _reference_balance_weights(history, period=3) == pytest.approx(weights)
+
+
+def test_alrp_self_balance_follows_the_reference_rule_and_its_state_dict():
     f64 = torch.float64
-    reference = ALRPLossBalancer(period=3, initial_weight=50.0)
     balance = ALRPSelfBalance(period=3, initial_weight=50.0)
     values = [
         (0.9, 0.02),
@@ -257,8 +295,9 @@ def test_alrp_self_balance_follows_the_reference_balancer_and_its_state_dict():
         (0.4, 0.1),
         (0.3, 0.2),
     ]
+    reference = _reference_balance_weights(values, period=3)
     for step, (cls_loss, loc_loss) in enumerate(values):
-        expected = reference.update(cls_loss, loc_loss)
+        expected = reference[step]
         got = balance(torch.tensor(cls_loss, dtype=f64), torch.tensor(loc_loss, dtype=f64))
         assert got.item() == pytest.approx(expected, rel=1e-12), step
         if step == 3:  # mid-period: a fresh module resumes from the state dict

@@ -159,7 +159,9 @@ def test_roi_head_without_sampling_ranks_all_proposals(synthetic_batch):
 @pytest.mark.parametrize(
     "opts, message",
     [
-        (["MODEL.PAPLOSS.LOSS", "focal"], "MODEL.PAPLOSS.LOSS must be one of"),
+        (["MODEL.PAPLOSS.LOSS", "focal"],
+         r"^MODEL.PAPLOSS.LOSS must be one of the registered head losses "
+         r"\(alrp, ap, pap, rs, stock\), got 'focal'$"),
         (["MODEL.PAPLOSS.RETINANET.FUNCTIONS.H2", "[[0.2, 0.2], [0.1, 0.4], [0.6, 0.6], [0.8, 0.8]]"],
          r"MODEL.PAPLOSS.RETINANET.FUNCTIONS: H2"),
         (["MODEL.PAPLOSS.RETINANET.FUNCTIONS.I1", "[[0.2, 0.5], [0.4, 0.4], [0.6, 0.6], [0.8, 0.8]]"],

@@ -6,21 +6,20 @@ import numpy as np
 import pytest
 import torch
 from detectron2.engine import SimpleTrainer
-from detectron2.modeling.box_regression import Box2BoxTransform
 
 from paploss.engine import Trainer, setup_cfg
 from paploss.losses import PAPFunctions, published_grad_scale
+from paploss.modeling import PAPHeadLoss
 from paploss.search.screening import (
     ConstantLossError,
     EquivalenceRegistry,
     GradientProbes,
-    HeadLossParameters,
     InvalidTrainingHook,
     NonFiniteTrainingError,
     Screener,
     ScreeningSettings,
+    candidate_head_losses,
     gradient_fingerprint,
-    head_parameters,
 )
 from paploss.search.screening_data import build_screening_batches
 from paploss.search.space import SearchSpace
@@ -94,19 +93,29 @@ def test_settings_errors_name_the_key(data, match):
         ScreeningSettings.from_dict(data)
 
 
-def test_head_parameters_from_search_space_overrides():
-    cfg = setup_cfg(FASTER_RCNN_CONFIG)
+def test_candidate_head_losses_from_search_space_overrides():
+    cfg = setup_cfg(FASTER_RCNN_CONFIG, ["MODEL.PAPLOSS.QUALITY", "iou"])
     space = SearchSpace.from_config(cfg)
     theta = space.identity_theta()
     theta[space.groups["ROI_HEADS.lambda"]] = 1.0
-    params = head_parameters(space.to_overrides(theta))
-    assert list(params) == ["RPN", "ROI_HEADS"]
-    assert params["RPN"].grad_scale == pytest.approx(1.0)
-    assert params["ROI_HEADS"].grad_scale == pytest.approx(10.0)
+    theta[space.groups["RPN.H2"]] = 0.9
+    screener = Screener(ScreeningSettings.from_dict({"rejection": {"enabled": False}}), cfg=cfg)
+    losses = screener.head_losses(space.to_overrides(theta))
+    assert list(losses) == ["RPN", "ROI_HEADS"]
+    assert all(isinstance(loss, PAPHeadLoss) for loss in losses.values())
+    assert losses["RPN"].grad_scale == pytest.approx(1.0)
+    assert losses["ROI_HEADS"].grad_scale == pytest.approx(10.0)
+    assert losses["RPN"].quality_type == "iou"  # the model's config, not a default
     identity = PAPFunctions.identity()
-    for name, function in params["RPN"].functions.items():
+    for name, function in losses["ROI_HEADS"].functions.items():
         assert torch.allclose(function.knots_y, identity[name].knots_y)
-    assert list(head_parameters(space.to_overrides(theta), heads=["ROI_HEADS"])) == ["ROI_HEADS"]
+    assert not torch.allclose(losses["RPN"].functions.H2.knots_y, identity.H2.knots_y)
+    only_roi = screener.head_losses(space.to_overrides(theta), heads=["ROI_HEADS"])
+    assert list(only_roi) == ["ROI_HEADS"]
+    bad = space.to_overrides(theta)
+    bad["MODEL.PAPLOSS.RPN.FUNCTIONS.H1"] = [[0.5, 0.2], [0.4, 0.4], [0.6, 0.6], [0.8, 0.8]]
+    with pytest.raises(ValueError, match=r"MODEL.PAPLOSS.RPN.FUNCTIONS: H1"):
+        candidate_head_losses(cfg, bad, ["RPN"])
 
 
 # ---------------------------------------------------------------------------- rejection
@@ -116,24 +125,23 @@ def test_batch_matches_the_head(screener):
     batch = screener.protocols["RETINANET"].batch
     summary = batch.summary()
     assert summary["images"] == 4 and summary["positives"] > 0 and summary["gt_boxes"] > 0
-    assert batch.logits.shape == (batch.num_entries // 4, 4)
-    assert batch.deltas.shape == (batch.logits.shape[0], 4)
+    assert batch.ranking.logits.shape == (batch.num_entries // 4, 4)
+    assert batch.ranking.deltas.shape == (batch.ranking.logits.shape[0], 4)
     # every ground truth box has a positive anchor (low-quality matches are allowed)
     assert summary["positives"] >= summary["gt_boxes"]
 
 
 def test_perfect_predictions_have_ap_100(screener):
     protocol = screener.protocols["RETINANET"]
-    batch = protocol.batch
-    positive = batch.positive_mask
-    logits = torch.full_like(batch.logits, -10.0)
-    logits[positive, batch.labels[positive]] = 10.0
-    deltas = batch.deltas.clone()
-    transform = Box2BoxTransform(batch.box_weights, batch.scale_clamp)
-    deltas[positive] = transform.get_deltas(
-        batch.reference_boxes[positive], batch.matched_gt_boxes[positive]
+    ranking = protocol.batch.ranking
+    rows = ranking.positive_rows
+    logits = torch.full_like(ranking.logits, -10.0)
+    logits[rows, ranking.labels[rows]] = 10.0
+    perfect = ranking.with_predictions(logits, ranking.gt_deltas)
+    assert torch.allclose(perfect.pred_boxes, ranking.gt_boxes, atol=1e-3)
+    assert protocol.average_precision(perfect.logits, perfect.deltas) == pytest.approx(
+        100.0, abs=1e-6
     )
-    assert protocol.average_precision(logits, deltas) == pytest.approx(100.0, abs=1e-6)
     assert protocol.ap_before < 5.0
 
 
@@ -150,11 +158,13 @@ def test_decreasing_i1_is_rejected(screener):
     """A decreasing I1 cannot be built through the API (knots are checked to be monotone), so
     its knot buffers are overwritten after construction: I1(u) = 1 - u, the localisation term
     then pushes boxes away from their ground truth."""
-    functions = PAPFunctions.identity()
+    identity = _overrides("RETINANET", PAPFunctions.identity().to_dict())
+    head_loss = screener.head_losses(identity)["RETINANET"]
+    functions = head_loss.functions
     with torch.no_grad():
         functions.I1.knots_y.copy_(1 - functions.I1.knots_y)
     assert float(functions.I1(torch.tensor(0.9))) == pytest.approx(0.1)
-    result = screener.protocols["RETINANET"].run(HeadLossParameters(functions, 1.0))
+    result = screener.protocols["RETINANET"].run(head_loss)
     assert result.gain < screener.settings.rejection.min_ap_gain
 
 
@@ -183,7 +193,8 @@ def test_faster_rcnn_heads_are_screened_on_their_own_batches():
     screener = Screener.build(settings, cfg, dataset=SEARCH_TRAIN)
     rpn, roi = screener.protocols["RPN"].batch, screener.protocols["ROI_HEADS"].batch
     assert rpn.num_classes == 1 and roi.num_classes == 4
-    assert roi.deltas.shape == (roi.logits.shape[0], 4, 4)  # per-class regression
+    assert roi.ranking.deltas.shape == (roi.ranking.logits.shape[0], 4, 4)  # per-class regression
+    assert all(int(classes.max()) == 0 for classes in rpn.gt_classes)  # class-agnostic AP
     space = SearchSpace.from_config(cfg)
     decision = screener.screen(space.to_overrides(space.identity_theta()), key=0)
     assert set(decision.rejection) == {"RPN", "ROI_HEADS"} and decision.fingerprint is None
@@ -193,8 +204,8 @@ def test_faster_rcnn_heads_are_screened_on_their_own_batches():
 def test_batches_are_deterministic(retinanet_cfg):
     first = build_screening_batches(retinanet_cfg, dataset=SEARCH_TRAIN, num_images=2, seed=3)
     second = build_screening_batches(retinanet_cfg, dataset=SEARCH_TRAIN, num_images=2, seed=3)
-    assert torch.equal(first["RETINANET"].logits, second["RETINANET"].logits)
-    assert torch.equal(first["RETINANET"].labels, second["RETINANET"].labels)
+    assert torch.equal(first["RETINANET"].ranking.logits, second["RETINANET"].ranking.logits)
+    assert torch.equal(first["RETINANET"].ranking.labels, second["RETINANET"].ranking.labels)
 
 
 # ---------------------------------------------------------------------------- equivalence
@@ -211,9 +222,7 @@ def test_candidates_differing_below_rounding_are_duplicates(screener, space):
     registry = EquivalenceRegistry()
     assert registry.register(screener.fingerprint(a).digest, (0, 1)) is None
     assert registry.register(screener.fingerprint(b).digest, (2, 5)) == (0, 1)
-    assert EquivalenceRegistry.from_dict(registry.to_dict()).lookup(
-        screener.fingerprint(a).digest
-    ) == (0, 1)
+    assert registry.lookup(screener.fingerprint(a).digest) == (0, 1) and len(registry) == 1
 
     first = screener.screen(a, key="first")
     second = screener.screen(b, key="second")
@@ -244,7 +253,7 @@ def test_clearly_different_candidates_get_different_fingerprints(screener, space
 
 def test_fingerprint_rounds_to_significant_digits():
     probes = GradientProbes(num_samples=3, num_entries=16, num_positives=3, seed=0)
-    params = {"RETINANET": HeadLossParameters(PAPFunctions.identity(), 1.0)}
+    params = {"RETINANET": PAPHeadLoss(functions=PAPFunctions.identity())}
     fingerprint = gradient_fingerprint(params, probes, significant_digits=2)
     ((head, values),) = fingerprint.values
     assert head == "RETINANET" and len(values) == 3

@@ -301,7 +301,6 @@ def test_default_settings_screen_with_every_technique(tmp_path: Path) -> None:
         ("screening.rejection.optimizer=lbfgs", r"screening\.rejection\.optimizer must be one"),
         ("screening=5", r"screening must be a mapping"),
         ("screening.rejection=true", r"screening\.rejection must be a mapping"),
-        ("proxy.stuck_window=10", r"proxy\.stuck_window .*screening\.early_stop\.window"),
     ],
 )
 def test_bad_screening_settings_name_the_key(tmp_path: Path, override: str, message: str) -> None:

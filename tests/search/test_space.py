@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from paploss.losses import FUNCTION_NAMES, published_grad_scale, published_knots
-from paploss.search.space import HEADS, SearchSpace, heads_from_config
+from paploss.modeling.config import PAP_HEADS
+from paploss.search.space import SearchSpace, heads_from_config
 
 IDENTITY_KNOTS = [[0.2, 0.2], [0.4, 0.4], [0.6, 0.6], [0.8, 0.8]]
 
@@ -40,7 +41,7 @@ def test_dimensions_and_names():
     assert rcnn.heads == ("RPN", "ROI_HEADS") and rcnn.dim == 82
     assert rcnn.names[40] == "RPN.lambda" and rcnn.names[41] == "ROI_HEADS.H2.theta1x"
     assert len(set(rcnn.names)) == 82
-    assert SearchSpace(HEADS).dim == 123
+    assert SearchSpace(PAP_HEADS).dim == 123
 
 
 def test_identity_theta_gives_identity_functions():
