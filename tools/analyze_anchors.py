@@ -190,12 +190,17 @@ def coverage(
     kept = [(hw, boxes, original) for hw, boxes, original in images if len(boxes)]
     grids = {  # (height, width) of each level's grid of an image of input size hw
         hw: [
-            (math.ceil(math.ceil(hw[0] / div) * div / s), math.ceil(math.ceil(hw[1] / div) * div / s))
+            (
+                math.ceil(math.ceil(hw[0] / div) * div / s),
+                math.ceil(math.ceil(hw[1] / div) * div / s),
+            )
             for s in head.strides
         ]
         for hw, _, _ in images
     }
-    counts = [sum(h * w * len(c) for (h, w), c in zip(grids[hw], cell_anchors)) for hw, _, _ in images]
+    counts = [
+        sum(h * w * len(c) for (h, w), c in zip(grids[hw], cell_anchors)) for hw, _, _ in images
+    ]
     if not kept:
         empty = np.zeros(0)
         return Coverage(empty, empty, empty, empty, empty, float(np.mean(counts or [0])))
@@ -320,9 +325,7 @@ class Suggestion:
     result: Coverage
 
 
-def suggest(
-    cfg: CfgNode, head: AnchorHead, dicts: Sequence[dict], train: bool
-) -> List[Suggestion]:
+def suggest(cfg: CfgNode, head: AnchorHead, dicts: Sequence[dict], train: bool) -> List[Suggestion]:
     """For each input size of :func:`input_sizes_to_try` and each of :func:`relative_scales`:
     the anchor sizes :func:`stride_sizes` with the multiple in :data:`STRIDE_MULTIPLES` that
     gives the most boxes an anchor at the positive threshold (the smaller multiple on ties)."""
@@ -375,7 +378,12 @@ def _sample(dicts: List[dict], count: int, seed: int = 0) -> List[dict]:
     return [dicts[i] for i in keep]
 
 
-def plot(path: str, head: AnchorHead, current: Tuple[int, List[List[float]], Coverage], suggested: Suggestion) -> None:
+def plot(
+    path: str,
+    head: AnchorHead,
+    current: Tuple[int, List[List[float]], Coverage],
+    suggested: Suggestion,
+) -> None:
     """Box sizes with the anchor sizes, for the current config and the suggestion (each in its own
     input frame), and the best anchor IoU of each box against its size."""
     import matplotlib
@@ -390,11 +398,15 @@ def plot(path: str, head: AnchorHead, current: Tuple[int, List[List[float]], Cov
     ]
     for ax, (label, short_side, sizes, result, colour) in zip(axes, panels):
         low, high = float(result.sizes.min()) * 0.8, float(result.sizes.max()) * 1.25
-        ax.hist(result.sizes, bins=np.geomspace(max(low, 0.5), high, 30), color="tab:blue", alpha=0.7)
+        ax.hist(
+            result.sizes, bins=np.geomspace(max(low, 0.5), high, 30), color="tab:blue", alpha=0.7
+        )
         ax.set_xscale("log")
         shown = sorted({s for level in sizes for s in level if low / 2 <= s <= high * 2})
         for i, s in enumerate(shown):
-            ax.axvline(s, color=colour, ls="--", lw=1, label=f"{label} anchor sizes" if i == 0 else None)
+            ax.axvline(
+                s, color=colour, ls="--", lw=1, label=f"{label} anchor sizes" if i == 0 else None
+            )
         ax.set_xlim(min([low] + shown) * 0.9, max([high] + shown) * 1.1)
         ax.set_title(f"{label}: input short side {short_side}")
         ax.set_xlabel("box size sqrt(w h), px in the network input")

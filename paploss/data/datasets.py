@@ -8,8 +8,10 @@ Two kinds of datasets are registered by name:
 * any COCO-format dataset, by :func:`register_coco_dataset` or from a config's
   ``MODEL.PAPLOSS.DATASETS`` list of ``[name, json_file, image_root]`` entries.
 
-Loading validates the annotation file and the presence of every image, so a bad path or a
-malformed file fails with a message naming the file instead of deep inside a data loader worker.
+Loading validates the annotation file (its keys, image entries, categories, and that every
+annotation's ``category_id`` is one of its ``categories``), the image root and the presence of every
+image, so a bad path or a malformed file fails with one line naming the file and what to change
+instead of deep inside Detectron2 or a data loader worker.
 """
 
 import json
@@ -73,7 +75,6 @@ def _validate_coco_file(json_file: str, image_root: str, dataset_name: str) -> N
             f"entries of '{json_file}' are relative to"
         )
     _check_images(content["images"], json_file, image_root, where)
-    category_ids = _check_categories(content["categories"], json_file, where)
     for ann in content["annotations"]:
         bbox = ann.get("bbox") if isinstance(ann, dict) else None
         if not (isinstance(bbox, list) and len(bbox) == 4) or "image_id" not in ann:
@@ -81,6 +82,8 @@ def _validate_coco_file(json_file: str, image_root: str, dataset_name: str) -> N
                 f"{where}: annotation file '{json_file}' has a malformed "
                 f"annotation (needs 'image_id' and a 4-number 'bbox'): {str(ann)[:200]}"
             )
+    category_ids = _check_categories(content["categories"], json_file, where)
+    for ann in content["annotations"]:
         if ann.get("category_id") not in category_ids:
             raise DatasetError(
                 f"{where}: annotation {ann.get('id', '?')} (image {ann['image_id']}) in "
@@ -118,9 +121,7 @@ def _check_categories(categories: list, json_file: str, where: str) -> Set[int]:
                 f"{str(category)[:200]}"
             )
         if "name" not in category:
-            raise DatasetError(
-                f"{where}: category {category['id']} in '{json_file}' has no 'name'"
-            )
+            raise DatasetError(f"{where}: category {category['id']} in '{json_file}' has no 'name'")
         ids.add(category["id"])
     if not ids:
         raise DatasetError(

@@ -61,10 +61,7 @@ def load_config(config_file: Optional[str] = None, opts: Sequence = ()) -> CfgNo
         source = _file_setting(config_file, ("MODEL", "PAPLOSS", "DATASETS"))
         if source is not None:
             cfg.MODEL.PAPLOSS.DATASETS = [
-                [entry[0], *(resolve_config_path(p, source) for p in entry[1:])]
-                if isinstance(entry, (list, tuple)) and len(entry) == 3
-                else entry
-                for entry in cfg.MODEL.PAPLOSS.DATASETS
+                _resolve_dataset_entry(entry, source) for entry in cfg.MODEL.PAPLOSS.DATASETS
             ]
     if config_file and "OUTPUT_DIR" not in opt_keys:
         if _file_setting(config_file, ("OUTPUT_DIR",), follow_base=False) is None:
@@ -89,6 +86,22 @@ def _merge(merge, source, description: str) -> None:
         merge(source)
     except (AssertionError, KeyError, TypeError) as e:
         raise ValueError(f"{description}: {e}") from e
+
+
+def _resolve_dataset_entry(entry: Any, config_file: str) -> Any:
+    """``[name, json_file, image_root]`` with both paths resolved against ``config_file`` (a
+    malformed entry is returned as it is, for the registration to report)."""
+    if (
+        isinstance(entry, (list, tuple))
+        and len(entry) == 3
+        and all(isinstance(x, str) for x in entry)
+    ):
+        return [
+            entry[0],
+            resolve_config_path(entry[1], config_file),
+            resolve_config_path(entry[2], config_file),
+        ]
+    return entry
 
 
 def resolve_config_path(path: str, config_file: str) -> str:

@@ -24,6 +24,7 @@ __all__ = [
     "DataReport",
     "DatasetSummary",
     "HeadsUsed",
+    "display_path",
     "heads_used",
     "imagenet_pixel_stats",
     "pixel_order_warning",
@@ -87,6 +88,8 @@ def heads_used(cfg: CfgNode) -> HeadsUsed:
         return HeadsUsed((), None)
     class_keys = ("MODEL.ROI_HEADS.NUM_CLASSES",) if issubclass(meta_arch, GeneralizedRCNN) else ()
     generator = cfg.MODEL.PROPOSAL_GENERATOR.NAME
+    if generator == "PrecomputedProposals":  # Detectron2's name for "proposals come with the data"
+        return HeadsUsed(class_keys, None)
     try:
         anchors = issubclass(PROPOSAL_GENERATOR_REGISTRY.get(generator), RPN)
     except KeyError:
@@ -164,7 +167,9 @@ def validate_config_data(cfg: CfgNode) -> DataReport:
             except DatasetError as e:
                 problems.append(f"{key}: {e}")
             except Exception as e:  # Detectron2's own loaders raise anything
-                problems.append(f"{key}: dataset '{name}' cannot be loaded ({type(e).__name__}: {e})")
+                problems.append(
+                    f"{key}: dataset '{name}' cannot be loaded ({type(e).__name__}: {e})"
+                )
 
     summaries = list(report.datasets.values())
     for d in summaries:
@@ -250,7 +255,7 @@ def _summarize(name: str, key: str) -> DatasetSummary:
     return DatasetSummary(
         name=name,
         key=key,
-        source=_show_path(source) if source else name,
+        source=display_path(source) if source else name,
         num_images=len(dicts),
         num_boxes=num_boxes,
         classes=classes,
@@ -277,7 +282,9 @@ def imagenet_pixel_stats(input_format: str) -> Tuple[Tuple[float, ...], Tuple[fl
         return _IMAGENET_MEAN_RGB, _IMAGENET_STD_RGB
     if input_format == "BGR":
         return _IMAGENET_MEAN_RGB[::-1], _IMAGENET_STD_RGB[::-1]
-    raise ValueError(f"INPUT.FORMAT must be 'RGB' or 'BGR' for ImageNet statistics, got {input_format!r}")
+    raise ValueError(
+        f"INPUT.FORMAT must be 'RGB' or 'BGR' for ImageNet statistics, got {input_format!r}"
+    )
 
 
 def pixel_order_warning(cfg: CfgNode) -> Optional[str]:
@@ -311,7 +318,7 @@ def _names(classes: Sequence[str], limit: int = 8) -> str:
     return f"[{shown}{more}]"
 
 
-def _show_path(path: str) -> str:
+def display_path(path: str) -> str:
     """``path`` relative to the working directory when it lies inside it, else absolute."""
     relative = os.path.relpath(path)
     return path if relative.startswith("..") else relative
