@@ -28,6 +28,7 @@ __all__ = [
     "SYNTHETIC_PREFIX",
     "DatasetError",
     "datasets_root",
+    "display_path",
     "ensure_dataset_files",
     "register_coco_dataset",
     "register_datasets_from_config",
@@ -44,6 +45,12 @@ class DatasetError(ValueError):
     """A dataset is unknown, missing files, or has a malformed annotation file."""
 
 
+def display_path(path: str) -> str:
+    """``path`` relative to the working directory when it lies inside it, else absolute."""
+    relative = os.path.relpath(path)
+    return path if relative.startswith("..") else relative
+
+
 def datasets_root() -> str:
     """The folder where generated datasets are cached (``$PAPLOSS_DATASETS`` or ``datasets``)."""
     return os.path.abspath(os.environ.get("PAPLOSS_DATASETS", "datasets"))
@@ -52,6 +59,7 @@ def datasets_root() -> str:
 def _validate_coco_file(json_file: str, image_root: str, dataset_name: str) -> None:
     """Check a COCO instances file and its images; raise :class:`DatasetError` naming the file."""
     where = f"dataset '{dataset_name}'"
+    json_file, image_root = display_path(json_file), display_path(image_root)
     if not os.path.isfile(json_file):
         raise DatasetError(
             f"{where}: annotation file '{json_file}' does not exist; fix the json_file (2nd entry) "
@@ -93,7 +101,7 @@ def _validate_coco_file(json_file: str, image_root: str, dataset_name: str) -> N
 
 
 def _check_images(images: list, json_file: str, image_root: str, where: str) -> None:
-    missing = []
+    missing: List[str] = []
     for image in images:
         if not isinstance(image, dict) or not {"id", "file_name", "height", "width"} <= set(image):
             raise DatasetError(

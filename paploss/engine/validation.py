@@ -17,14 +17,13 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from detectron2.config import CfgNode
 from detectron2.data import DatasetCatalog, MetadataCatalog
 
-from paploss.data import DatasetError
+from paploss.data import DatasetError, display_path
 
 __all__ = [
     "ConfigDataError",
     "DataReport",
     "DatasetSummary",
     "HeadsUsed",
-    "display_path",
     "heads_used",
     "imagenet_pixel_stats",
     "pixel_order_warning",
@@ -316,9 +315,3 @@ def _names(classes: Sequence[str], limit: int = 8) -> str:
     shown = ", ".join(repr(c) for c in classes[:limit])
     more = f", ... ({len(classes)} in all)" if len(classes) > limit else ""
     return f"[{shown}{more}]"
-
-
-def display_path(path: str) -> str:
-    """``path`` relative to the working directory when it lies inside it, else absolute."""
-    relative = os.path.relpath(path)
-    return path if relative.startswith("..") else relative

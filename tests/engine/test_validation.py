@@ -5,8 +5,9 @@ import os
 
 import pytest
 
+from paploss.data import display_path
 from paploss.engine import ConfigDataError, heads_used, load_config, setup_cfg
-from paploss.engine.validation import display_path, imagenet_pixel_stats, pixel_order_warning
+from paploss.engine.validation import imagenet_pixel_stats, pixel_order_warning
 from tests.data.coco_files import write_coco_set
 
 FASTER_RCNN = os.path.abspath("configs/synthetic/faster_rcnn_stock.yaml")
