@@ -9,6 +9,7 @@ from .datasets import (
     DatasetError,
     check_dataset_names,
     datasets_root,
+    display_path,
     ensure_dataset_files,
     register_coco_dataset,
     register_datasets_from_config,

@@ -8,8 +8,10 @@ Two kinds of datasets are registered by name:
 * any COCO-format dataset, by :func:`register_coco_dataset` or from a config's
   ``MODEL.PAPLOSS.DATASETS`` list of ``[name, json_file, image_root]`` entries.
 
-Loading validates the annotation file and the presence of every image, so a bad path or a
-malformed file fails with a message naming the file instead of deep inside a data loader worker.
+Loading validates the annotation file (its keys, image entries, categories, and that every
+annotation's ``category_id`` is one of its ``categories``), the image root and the presence of every
+image, so a bad path or a malformed file fails with one line naming the file and what to change
+instead of deep inside Detectron2 or a data loader worker.
 """
 
 import json
@@ -26,6 +28,7 @@ __all__ = [
     "SYNTHETIC_PREFIX",
     "DatasetError",
     "datasets_root",
+    "display_path",
     "ensure_dataset_files",
     "register_coco_dataset",
     "register_datasets_from_config",
@@ -42,48 +45,98 @@ class DatasetError(ValueError):
     """A dataset is unknown, missing files, or has a malformed annotation file."""
 
 
+def display_path(path: str) -> str:
+    """``path`` relative to the working directory when it lies inside it, else absolute."""
+    relative = os.path.relpath(path)
+    return path if relative.startswith("..") else relative
+
+
 def datasets_root() -> str:
     """The folder where generated datasets are cached (``$PAPLOSS_DATASETS`` or ``datasets``)."""
     return os.path.abspath(os.environ.get("PAPLOSS_DATASETS", "datasets"))
 
 
 def _validate_coco_file(json_file: str, image_root: str, dataset_name: str) -> None:
+    """Check a COCO instances file and its images; raise :class:`DatasetError` naming the file."""
+    where = f"dataset '{dataset_name}'"
+    json_file, image_root = display_path(json_file), display_path(image_root)
     if not os.path.isfile(json_file):
         raise DatasetError(
-            f"dataset '{dataset_name}': annotation file '{json_file}' does not exist"
+            f"{where}: annotation file '{json_file}' does not exist; fix the json_file (2nd entry) "
+            f"of '{dataset_name}' in MODEL.PAPLOSS.DATASETS"
         )
     try:
         with open(json_file) as f:
             content = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DatasetError(
-            f"dataset '{dataset_name}': annotation file '{json_file}' is not valid JSON ({e})"
-        ) from e
+        raise DatasetError(f"{where}: annotation file '{json_file}' is not valid JSON ({e})") from e
     missing = [k for k in ("images", "annotations", "categories") if k not in content]
     if not isinstance(content, dict) or missing:
         raise DatasetError(
-            f"dataset '{dataset_name}': annotation file '{json_file}' is not a COCO instances "
+            f"{where}: annotation file '{json_file}' is not a COCO instances "
             f"file (missing keys: {missing or 'top level is not an object'})"
         )
-    for image in content["images"]:
-        if not isinstance(image, dict) or not {"id", "file_name"} <= set(image):
-            raise DatasetError(
-                f"dataset '{dataset_name}': annotation file '{json_file}' has an image entry "
-                f"without 'id' or 'file_name': {str(image)[:200]}"
-            )
-        path = os.path.join(image_root, image["file_name"])
-        if not os.path.isfile(path):
-            raise DatasetError(
-                f"dataset '{dataset_name}': image file '{path}' listed in '{json_file}' "
-                "does not exist"
-            )
+    if not os.path.isdir(image_root):
+        raise DatasetError(
+            f"{where}: image root '{image_root}' is not a folder; set the image_root (3rd entry) "
+            f"of '{dataset_name}' in MODEL.PAPLOSS.DATASETS to the folder that the file_name "
+            f"entries of '{json_file}' are relative to"
+        )
+    _check_images(content["images"], json_file, image_root, where)
     for ann in content["annotations"]:
         bbox = ann.get("bbox") if isinstance(ann, dict) else None
         if not (isinstance(bbox, list) and len(bbox) == 4) or "image_id" not in ann:
             raise DatasetError(
-                f"dataset '{dataset_name}': annotation file '{json_file}' has a malformed "
+                f"{where}: annotation file '{json_file}' has a malformed "
                 f"annotation (needs 'image_id' and a 4-number 'bbox'): {str(ann)[:200]}"
             )
+    category_ids = _check_categories(content["categories"], json_file, where)
+    for ann in content["annotations"]:
+        if ann.get("category_id") not in category_ids:
+            raise DatasetError(
+                f"{where}: annotation {ann.get('id', '?')} (image {ann['image_id']}) in "
+                f"'{json_file}' has category_id {ann.get('category_id')!r}, which is not an id in "
+                f"its 'categories' {sorted(category_ids)}; add that category or fix the id"
+            )
+
+
+def _check_images(images: list, json_file: str, image_root: str, where: str) -> None:
+    missing: List[str] = []
+    for image in images:
+        if not isinstance(image, dict) or not {"id", "file_name", "height", "width"} <= set(image):
+            raise DatasetError(
+                f"{where}: annotation file '{json_file}' has an image entry without 'id', "
+                f"'file_name', 'height' or 'width': {str(image)[:200]}"
+            )
+        path = os.path.join(image_root, image["file_name"])
+        if not os.path.isfile(path):
+            missing.append(path)
+    if missing:
+        raise DatasetError(
+            f"{where}: image file '{missing[0]}' listed in '{json_file}' does not exist "
+            f"({len(missing)} of {len(images)} images missing); check the image_root (3rd entry) "
+            "in MODEL.PAPLOSS.DATASETS and the file_name entries"
+        )
+
+
+def _check_categories(categories: list, json_file: str, where: str) -> Set[int]:
+    """The category ids of a COCO file's ``categories`` (each entry needs an int id and a name)."""
+    ids: Set[int] = set()
+    for category in categories:
+        if not isinstance(category, dict) or not isinstance(category.get("id"), int):
+            raise DatasetError(
+                f"{where}: annotation file '{json_file}' has a category without an integer 'id': "
+                f"{str(category)[:200]}"
+            )
+        if "name" not in category:
+            raise DatasetError(f"{where}: category {category['id']} in '{json_file}' has no 'name'")
+        ids.add(category["id"])
+    if not ids:
+        raise DatasetError(
+            f"{where}: annotation file '{json_file}' lists no 'categories'; add one entry "
+            '{"id": ..., "name": ...} per class'
+        )
+    return ids
 
 
 def register_coco_dataset(

@@ -45,6 +45,7 @@ def add_paploss_config(cfg: CN) -> None:
     * ``MODEL.PAPLOSS.ROI_HEADS.SAMPLE_PROPOSALS``: keep Detectron2's proposal sampling or rank
       all proposals.
     * ``MODEL.PAPLOSS.DATASETS``: extra COCO-format datasets to register by name.
+    * ``MODEL.PAPLOSS.LR_STEP_FRACTIONS``: ``SOLVER.STEPS`` as fractions of ``SOLVER.MAX_ITER``.
     * ``MODEL.PAPLOSS.TINY_RESNET``: width/depth of the CPU-sized backbone.
     """
     if "PAPLOSS" in cfg.MODEL:
@@ -84,6 +85,7 @@ def add_paploss_config(cfg: CN) -> None:
     cfg.MODEL.PAPLOSS.ROI_HEADS.SAMPLE_PROPOSALS = True
     # Extra COCO-format datasets registered under a name: a list of
     # [name, json_file, image_root] entries, usable in DATASETS.TRAIN / DATASETS.TEST.
+    # Relative paths resolve against the folder of the config file that sets them (like _BASE_).
     cfg.MODEL.PAPLOSS.DATASETS = []
     # The CPU-sized backbone (build_tiny_*resnet_fpn_backbone): stem width, per-stage widths
     # and number of BasicBlocks for res2..res5.
@@ -91,3 +93,9 @@ def add_paploss_config(cfg: CN) -> None:
     cfg.MODEL.PAPLOSS.TINY_RESNET.STEM_CHANNELS = 16
     cfg.MODEL.PAPLOSS.TINY_RESNET.STAGE_CHANNELS = [16, 32, 64, 128]
     cfg.MODEL.PAPLOSS.TINY_RESNET.BLOCKS_PER_STAGE = [1, 1, 1, 1]
+
+    # --- Schedule (read by paploss.engine.load_config) ---
+    # When not empty: SOLVER.STEPS = round(f * SOLVER.MAX_ITER) for each of these increasing
+    # fractions in (0, 1), so the LR steps follow a changed MAX_ITER. A SOLVER.STEPS given on the
+    # command line wins.
+    cfg.MODEL.PAPLOSS.LR_STEP_FRACTIONS = []

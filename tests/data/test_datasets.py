@@ -8,6 +8,7 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 from paploss.data import DatasetError, check_dataset_names, register_coco_dataset
 from paploss.data.synthetic import CLASS_NAMES, SyntheticSplitSpec, generate_split
 from paploss.engine import setup_cfg
+from tests.data.coco_files import write_coco_set
 
 
 def test_synthetic_splits_are_registered():
@@ -78,3 +79,66 @@ def test_malformed_annotation_file_is_named(tmp_path, text, problem):
     with pytest.raises(DatasetError, match=problem) as info:
         DatasetCatalog.get(name)
     assert str(bad_json) in str(info.value)
+
+
+def _register(name, json_file, image_root):
+    register_coco_dataset(name, json_file, image_root)
+    return name
+
+
+def test_unknown_category_id_names_the_file(tmp_path):
+    json_file, image_root = write_coco_set(str(tmp_path), "train", classes=("tree",))
+    with open(json_file) as f:
+        content = json.load(f)
+    content["annotations"][2]["category_id"] = 7
+    with open(json_file, "w") as f:
+        json.dump(content, f)
+    name = _register(f"my_set_category_{tmp_path.name}", json_file, image_root)
+    with pytest.raises(DatasetError) as info:
+        DatasetCatalog.get(name)
+    assert str(info.value) == (
+        f"dataset '{name}': annotation 3 (image {content['annotations'][2]['image_id']}) in "
+        f"'{json_file}' has category_id 7, which is not an id in its 'categories' [1]; "
+        "add that category or fix the id"
+    )
+
+
+def test_image_root_that_is_not_a_folder_is_named(tmp_path):
+    json_file, _ = write_coco_set(str(tmp_path), "train")
+    wrong_root = str(tmp_path / "no_such_folder")
+    name = _register(f"my_set_root_{tmp_path.name}", json_file, wrong_root)
+    with pytest.raises(DatasetError) as info:
+        DatasetCatalog.get(name)
+    assert str(info.value) == (
+        f"dataset '{name}': image root '{wrong_root}' is not a folder; set the image_root "
+        f"(3rd entry) of '{name}' in MODEL.PAPLOSS.DATASETS to the folder that the file_name "
+        f"entries of '{json_file}' are relative to"
+    )
+
+
+def test_missing_images_are_counted(tmp_path):
+    json_file, image_root = write_coco_set(str(tmp_path), "train", num_images=3)
+    other_root = tmp_path / "other"
+    other_root.mkdir()
+    name = _register(f"my_set_other_root_{tmp_path.name}", json_file, str(other_root))
+    with pytest.raises(DatasetError, match=r"\(3 of 3 images missing\); check the image_root"):
+        DatasetCatalog.get(name)
+
+
+@pytest.mark.parametrize(
+    "change, problem",
+    [(lambda c: c.update(categories=[]), "lists no 'categories'; add one entry"),
+     (lambda c: c["categories"][0].pop("name"), "category 1 in '.*' has no 'name'"),
+     (lambda c: c["images"][0].pop("height"), "image entry without 'id', 'file_name', 'height'")],
+)  # fmt: skip
+def test_incomplete_entries_are_named(tmp_path, change, problem):
+    json_file, image_root = write_coco_set(str(tmp_path), "train")
+    with open(json_file) as f:
+        content = json.load(f)
+    change(content)
+    with open(json_file, "w") as f:
+        json.dump(content, f)
+    name = _register(f"my_set_incomplete_{tmp_path.name}", json_file, image_root)
+    with pytest.raises(DatasetError, match=problem) as info:
+        DatasetCatalog.get(name)
+    assert json_file in str(info.value)

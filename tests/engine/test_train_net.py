@@ -1,5 +1,7 @@
-"""End to end: tools/train_net.py trains, evaluates with COCO AP, resumes exactly, evaluates only."""
+"""End to end: tools/train_net.py trains, evaluates with COCO AP, resumes exactly, evaluates only;
+--num-threads."""
 
+import importlib.util
 import json
 import os
 import re
@@ -105,3 +107,31 @@ def test_unknown_config_key_is_named(tmp_path):
     )
     with pytest.raises(ValueError, match=r"bad.yaml'.*MODEL.PAPLOSS.LOSSES"):
         setup_cfg(str(bad))
+
+
+def _load_train_net():
+    spec = importlib.util.spec_from_file_location("train_net", "tools/train_net.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_num_threads_sets_torch_and_child_processes(monkeypatch):
+    train_net = _load_train_net()
+    args = train_net.argument_parser().parse_args(
+        ["--num-threads", "1", "--config-file", "configs/synthetic/retinanet_stock.yaml"]
+    )
+    assert args.num_threads == 1
+    saved = torch.get_num_threads()
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.setenv(name, "7")
+    try:
+        torch.set_num_threads(2)
+        train_net.set_num_threads(args.num_threads)
+        assert torch.get_num_threads() == 1
+        assert os.environ["OMP_NUM_THREADS"] == os.environ["MKL_NUM_THREADS"] == "1"
+        train_net.set_num_threads(None)  # not given: left as it is
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(saved)
+    assert train_net.argument_parser().parse_args([]).num_threads is None
