@@ -10,13 +10,20 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List, Tuple
 
 import cloudpickle
 import numpy as np
 import pytest
 import yaml
-from search_testing import cli_command, journal_snapshot, tiny_search_overrides, write_settings
+from search_testing import (
+    cli_command,
+    dead_pid,
+    journal_snapshot,
+    peak_overlap,
+    tiny_search_overrides,
+    write_settings,
+)
 from submitit.core.utils import cloudpickle_dump
 
 from paploss.search.controller import SearchController, SearchError, round_seed
@@ -112,16 +119,6 @@ def test_killed_search_resumes_to_the_uninterrupted_result(tmp_path: Path) -> No
 
 
 # ------------------------------------------------------------------------------ fake trials
-
-
-def peak_overlap(intervals: Sequence[Tuple[float, float]]) -> int:
-    """The largest number of ``(start, end)`` intervals that overlap at one moment."""
-    events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
-    peak = current = 0
-    for _, step in events:  # at equal times an end (-1) sorts before a start (+1)
-        current += step
-        peak = max(peak, current)
-    return peak
 
 
 def training_intervals(output: Path) -> Dict[str, List[Tuple[float, float]]]:
@@ -277,13 +274,6 @@ def test_resume_without_a_journal_is_refused(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------ local launcher
 
 
-def _dead_pid() -> int:
-    """The id of a process that has just ended (not reused within a test's time)."""
-    proc = subprocess.Popen(["true"])
-    proc.wait()
-    return proc.pid
-
-
 def test_a_result_of_another_trial_is_refused_and_the_trial_runs_again(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -307,7 +297,7 @@ def test_a_result_of_another_trial_is_refused_and_the_trial_runs_again(
     (output / "jobs").mkdir(exist_ok=True)
     with SearchJournal.open(str(output / "journal.sqlite")) as journal:
         for index, result in enumerate(planted):
-            pid = _dead_pid()
+            pid = dead_pid()
             cloudpickle_dump(("success", result), output / "jobs" / f"{pid}_0_result.pkl")
             journal.update_trial(
                 0, index, status="running", job_id=f"local:{pid}", attempts=0, error=None
@@ -398,15 +388,34 @@ def test_local_trials_keep_running_and_are_reattached_after_a_kill(tmp_path: Pat
     assert os.path.isdir(output / "jobs")
 
 
+#: When the chaos test kills its controller: ``(what the controller run must have logged, or None
+#: for its start-up; the most seconds to wait after that)``, in the order a search passes them;
+#: the delays are drawn at random.
+_KILL_POINTS = [
+    (None, 3.0),  # while it starts, before its journal exists
+    ("search space:", 2.0),  # while it sets up the screening and screens round 0
+    ("to train of", 8.0),  # while round 0 trains
+    ("resuming, ", 6.0),  # a resumed controller, while it re-attaches and waits
+    ("trials done", 0.0),  # right after a trial was recorded
+    ("closed:", 0.0),  # right after round 0 closed (sampling, screening round 1)
+    (None, 6.0),  # while a resumed controller starts
+    ("screened", 0.0),  # round 1 screened, before it is stored
+    ("to train of", 8.0),  # while round 1 trains
+    ("trials done", 3.0),  # after a trial of round 1 was recorded
+    ("closed:", 0.0),  # right after round 1 closed
+    ("resuming, ", 8.0),  # while round 2 trains
+]
+
+
 @pytest.mark.slow
 def test_search_killed_at_random_points_ends_as_an_uninterrupted_one(tmp_path: Path) -> None:
-    """SIGKILLs of the controller at random moments (while it starts, screens candidates, waits
-    for trials or closes a round), each followed by the README's resume command (or by a new
-    start when it died before its journal existed). The trainings run on as local jobs meanwhile.
-    The journal must end equal to that of an uninterrupted run, no trial may train twice, and
-    never more than ``launcher.parallel`` trainings may run at once.
+    """SIGKILLs of the controller at random moments of every phase (start-up, screening, trials,
+    the close of a round), each followed by the README's resume command (or by a new start when
+    it died before its journal existed). The trainings run on as local jobs meanwhile. The
+    journal must end equal to that of an uninterrupted run, no trial may train twice, and never
+    more than ``launcher.parallel`` trainings may run at once.
     """
-    num_kills, parallel = 10, 2
+    parallel = 2
     overrides = tiny_search_overrides(tmp_path, rounds=3, candidates=2, launcher="local")
     overrides += [f"launcher.parallel={parallel}", "proxy.iterations=20"]
     overrides += ["proxy.checkpoint_period=5"]
@@ -424,8 +433,9 @@ def test_search_killed_at_random_points_ends_as_an_uninterrupted_one(tmp_path: P
     uninterrupted_s = time.monotonic() - start
 
     output, log = tmp_path / "chaos", tmp_path / "chaos.log"
+    log.touch()
     rng = random.Random(11)
-    kills: List[str] = []  # the controller's last log line before each kill
+    kills: List[str] = []  # where each kill struck: the killed controller's last log line
     lives = 0
     start = time.monotonic()
     while True:
@@ -433,22 +443,38 @@ def test_search_killed_at_random_points_ends_as_an_uninterrupted_one(tmp_path: P
             args = ["run", "--resume", "--output", str(output), "--no-report"]
         else:
             args = ["run", "--config", str(config), "--output", str(output), "--no-report"]
+        offset = log.stat().st_size
         with open(log, "a") as handle:
             proc = subprocess.Popen(cli_command(*args), stdout=handle, stderr=handle)
         lives += 1
-        try:
-            proc.wait(timeout=rng.uniform(1.0, 12.0) if len(kills) < num_kills else 1200)
+
+        def logged() -> List[str]:
+            with open(log) as handle:
+                handle.seek(offset)
+                return [line for line in handle.read().splitlines() if line.strip()]
+
+        if len(kills) == len(_KILL_POINTS):
+            assert proc.wait(timeout=1200) == 0, log.read_text()[-3000:]
+            break
+        pattern, most_s = _KILL_POINTS[len(kills)]
+        deadline = time.monotonic() + 300
+        while pattern is not None and not any(pattern in line for line in logged()):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                break
+            time.sleep(0.02)
+        try:  # the search may finish meanwhile (only near its end)
+            proc.wait(timeout=rng.uniform(0.5 if pattern is None else 0.0, most_s))
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGKILL)
             proc.wait()
-            lines = [line for line in log.read_text().splitlines() if line.strip()]
-            kills.append(lines[-1][:100] if lines else "(nothing logged yet)")
+            lines = logged()
+            kills.append(lines[-1][11:100] if lines else "(start-up, nothing logged yet)")
             continue
         assert proc.returncode == 0, log.read_text()[-3000:]
-        if len(kills) >= num_kills:
-            break
+        break
     interrupted_s = time.monotonic() - start
 
+    assert len(kills) >= 10, kills
     assert journal_snapshot(output / "journal.sqlite") == journal_snapshot(
         reference / "journal.sqlite"
     )
@@ -460,8 +486,8 @@ def test_search_killed_at_random_points_ends_as_an_uninterrupted_one(tmp_path: P
     jobs = len(list((output / "jobs").glob("*_submitted.pkl")))
     print(
         f"\n{len(kills)} kills in {lives} controller runs; {jobs} trial jobs for "
-        f"{len(intervals)} trainings ({jobs - len(intervals)} launched again, 0 trained twice); "
-        f"peak {peak} trainings at once (parallel {parallel}); uninterrupted "
+        f"{len(intervals)} trainings ({jobs - len(intervals)} launched again, none trained "
+        f"twice); peak {peak} trainings at once (parallel {parallel}); uninterrupted "
         f"{uninterrupted_s:.0f} s, interrupted {interrupted_s:.0f} s"
     )
     for index, line in enumerate(kills):

@@ -4,14 +4,14 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Sequence, Tuple
+from typing import Any, Dict, List
 
 import cloudpickle
 import pytest
+from search_testing import dead_pid, peak_overlap
 from submitit.core.utils import cloudpickle_dump
 
 from paploss.search import trial as trial_module
@@ -78,23 +78,6 @@ def _specs(root: Path, n: int, **common: Any) -> List[Dict[str, Any]]:
 def _starts(spec: Dict[str, Any]) -> List[Dict[str, Any]]:
     lines = (Path(spec["folder"]) / "starts.jsonl").read_text().splitlines()
     return [json.loads(line) for line in lines]
-
-
-def peak_overlap(intervals: Sequence[Tuple[float, float]]) -> int:
-    """The largest number of ``(start, end)`` intervals that overlap at one moment."""
-    events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
-    peak = current = 0
-    for _, step in events:  # at equal times an end (-1) sorts before a start (+1)
-        current += step
-        peak = max(peak, current)
-    return peak
-
-
-def _dead_pid() -> int:
-    """The id of a process that has just ended (not reused within a test's time)."""
-    proc = subprocess.Popen(["true"])
-    proc.wait()
-    return proc.pid
 
 
 def _wait_for(predicate, timeout_s: float, what: str) -> None:
@@ -206,7 +189,7 @@ def test_local_result_from_before_the_submission_is_ignored(tmp_path: Path) -> N
     # Local job ids are process ids, which come back: a result file left under a job's id before
     # the job was submitted is an earlier job's.
     launcher = TrialLauncher("local", tmp_path / "jobs", poll_interval_s=0.1)
-    pid = _dead_pid()
+    pid = dead_pid()
     planted = launcher.folder / f"{pid}_0_result.pkl"
     cloudpickle_dump(("success", {"value": "of another job"}), planted)
     an_hour_ago = time.time() - 3600
