@@ -29,7 +29,7 @@ def test_uses_the_cluster(slurm_cluster):
                            ("slurmd", "run/slurmd.pid"))
     }
     job = subprocess.run(
-        ["sbatch", "--parsable", "--wrap", f"exec -a {os.environ['JOB_MARKER']} sleep 300"],
+        ["sbatch", "--parsable", "--wrap", f"sleep {os.environ['JOB_MARKER']}"],
         capture_output=True, text=True, check=True,
     ).stdout.strip()
     for _ in range(120):
@@ -80,14 +80,18 @@ def _run_session(folder: Path, env: Dict[str, str]) -> Dict:
 def test_fixture_stops_the_daemons_it_started_and_keeps_a_running_cluster(tmp_path: Path) -> None:
     # A cluster folder of its own (the munge socket path must stay short) on free ports.
     cluster_dir = Path(tempfile.mkdtemp(prefix="pl-slurm-"))
-    marker = f"paploss-fixture-job-{uuid.uuid4().hex[:8]}"
+    marker = f"300.{uuid.uuid4().int % 10**9:09d}"  # the job sleeps this long: its command line
     env = {key: value for key, value in os.environ.items() if key != "SLURM_CONF"}
     env.update(
         PAPLOSS_SLURM_DIR=str(cluster_dir),
         PAPLOSS_SLURM_PORT=str(_free_port_pair()),
         JOB_MARKER=marker,
     )
-    conf = None
+    conf = (
+        subprocess.run(["bash", str(SLURM_LOCAL), "env"], env=env, capture_output=True, text=True)
+        .stdout.strip()
+        .split("=", 1)[1]
+    )
     try:
         # No cluster answers: the session starts one, and stops it (and its job) at its end.
         report = _run_session(tmp_path, env)
@@ -102,20 +106,13 @@ def test_fixture_stops_the_daemons_it_started_and_keeps_a_running_cluster(tmp_pa
         )
         assert started.returncode == 0, started.stderr
         assert "started: munged slurmctld slurmd" in started.stdout
-        conf = (
-            subprocess.run(
-                ["bash", str(SLURM_LOCAL), "env"], env=env, capture_output=True, text=True
-            )
-            .stdout.strip()
-            .split("=", 1)[1]
-        )
         report = _run_session(tmp_path, {**env, "SLURM_CONF": conf})
         assert not report["local"]
         assert all(_alive(pid, name) for name, pid in report["pids"].items()), report
     finally:
-        if conf is not None:
+        if Path(conf).is_file():  # jobs left by a failed check
             subprocess.run(["scancel", "--full", "--user", str(os.getuid())],
-                           env={**env, "SLURM_CONF": conf}, capture_output=True)  # fmt: skip
+                           env={**env, "SLURM_CONF": conf}, capture_output=True, timeout=30)  # fmt: skip
         subprocess.run(["bash", str(SLURM_LOCAL), "stop"], env=env, capture_output=True)
         for pid in _processes_named(marker):
             os.kill(pid, signal.SIGKILL)
