@@ -316,10 +316,10 @@ class SearchController:
         if exists:
             self._journal = SearchJournal.open(str(output.journal), stored)
             logger.info("resuming the search in %s", output.root)
-            if not output.model_config.exists():
-                atomic_write(output.model_config, merged_config)
             if self._first_round() < self.settings.search.rounds:
                 self._check_launcher()
+            if not output.model_config.exists():
+                atomic_write(output.model_config, merged_config)
         else:
             # The journal comes last: it is what makes the folder a search to resume.
             output.root.mkdir(parents=True, exist_ok=True)

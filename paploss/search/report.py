@@ -17,6 +17,7 @@ nor a running search: the search space is rebuilt from the settings stored in th
 
 from __future__ import annotations
 
+import io
 import math
 import os
 from dataclasses import dataclass
@@ -674,6 +675,8 @@ def plot_functions(journal: SearchJournal, path: os.PathLike) -> str:
 def _save(fig: Any, plt: Any, path: os.PathLike) -> str:
     path = os.path.abspath(os.fspath(path))
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    fig.savefig(path)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=os.path.splitext(path)[1][1:] or "png")
     plt.close(fig)
+    atomic_write(path, buffer.getvalue())
     return path
