@@ -26,8 +26,8 @@ def seed_everything(seed: int = 0) -> None:
 @pytest.fixture(scope="session")
 def detr_batch():
     """Four training images of the synthetic set with annotations, without augmentation."""
-    from detectron2.data import DatasetMapper, get_detection_dataset_dicts
     from deformable_detr import load_config
+    from detectron2.data import DatasetMapper, get_detection_dataset_dicts
 
     from paploss.data import ensure_dataset_files
 

@@ -57,7 +57,9 @@ def test_losses_are_finite_on_every_decoder_layer(detr_batch, loss, keys):
 @pytest.mark.parametrize("loss", ["stock", "pap", "rs"])
 def test_gradients_reach_the_class_and_box_branches(detr_batch, loss):
     # Without the L1 term kept beside the ranking losses, the box branch learns from them alone.
-    _, model = _model("MODEL.PAPLOSS.LOSS", loss, "MODEL.DEFORMABLE_DETR.LOSS.RANKING_BBOX_WEIGHT", 0.0)
+    _, model = _model(
+        "MODEL.PAPLOSS.LOSS", loss, "MODEL.DEFORMABLE_DETR.LOSS.RANKING_BBOX_WEIGHT", 0.0
+    )
     with EventStorage(0):
         sum(model(detr_batch).values()).backward()
     decoder = model.transformer.decoder
@@ -120,7 +122,9 @@ def test_two_stage_with_box_refinement_shapes_and_losses(detr_batch, loss):
     assert outputs["enc_boxes"].shape == (4, pixels, 4)
     # The queries start from valid encoder proposals, never from the masked border/padding ones.
     _, _, invalid = model.transformer.encoder_proposals(
-        torch.zeros(1, pixels, 64), torch.zeros(1, pixels, dtype=torch.bool), [(16, 16), (8, 8), (4, 4), (2, 2)]
+        torch.zeros(1, pixels, 64),
+        torch.zeros(1, pixels, dtype=torch.bool),
+        [(16, 16), (8, 8), (4, 4), (2, 2)],
     )
     assert (~invalid).sum() >= 50
     assert (outputs["boxes"] < 0.999).all()
@@ -154,7 +158,9 @@ def test_inference_returns_top_scoring_boxes_in_the_output_resolution(detr_batch
     # Box of the best detection: the query's normalised box, scaled to 192 x 256.
     best = scores.argmax().item() // 4
     cx, cy, w, h = raw["boxes"][-1, 0, best].tolist()
-    expected_box = torch.tensor([(cx - w / 2) * 192, (cy - h / 2) * 256, (cx + w / 2) * 192, (cy + h / 2) * 256])
+    expected_box = torch.tensor(
+        [(cx - w / 2) * 192, (cy - h / 2) * 256, (cx + w / 2) * 192, (cy + h / 2) * 256]
+    )
     expected_box = Boxes(expected_box[None])
     expected_box.clip((256, 192))
     torch.testing.assert_close(boxes[0], expected_box.tensor[0], atol=1e-3, rtol=0)
@@ -169,8 +175,15 @@ def test_optimizer_groups_and_full_model_gradient_clipping(detr_batch):
     lrs = {group["name"]: group["lr"] for group in optimizer.param_groups}
     assert lrs == pytest.approx({"backbone": 2e-5, "linear_proj": 2e-5, "other": 2e-4})
     names = {id(p): n for n, p in model.named_parameters()}
-    linear_proj = [names[id(p)] for g in optimizer.param_groups if g["name"] == "linear_proj" for p in g["params"]]
-    assert linear_proj and all("sampling_offsets" in n or "reference_points" in n for n in linear_proj)
+    linear_proj = [
+        names[id(p)]
+        for g in optimizer.param_groups
+        if g["name"] == "linear_proj"
+        for p in g["params"]
+    ]
+    assert linear_proj and all(
+        "sampling_offsets" in n or "reference_points" in n for n in linear_proj
+    )
     assert any("reference_points" in n for n in linear_proj)
     assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))
     assert all(g["weight_decay"] == 1e-4 for g in optimizer.param_groups)

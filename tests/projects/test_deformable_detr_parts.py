@@ -74,7 +74,9 @@ def test_attention_module_equals_the_reference_on_its_sampling(reference_dim):
     out = module(query, reference, value_input, SHAPES, padding)
 
     locations, weights = module.sampling(query, reference, SHAPES)
-    value = module.value_proj(value_input).masked_fill(padding[..., None], 0.0).view(2, pixels, 2, 4)
+    value = (
+        module.value_proj(value_input).masked_fill(padding[..., None], 0.0).view(2, pixels, 2, 4)
+    )
     expected = module.output_proj(ms_deform_attn_reference(value, SHAPES, locations, weights))
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
     # Softmax over the L * P points of every head.
@@ -145,7 +147,7 @@ def test_matcher_finds_the_minimum_cost_assignment(queries, gts, seed):
         "labels": torch.randint(0, 3, (gts,), generator=generator),
         "boxes": torch.rand(gts, 4, generator=generator) * 0.5 + 0.2,
     }
-    (rows, cols), = matcher(logits, boxes, [target])
+    ((rows, cols),) = matcher(logits, boxes, [target])
     assert len(rows) == len(cols) == min(queries, gts)
     assert rows.tolist() == sorted(rows.tolist())
     assert len(set(rows.tolist())) == len(rows) and len(set(cols.tolist())) == len(cols)
@@ -172,17 +174,17 @@ def test_matcher_on_hand_made_cases():
     logits = torch.full((1, 3, 2), -2.0)
     # Each ground truth sits exactly on one query, in another order.
     target = {"labels": torch.tensor([0, 1]), "boxes": boxes[0, [2, 0]]}
-    (rows, cols), = matcher(logits, boxes, [target])
+    ((rows, cols),) = matcher(logits, boxes, [target])
     assert list(zip(rows.tolist(), cols.tolist())) == [(0, 1), (2, 0)]
     # Same boxes for every query: the class score decides.
     same = boxes[:, :1].expand(1, 3, 4)
     scored = logits.clone()
     scored[0, 1, 1] = 5.0
-    (rows, cols), = matcher(scored, same, [{"labels": torch.tensor([1]), "boxes": same[0, :1]}])
+    ((rows, cols),) = matcher(scored, same, [{"labels": torch.tensor([1]), "boxes": same[0, :1]}])
     assert rows.tolist() == [1] and cols.tolist() == [0]
     # An image without ground truth matches nothing.
     empty = {"labels": torch.zeros(0, dtype=torch.int64), "boxes": torch.zeros(0, 4)}
-    (rows, cols), = matcher(logits, boxes, [empty])
+    ((rows, cols),) = matcher(logits, boxes, [empty])
     assert rows.numel() == cols.numel() == 0
 
 

@@ -6,7 +6,11 @@ backbones). :func:`add_deformable_detr_config` adds its keys to a config.
 """
 
 from . import backbone  # noqa: F401  (registers build_plain_tiny_resnet_backbone)
-from .attention import MultiScaleDeformableAttention, ms_deform_attn_reference, ms_deform_attn_sample
+from .attention import (
+    MultiScaleDeformableAttention,
+    ms_deform_attn_reference,
+    ms_deform_attn_sample,
+)
 from .config import DETR_LOSSES, PAP_SUBTREE, add_deformable_detr_config
 from .criterion import DeformableDETRCriterion, build_matcher
 from .engine import DeformableDETRTrainer, build_train_augmentations, load_config, setup_cfg

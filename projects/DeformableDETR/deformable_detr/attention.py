@@ -216,9 +216,7 @@ class MultiScaleDeformableAttention(nn.Module):
             )  # [L, 2] as (W_l, H_l)
             locations = reference + offsets / sizes[None, None, None, :, None, :]
         elif reference_points.shape[-1] == 4:
-            locations = (
-                reference[..., :2] + offsets / self.num_points * reference[..., 2:] * 0.5
-            )
+            locations = reference[..., :2] + offsets / self.num_points * reference[..., 2:] * 0.5
         else:
             raise ValueError(
                 f"reference_points must end in 2 or 4 coordinates, got "

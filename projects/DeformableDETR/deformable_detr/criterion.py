@@ -176,7 +176,9 @@ class DeformableDETRCriterion(nn.Module):
             count = count / comm.get_world_size()
         return max(count.item(), 1.0)
 
-    def forward(self, outputs: Mapping[str, torch.Tensor], targets: Targets) -> Dict[str, torch.Tensor]:
+    def forward(
+        self, outputs: Mapping[str, torch.Tensor], targets: Targets
+    ) -> Dict[str, torch.Tensor]:
         """
         Args:
             outputs: ``"logits"`` ``[D, N, Q, K]`` and ``"boxes"`` ``[D, N, Q, 4]`` of the decoder
@@ -195,9 +197,13 @@ class DeformableDETRCriterion(nn.Module):
         losses: Dict[str, torch.Tensor] = {}
         for layer in layers:
             suffix = "" if layer == num_layers - 1 else f"_{layer}"
-            losses.update(self.layer_losses(logits[layer], boxes[layer], targets, num_boxes, suffix))
+            losses.update(
+                self.layer_losses(logits[layer], boxes[layer], targets, num_boxes, suffix)
+            )
         if "enc_logits" in outputs:
-            agnostic = [{"labels": torch.zeros_like(t["labels"]), "boxes": t["boxes"]} for t in targets]
+            agnostic = [
+                {"labels": torch.zeros_like(t["labels"]), "boxes": t["boxes"]} for t in targets
+            ]
             losses.update(
                 self.layer_losses(
                     outputs["enc_logits"], outputs["enc_boxes"], agnostic, num_boxes, "_enc"
@@ -261,9 +267,9 @@ class DeformableDETRCriterion(nn.Module):
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Flatten per-image matches: ``image [P]``, ``query [P]``, ``gt_labels [P]``,
         ``gt_boxes [P, 4]``."""
-        image = torch.cat(
-            [torch.full_like(q, index) for index, (q, _) in enumerate(matches)]
-        ).to(device)
+        image = torch.cat([torch.full_like(q, index) for index, (q, _) in enumerate(matches)]).to(
+            device
+        )
         query = torch.cat([q for q, _ in matches]).to(device)
         gt_labels = torch.cat(
             [t["labels"][g.to(t["labels"].device)] for (_, g), t in zip(matches, targets)]

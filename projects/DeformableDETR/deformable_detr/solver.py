@@ -50,7 +50,12 @@ def param_groups(
             groups["other"].append(parameter)
     factors = {"backbone": backbone_lr_factor, "linear_proj": linear_proj_lr_factor, "other": 1.0}
     return [
-        {"params": params, "lr": base_lr * factors[name], "weight_decay": weight_decay, "name": name}
+        {
+            "params": params,
+            "lr": base_lr * factors[name],
+            "weight_decay": weight_decay,
+            "name": name,
+        }
         for name, params in groups.items()
         if params
     ]

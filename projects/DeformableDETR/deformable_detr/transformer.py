@@ -157,7 +157,9 @@ class DeformableDecoderLayer(nn.Module):
         num_points: int,
     ):
         super().__init__()
-        self.self_attn = nn.MultiheadAttention(d_model, num_heads, dropout=dropout, batch_first=True)
+        self.self_attn = nn.MultiheadAttention(
+            d_model, num_heads, dropout=dropout, batch_first=True
+        )
         self.dropout1 = nn.Dropout(dropout)
         self.norm1 = nn.LayerNorm(d_model)
         self.cross_attn = MultiScaleDeformableAttention(
@@ -336,9 +338,7 @@ class DeformableTransformer(nn.Module):
                 module.reset_parameters()
         nn.init.normal_(self.level_embed)
         if self.two_stage:
-            nn.init.constant_(
-                self.enc_class_embed.bias, -math.log((1 - PRIOR_PROB) / PRIOR_PROB)
-            )
+            nn.init.constant_(self.enc_class_embed.bias, -math.log((1 - PRIOR_PROB) / PRIOR_PROB))
             nn.init.zeros_(self.enc_bbox_embed.layers[-1].weight)
             nn.init.zeros_(self.enc_bbox_embed.layers[-1].bias)
         else:
