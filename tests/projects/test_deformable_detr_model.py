@@ -12,7 +12,11 @@ from detectron2.modeling import META_ARCH_REGISTRY, build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
+from paploss.losses import PAPFunctions, lambda_from_theta
+
 from .conftest import PROJECT, TINY_CONFIG, seed_everything
+
+PAP_PREFIX = "MODEL.PAPLOSS.DETR"
 
 
 def _model(*opts):
@@ -270,3 +274,22 @@ def test_the_project_code_is_device_agnostic():
         with open(source) as f:
             text = f.read()
         assert ".cuda(" not in text and '"cuda"' not in text, source
+
+
+def test_search_overrides_in_the_head_layout_set_the_shared_functions_and_lambda():
+    """MODEL.PAPLOSS.DETR has the layout of paploss's searched heads: 5 x 8 θ + λ = 41 values,
+    written as ``MODEL.PAPLOSS.DETR.FUNCTIONS.<NAME>`` knots and ``MODEL.PAPLOSS.DETR.GRAD_SCALE``.
+    """
+    generator = torch.Generator().manual_seed(0)
+    theta = torch.rand(5, 8, generator=generator, dtype=torch.float64)
+    expected = PAPFunctions.from_theta(theta)
+    opts = []
+    for name, knots in expected.to_dict().items():
+        opts += [f"{PAP_PREFIX}.FUNCTIONS.{name}", knots]
+    opts += [f"{PAP_PREFIX}.GRAD_SCALE", lambda_from_theta(0.8)]
+    assert len(theta.flatten()) + 1 == 41
+    cfg = load_config(TINY_CONFIG, ["MODEL.PAPLOSS.LOSS", "pap"])
+    cfg.merge_from_list(opts)
+    criterion = build_model(cfg).criterion
+    assert criterion.grad_scale == pytest.approx(10 ** (2 * 0.8 - 1))
+    torch.testing.assert_close(criterion.functions.to_theta(), theta, atol=1e-9, rtol=0)

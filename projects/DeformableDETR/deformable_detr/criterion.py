@@ -251,7 +251,9 @@ class DeformableDETRCriterion(nn.Module):
         flat_targets[positive_index] = 1
         pred_xyxy, gt_xyxy = box_cxcywh_to_xyxy(pred_boxes), box_cxcywh_to_xyxy(gt_boxes)
         if self.loss_name == "pap":
-            ranking = self._pap(flat_logits, flat_targets, positive_index, pred_xyxy, gt_xyxy)
+            ranking = self._pap(
+                flat_logits, flat_targets, positive_index, pred_xyxy, gt_xyxy, suffix
+            )
         else:
             ranking = self._rs(
                 flat_logits, flat_targets, positive_index, pred_xyxy, gt_xyxy, num_classes
@@ -279,14 +281,17 @@ class DeformableDETRCriterion(nn.Module):
         ).to(device)
         return image, query, gt_labels.long(), gt_boxes
 
-    def _pap(self, flat_logits, flat_targets, positive_index, pred_xyxy, gt_xyxy):
+    def _pap(self, flat_logits, flat_targets, positive_index, pred_xyxy, gt_xyxy, suffix):
         quality = scale_grad(box_quality(pred_xyxy, gt_xyxy, self.quality_type), self.grad_scale)
         entries = torch.zeros_like(flat_logits).index_put(
             (positive_index,), quality.to(flat_logits.dtype)
         )
         parts = pap_loss_components(flat_logits, flat_targets, entries, self.functions)
         _put_scalars(
-            detr_pap_localization=parts.localization.item(), detr_pap_ranking=parts.ranking.item()
+            **{
+                f"detr/pap_localization{suffix}": parts.localization.item(),
+                f"detr/pap_ranking{suffix}": parts.ranking.item(),
+            }
         )
         return parts.loss
 
