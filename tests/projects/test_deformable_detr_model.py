@@ -293,3 +293,27 @@ def test_search_overrides_in_the_head_layout_set_the_shared_functions_and_lambda
     criterion = build_model(cfg).criterion
     assert criterion.grad_scale == pytest.approx(10 ** (2 * 0.8 - 1))
     torch.testing.assert_close(criterion.functions.to_theta(), theta, atol=1e-9, rtol=0)
+
+
+def test_published_training_augmentations_crop_half_of_the_images(detr_batch):
+    # (detr_batch makes sure the synthetic training split exists.)
+    from deformable_detr import build_train_augmentations
+    from detectron2.data import DatasetMapper, get_detection_dataset_dicts
+    from detectron2.data import transforms as T
+
+    cfg = load_config(os.path.join(PROJECT, "configs", "coco", "deformable_detr_R50_pap.yaml"))
+    augmentations = build_train_augmentations(cfg)
+    assert [type(a) for a in augmentations] == [T.RandomFlip, T.RandomApply, T.ResizeShortestEdge]
+    assert augmentations[1].prob == 0.5
+    seed_everything(0)
+    mapper = DatasetMapper(cfg, is_train=True, augmentations=augmentations)
+    record = get_detection_dataset_dicts(["synthetic_shapes_train"])[0]
+    sizes = set()
+    for _ in range(8):
+        mapped = mapper(copy.deepcopy(record))
+        height, width = mapped["image"].shape[-2:]
+        assert min(height, width) in cfg.INPUT.MIN_SIZE_TRAIN
+        boxes = mapped["instances"].gt_boxes.tensor
+        assert (boxes[:, 2] <= width).all() and (boxes[:, 3] <= height).all()
+        sizes.add((height, width))
+    assert any(h != w for h, w in sizes)  # a crop made a square image non-square
