@@ -1,0 +1,318 @@
+"""Set losses of Deformable DETR: Hungarian matching, then ``MODEL.PAPLOSS.LOSS`` per layer.
+
+Shape shorthand: ``N`` images, ``Q`` queries (or encoder pixels), ``K`` classes (1 for the
+two-stage encoder proposals, which are class-agnostic), ``P`` matched queries of the batch.
+
+Every decoder layer (and, two-stage, the encoder proposals) is matched to the ground truth on its
+own and gets the same loss; keys carry a suffix: none for the last layer, ``_<i>`` for decoder
+layer ``i`` before it, ``_enc`` for the encoder proposals. Returned values are already weighted.
+
+* ``"stock"`` (Deformable DETR): ``loss_ce`` sigmoid focal loss over all (query, class) entries,
+  one-hot targets at the matched queries' classes; ``loss_bbox`` L1 and ``loss_giou`` GIoU loss of
+  the matched boxes (normalised ``(cx, cy, w, h)``). Each summed and divided by the number of
+  ground-truth boxes of the batch (averaged over processes), weights 2, 5 and 2.
+* ``"pap"``: ``loss_pap``, the PAP loss over all ``N * Q * K`` (query, class) entries of the
+  per-device batch, a matched query's ground-truth class positive and every other entry
+  negative; a positive's quality is ``(GIoU + 1) / 2`` or IoU (``MODEL.PAPLOSS.QUALITY``) of its
+  predicted and ground-truth boxes, and λ scales the gradient that reaches the boxes through it.
+  One function set and one λ (``MODEL.PAPLOSS.DETR``) serve every layer. ``loss_bbox``, the
+  stock L1 term, is kept beside it (``LOSS.RANKING_BBOX_WEIGHT``, 0 drops it).
+* ``"rs"``: ``loss_rs``, Rank & Sort loss over the same entries (continuous labels: the IoU of
+  the detached predicted box) plus the score-weighted GIoU loss balanced by value, as paploss's
+  RS heads; ``loss_bbox`` L1 as for ``"pap"``.
+"""
+
+import logging
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+
+import torch
+from detectron2.config import configurable
+from detectron2.utils import comm
+from detectron2.utils.events import get_event_storage
+from fvcore.nn import sigmoid_focal_loss
+from torch import nn
+
+from paploss.losses import PAPFunctions, pap_loss_components, rank_sort_loss, scale_grad
+from paploss.losses.box_quality import QUALITY_TYPES, box_quality, paired_iou_giou
+
+from .box_ops import box_cxcywh_to_xyxy
+from .config import DETR_LOSSES, PAP_SUBTREE, config_bool, config_choice, config_number
+from .matcher import HungarianMatcher
+
+__all__ = ["DeformableDETRCriterion", "build_matcher"]
+
+logger = logging.getLogger(__name__)
+
+# RS: a sum of box weights (detached scores) below this normalises by 1 instead (published).
+_RS_BOX_WEIGHT_EPS = 1e-10
+
+Targets = Sequence[Mapping[str, torch.Tensor]]
+
+
+def build_matcher(cfg) -> HungarianMatcher:
+    """The Hungarian matcher of ``MODEL.DEFORMABLE_DETR.MATCHER`` (focal parameters from LOSS)."""
+    node = cfg.MODEL.DEFORMABLE_DETR
+    key = "MODEL.DEFORMABLE_DETR."
+    costs = {
+        name: config_number(node.MATCHER[name.upper()], f"{key}MATCHER.{name.upper()}")
+        for name in ("cost_class", "cost_bbox", "cost_giou")
+    }
+    if sum(costs.values()) == 0:
+        raise ValueError(f"{key}MATCHER: all matching cost weights are 0")
+    return HungarianMatcher(
+        **costs,
+        focal_alpha=config_number(node.LOSS.FOCAL_ALPHA, f"{key}LOSS.FOCAL_ALPHA", high=1.0),
+        focal_gamma=config_number(node.LOSS.FOCAL_GAMMA, f"{key}LOSS.FOCAL_GAMMA"),
+    )
+
+
+def _put_scalars(**scalars: float) -> None:
+    try:
+        storage = get_event_storage()
+    except AssertionError:  # called outside a training loop (tests, screening)
+        return
+    storage.put_scalars(**scalars)
+
+
+class DeformableDETRCriterion(nn.Module):
+    """Matches every supervised output to the ground truth and computes its loss."""
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        matcher: HungarianMatcher,
+        loss_name: str = "stock",
+        aux_loss: bool = True,
+        class_weight: float = 2.0,
+        bbox_weight: float = 5.0,
+        giou_weight: float = 2.0,
+        focal_alpha: float = 0.25,
+        focal_gamma: float = 2.0,
+        ranking_weight: float = 1.0,
+        ranking_bbox_weight: float = 5.0,
+        functions: Optional[PAPFunctions] = None,
+        grad_scale: float = 1.0,
+        quality_type: str = "giou",
+        rs_delta: float = 0.5,
+    ):
+        """
+        Args:
+            matcher: the Hungarian matcher.
+            loss_name: ``"stock"``, ``"pap"`` or ``"rs"``.
+            aux_loss: supervise every decoder layer (else only the last).
+            class_weight, bbox_weight, giou_weight: weights of the stock focal, L1, GIoU terms.
+            focal_alpha, focal_gamma: focal-loss parameters.
+            ranking_weight: weight of the PAP / RS loss of each layer.
+            ranking_bbox_weight: weight of the L1 term kept beside the PAP / RS loss.
+            functions: the PAP functions (default: identities).
+            grad_scale: λ > 0 of the PAP loss.
+            quality_type: ``"giou"`` or ``"iou"``, the PAP quality of a positive.
+            rs_delta: half-width of the RS loss's smoothed step.
+        """
+        super().__init__()
+        self.matcher = matcher
+        self.loss_name = config_choice(loss_name, "loss_name", DETR_LOSSES)
+        self.aux_loss = aux_loss
+        self.class_weight = class_weight
+        self.bbox_weight = bbox_weight
+        self.giou_weight = giou_weight
+        self.focal_alpha = focal_alpha
+        self.focal_gamma = focal_gamma
+        self.ranking_weight = ranking_weight
+        self.ranking_bbox_weight = ranking_bbox_weight
+        self.functions = functions if functions is not None else PAPFunctions.identity()
+        self.grad_scale = config_number(grad_scale, "grad_scale", low_inclusive=False)
+        self.quality_type = config_choice(quality_type, "quality_type", QUALITY_TYPES)
+        self.rs_delta = rs_delta
+
+    @classmethod
+    def from_config(cls, cfg) -> dict:
+        node = cfg.MODEL.DEFORMABLE_DETR
+        key = "MODEL.DEFORMABLE_DETR.LOSS."
+        pap = cfg.MODEL.PAPLOSS
+        pap_key = f"MODEL.PAPLOSS.{PAP_SUBTREE}"
+        loss_name = config_choice(pap.LOSS, "MODEL.PAPLOSS.LOSS", DETR_LOSSES)
+        try:
+            functions = PAPFunctions.from_knots(
+                {name: pap[PAP_SUBTREE].FUNCTIONS[name] for name in pap[PAP_SUBTREE].FUNCTIONS}
+            )
+        except ValueError as e:
+            raise ValueError(f"{pap_key}.FUNCTIONS: {e}") from e
+        grad_scale = config_number(
+            pap[PAP_SUBTREE].GRAD_SCALE, f"{pap_key}.GRAD_SCALE", low_inclusive=False
+        )
+        if loss_name != "pap" and grad_scale != 1.0:
+            logger.warning(f"{pap_key}.GRAD_SCALE={grad_scale} is ignored with LOSS={loss_name!r}")
+        return {
+            "matcher": build_matcher(cfg),
+            "loss_name": loss_name,
+            "aux_loss": config_bool(node.AUX_LOSS, "MODEL.DEFORMABLE_DETR.AUX_LOSS"),
+            "class_weight": config_number(node.LOSS.CLASS_WEIGHT, f"{key}CLASS_WEIGHT"),
+            "bbox_weight": config_number(node.LOSS.BBOX_WEIGHT, f"{key}BBOX_WEIGHT"),
+            "giou_weight": config_number(node.LOSS.GIOU_WEIGHT, f"{key}GIOU_WEIGHT"),
+            "focal_alpha": config_number(node.LOSS.FOCAL_ALPHA, f"{key}FOCAL_ALPHA", high=1.0),
+            "focal_gamma": config_number(node.LOSS.FOCAL_GAMMA, f"{key}FOCAL_GAMMA"),
+            "ranking_weight": config_number(
+                node.LOSS.RANKING_WEIGHT, f"{key}RANKING_WEIGHT", low_inclusive=False
+            ),
+            "ranking_bbox_weight": config_number(
+                node.LOSS.RANKING_BBOX_WEIGHT, f"{key}RANKING_BBOX_WEIGHT"
+            ),
+            "functions": functions,
+            "grad_scale": grad_scale,
+            "quality_type": config_choice(pap.QUALITY, "MODEL.PAPLOSS.QUALITY", QUALITY_TYPES),
+            "rs_delta": config_number(pap.RS.DELTA, "MODEL.PAPLOSS.RS.DELTA"),
+        }
+
+    @staticmethod
+    def num_boxes(targets: Targets, device) -> float:
+        """Ground-truth boxes per process, averaged over processes, at least 1."""
+        count = torch.tensor(
+            [float(sum(len(t["labels"]) for t in targets))], dtype=torch.float32, device=device
+        )
+        if comm.get_world_size() > 1:
+            torch.distributed.all_reduce(count)
+            count = count / comm.get_world_size()
+        return max(count.item(), 1.0)
+
+    def forward(
+        self, outputs: Mapping[str, torch.Tensor], targets: Targets
+    ) -> Dict[str, torch.Tensor]:
+        """
+        Args:
+            outputs: ``"logits"`` ``[D, N, Q, K]`` and ``"boxes"`` ``[D, N, Q, 4]`` of the decoder
+                layers; two-stage also ``"enc_logits"`` ``[N, S, 1]``, ``"enc_boxes"``
+                ``[N, S, 4]``.
+            targets: ``N`` dicts: ``"labels"`` ``[G]`` int64, ``"boxes"`` ``[G, 4]`` normalised
+                ``(cx, cy, w, h)``.
+
+        Returns:
+            Weighted losses (see the module docstring for the keys).
+        """
+        logits, boxes = outputs["logits"], outputs["boxes"]
+        num_boxes = self.num_boxes(targets, logits.device)
+        num_layers = logits.shape[0]
+        layers = range(num_layers) if self.aux_loss else [num_layers - 1]
+        losses: Dict[str, torch.Tensor] = {}
+        for layer in layers:
+            suffix = "" if layer == num_layers - 1 else f"_{layer}"
+            losses.update(
+                self.layer_losses(logits[layer], boxes[layer], targets, num_boxes, suffix)
+            )
+        if "enc_logits" in outputs:
+            agnostic = [
+                {"labels": torch.zeros_like(t["labels"]), "boxes": t["boxes"]} for t in targets
+            ]
+            losses.update(
+                self.layer_losses(
+                    outputs["enc_logits"], outputs["enc_boxes"], agnostic, num_boxes, "_enc"
+                )
+            )
+        return losses
+
+    def layer_losses(
+        self,
+        logits: torch.Tensor,
+        boxes: torch.Tensor,
+        targets: Targets,
+        num_boxes: float,
+        suffix: str = "",
+    ) -> Dict[str, torch.Tensor]:
+        """Match one output to the ground truth and compute its weighted losses.
+
+        Args:
+            logits: ``[N, Q, K]``.
+            boxes: ``[N, Q, 4]`` normalised ``(cx, cy, w, h)``.
+            targets: as in :meth:`forward`.
+            num_boxes: the stock losses' normaliser.
+            suffix: appended to every key.
+        """
+        matches = self.matcher(logits, boxes, targets)
+        image, query, gt_labels, gt_boxes = self.matched(matches, targets, logits.device)
+        pred_boxes = boxes[image, query]  # [P, 4]
+        l1 = (pred_boxes - gt_boxes).abs().sum() / num_boxes
+        if self.loss_name == "stock":
+            one_hot = torch.zeros_like(logits)
+            one_hot[image, query, gt_labels] = 1.0
+            focal = sigmoid_focal_loss(
+                logits, one_hot, alpha=self.focal_alpha, gamma=self.focal_gamma, reduction="sum"
+            )
+            _, giou = paired_iou_giou(box_cxcywh_to_xyxy(pred_boxes), box_cxcywh_to_xyxy(gt_boxes))
+            return {
+                f"loss_ce{suffix}": self.class_weight * focal / num_boxes,
+                f"loss_bbox{suffix}": self.bbox_weight * l1,
+                f"loss_giou{suffix}": self.giou_weight * (1 - giou).sum() / num_boxes,
+            }
+        num_queries, num_classes = logits.shape[1:]
+        positive_index = (image * num_queries + query) * num_classes + gt_labels  # [P]
+        flat_logits = logits.reshape(-1)
+        flat_targets = torch.zeros(flat_logits.shape, dtype=torch.int8, device=logits.device)
+        flat_targets[positive_index] = 1
+        pred_xyxy, gt_xyxy = box_cxcywh_to_xyxy(pred_boxes), box_cxcywh_to_xyxy(gt_boxes)
+        if self.loss_name == "pap":
+            ranking = self._pap(
+                flat_logits, flat_targets, positive_index, pred_xyxy, gt_xyxy, suffix
+            )
+        else:
+            ranking = self._rs(
+                flat_logits, flat_targets, positive_index, pred_xyxy, gt_xyxy, num_classes
+            )
+        return {
+            f"loss_{self.loss_name}{suffix}": self.ranking_weight * ranking,
+            f"loss_bbox{suffix}": self.ranking_bbox_weight * l1,
+        }
+
+    @staticmethod
+    def matched(
+        matches: List[Tuple[torch.Tensor, torch.Tensor]], targets: Targets, device
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Flatten per-image matches: ``image [P]``, ``query [P]``, ``gt_labels [P]``,
+        ``gt_boxes [P, 4]``."""
+        image = torch.cat([torch.full_like(q, index) for index, (q, _) in enumerate(matches)]).to(
+            device
+        )
+        query = torch.cat([q for q, _ in matches]).to(device)
+        gt_labels = torch.cat(
+            [t["labels"][g.to(t["labels"].device)] for (_, g), t in zip(matches, targets)]
+        ).to(device)
+        gt_boxes = torch.cat(
+            [t["boxes"][g.to(t["boxes"].device)] for (_, g), t in zip(matches, targets)]
+        ).to(device)
+        return image, query, gt_labels.long(), gt_boxes
+
+    def _pap(self, flat_logits, flat_targets, positive_index, pred_xyxy, gt_xyxy, suffix):
+        quality = scale_grad(box_quality(pred_xyxy, gt_xyxy, self.quality_type), self.grad_scale)
+        entries = torch.zeros_like(flat_logits).index_put(
+            (positive_index,), quality.to(flat_logits.dtype)
+        )
+        parts = pap_loss_components(flat_logits, flat_targets, entries, self.functions)
+        _put_scalars(
+            **{
+                f"detr/pap_localization{suffix}": parts.localization.item(),
+                f"detr/pap_ranking{suffix}": parts.ranking.item(),
+            }
+        )
+        return parts.loss
+
+    def _rs(self, flat_logits, flat_targets, positive_index, pred_xyxy, gt_xyxy, num_classes):
+        iou, giou = paired_iou_giou(pred_xyxy, gt_xyxy)
+        labels = torch.zeros_like(flat_logits).index_put(
+            (positive_index,), iou.detach().clamp(0.0, 1.0).to(flat_logits.dtype)
+        )
+        rs = rank_sort_loss(flat_logits, flat_targets, labels, self.rs_delta)
+        # Each positive's box loss is weighted by its query's detached maximum class score.
+        rows = torch.div(positive_index, num_classes, rounding_mode="floor")
+        scores = flat_logits.detach().view(-1, num_classes)[rows].sigmoid().max(dim=1).values
+        normaliser = scores.sum()
+        normaliser = torch.where(normaliser < _RS_BOX_WEIGHT_EPS, 1.0, normaliser)
+        box_loss = (scores * (1 - giou)).sum() / normaliser
+        detached = box_loss.detach()
+        balance = torch.where(detached > 0, rs.detach() / detached.clamp_min(1e-12), 0.0)
+        return rs + balance.to(rs.dtype) * box_loss.to(rs.dtype)
+
+    def extra_repr(self) -> str:
+        text = f"loss={self.loss_name!r}, aux_loss={self.aux_loss}"
+        if self.loss_name == "pap":
+            text += f", grad_scale={self.grad_scale}, quality={self.quality_type!r}"
+        return text
