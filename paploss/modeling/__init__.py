@@ -7,7 +7,8 @@ Registered names:
 * proposal generator ``PAPRPN`` (:class:`~paploss.modeling.rpn.PAPRPN`),
 * ROI heads ``PAPROIHeads`` (:class:`~paploss.modeling.roi_heads.PAPROIHeads`),
 * backbones ``build_tiny_resnet_fpn_backbone``, ``build_tiny_retinanet_resnet_fpn_backbone``,
-* head losses ``pap``, ``ap``, ``alrp``, ``rs``, ``stock`` in :data:`HEAD_LOSS_REGISTRY`.
+* head losses ``pap``, ``ap``, ``alrp``, ``rs``, ``stock``, ``graph`` in
+  :data:`HEAD_LOSS_REGISTRY`.
 
 Every key they add is under ``cfg.MODEL.PAPLOSS`` (:func:`add_paploss_config`);
 ``MODEL.PAPLOSS.LOSS`` picks the loss of every head (:func:`build_head_loss`). What a head ranks
@@ -16,6 +17,7 @@ is one :class:`HeadRanking`, built by :func:`dense_ranking`, :func:`rpn_ranking`
 """
 
 from . import backbone  # noqa: F401  (registration)
+from . import graph_loss  # noqa: F401  (registration of LOSS "graph")
 from .config import PAP_HEADS, add_paploss_config
 from .head_loss import (
     HEAD_LOSS_REGISTRY,

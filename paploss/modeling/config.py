@@ -2,6 +2,8 @@
 
 from detectron2.config import CfgNode as CN
 
+from paploss.lossgraph.branches import CE_EXPRESSION, GIOU_EXPRESSION
+
 __all__ = ["add_paploss_config", "PAP_HEADS", "IDENTITY_KNOTS"]
 
 #: The heads with a subtree of ``MODEL.PAPLOSS`` (their own PAP functions, gradient scale and
@@ -42,6 +44,7 @@ def add_paploss_config(cfg: CN) -> None:
       (PAP only), ``.ALRP_TAU`` (aLRP) and ``.RS_LOSS_WEIGHT`` (RS).
     * ``MODEL.PAPLOSS.AP.DELTA``, ``MODEL.PAPLOSS.ALRP.{DELTA,INITIAL_WEIGHT,BALANCE_PERIOD}``,
       ``MODEL.PAPLOSS.RS.DELTA``: settings of the ranking-loss baselines shared by all heads.
+    * ``MODEL.PAPLOSS.GRAPH.{CLS,BOX,BOX_WEIGHT}``: the loss graphs of ``LOSS: "graph"``.
     * ``MODEL.PAPLOSS.ROI_HEADS.SAMPLE_PROPOSALS``: keep Detectron2's proposal sampling or rank
       all proposals.
     * ``MODEL.PAPLOSS.DATASETS``: extra COCO-format datasets to register by name.
@@ -99,3 +102,15 @@ def add_paploss_config(cfg: CN) -> None:
     # fractions in (0, 1), so the LR steps follow a changed MAX_ITER. A SOLVER.STEPS given on the
     # command line wins.
     cfg.MODEL.PAPLOSS.LR_STEP_FRACTIONS = []
+
+    # --- LOSS "graph" (paploss.modeling.graph_loss): searched losses of the Fast R-CNN head ---
+    # The classification and box losses as loss-graph expressions (paploss/lossgraph): CLS over
+    # the sigmoid scores x and one-hot targets y, summed over classes, averaged over the RoIs;
+    # BOX over the areas p, g, i, u, e (divided by the detached enclosing area) and the deltas
+    # d, t, averaged over the positive RoIs. loss = CLS + BOX_WEIGHT * BOX (BOX_WEIGHT >= 0).
+    # The RPN keeps Detectron2's stock losses; RetinaNet is not supported. Defaults: sigmoid
+    # cross entropy and the GIoU loss.
+    cfg.MODEL.PAPLOSS.GRAPH = CN()
+    cfg.MODEL.PAPLOSS.GRAPH.CLS = CE_EXPRESSION
+    cfg.MODEL.PAPLOSS.GRAPH.BOX = GIOU_EXPRESSION
+    cfg.MODEL.PAPLOSS.GRAPH.BOX_WEIGHT = 1.0

@@ -118,7 +118,8 @@ class RankingHeadLoss(nn.Module):
 
     #: The ``MODEL.PAPLOSS.LOSS`` value a subclass implements (its registry name).
     loss_name: str = ""
-    #: True only for :class:`StockHeadLoss`: the head uses Detectron2's own losses.
+    #: True when the head uses Detectron2's own losses (:class:`StockHeadLoss`; the graph loss in
+    #: the RPN).
     is_stock: bool = False
     #: True when the loss reads the head's ``GRAD_SCALE`` (otherwise a λ != 1 is warned about).
     uses_grad_scale: bool = False

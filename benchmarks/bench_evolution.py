@@ -1,0 +1,289 @@
+"""Loss search from scratch with only the cheap screening: how many graph losses it explores, how
+many the checks remove, what the checks would save in front of proxy trainings, and the best
+screened graphs; evolution against random search on the same number of candidates.
+
+Usage::
+
+    python benchmarks/bench_evolution.py                        # 300 candidates per method
+    python benchmarks/bench_evolution.py --candidates 100 --methods evolution
+    python benchmarks/bench_evolution.py --proxy-seconds 60 --output output/bench_evolution.json
+
+What runs (model: ``--config``, a Faster R-CNN with ``LOSS: "graph"``; images of
+``synthetic_shapes_search_train``): the ROI head's fixed batch of a random detector is recorded
+once; then each method (``paploss.lossgraph.Evolution``, ``RandomSearch``) proposes
+``--per-round`` candidates at a time, each candidate is
+
+* fingerprinted on the probes (validity: finite loss and gradients, a gradient in each searched
+  branch; gradient equivalence with every earlier valid candidate), and
+* scored by the search's loss-rejection protocol (``--steps`` Adam steps on the predictions, AP
+  measured every ``--eval-every`` steps), *always*, also when the pipeline would have stopped
+  earlier, so that every row of the ablation is measured on the same candidates;
+
+and the method is told the reward ``mean AP gain over the protocol's curve`` of the candidates
+the pipeline accepts (``None`` for invalid, duplicate and rejected ones).
+
+Printed:
+
+* per method: candidates explored per second by the screening pipeline (validity and equivalence
+  first, the protocol only for new valid candidates; measured times), the shares of invalid,
+  duplicate, rejected and accepted candidates, and the best accepted graphs;
+* the ablation in the shape of AutoLoss-Zero's table: cost per explored candidate and explored
+  candidates per CPU-hour when every candidate that passes the checks of a row is proxy-trained
+  for ``--proxy-seconds`` (modelled; the screening times are measured): naive evolution (every
+  candidate trained), + loss rejection, + equivalence check, + the validity check on the probes
+  (this project's early stop of invalid losses before training; the stop of trainings that
+  become invalid later, ``screening.early_stop``, acts inside the proxy trainings, not run here);
+* the reward of CE + GIoU and CE + L1 written as graphs, for scale;
+* evolution vs random search: best reward and accepted candidates on the same candidate budget.
+
+All timings are wall times on this machine with ``--threads`` torch threads.
+"""
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a plain checkout
+
+DEFAULT_CONFIG = "configs/synthetic/graph_faster_rcnn.yaml"
+SEARCH_TRAIN = "synthetic_shapes_search_train"
+#: Rejection thresholds (AP points) of the threshold table.
+THRESHOLDS = (5.0, 20.0, 50.0, 80.0, 90.0)
+#: Proxy training of the default search (400 iterations x 4 images, evaluation included, one
+#: core; configs/search/default.yaml).
+DEFAULT_PROXY_SECONDS = 33.0
+
+
+@dataclass
+class Record:
+    """One candidate through every check."""
+
+    index: int
+    origin: str
+    cls: str
+    box: str
+    invalid: Optional[str]
+    duplicate_of: Optional[int]
+    gain: float
+    mean_gain: float
+    passed: bool
+    probe_seconds: float
+    rejection_seconds: float
+
+    @property
+    def accepted(self) -> bool:
+        return self.invalid is None and self.duplicate_of is None and self.passed
+
+    @property
+    def pipeline_seconds(self) -> float:
+        """Cost in the screening pipeline: the protocol runs only for new valid candidates."""
+        new_valid = self.invalid is None and self.duplicate_of is None
+        return self.probe_seconds + (self.rejection_seconds if new_valid else 0.0)
+
+
+def _measure(screener: Any, registry: Any, candidate: Any, min_gain: float) -> Record:
+    start = time.perf_counter()
+    fingerprint = screener.fingerprint(candidate)
+    reason = fingerprint.invalid_reason(screener.branches)
+    duplicate_of = None
+    if reason is None:
+        duplicate_of = registry.lookup(fingerprint.digest)
+        if duplicate_of is None:
+            registry.register(fingerprint.digest, candidate.index)
+    probe_seconds = time.perf_counter() - start
+    result = screener.reject_score(candidate)
+    return Record(
+        index=candidate.index,
+        origin=candidate.origin,
+        cls=str(candidate.cls),
+        box=str(candidate.box),
+        invalid=reason,
+        duplicate_of=duplicate_of,
+        gain=result.gain,
+        mean_gain=result.mean_gain,
+        passed=result.gain >= min_gain,
+        probe_seconds=probe_seconds,
+        rejection_seconds=result.seconds,
+    )
+
+
+def _run_method(method: str, screener: Any, args: argparse.Namespace) -> List[Record]:
+    from paploss.lossgraph import Evolution, EvolutionSettings, RandomSearch
+    from paploss.search.screening import EquivalenceRegistry
+
+    settings = EvolutionSettings(
+        seed=args.seed, population_size=args.population, tournament_size=args.tournament
+    )
+    search = (Evolution if method == "evolution" else RandomSearch)(settings)
+    registry = EquivalenceRegistry()
+    records: List[Record] = []
+    start = time.perf_counter()
+    while len(records) < args.candidates:
+        candidates = search.propose(min(args.per_round, args.candidates - len(records)))
+        batch = [_measure(screener, registry, c, args.min_gain) for c in candidates]
+        search.tell(candidates, [r.mean_gain if r.accepted else None for r in batch])
+        records += batch
+        if len(records) % 50 < args.per_round:
+            best = search.best
+            best_text = "-" if best is None else f"{best[1]:.1f}"
+            print(f"  [{method}] {len(records)} candidates, best reward {best_text}", flush=True)
+    print(f"  [{method}] {time.perf_counter() - start:.0f} s wall (every check on every candidate)")
+    return records
+
+
+def _share(records: List[Record], predicate) -> str:
+    return f"{100.0 * sum(1 for r in records if predicate(r)) / max(len(records), 1):5.1f} %"
+
+
+def _summary(method: str, records: List[Record], top: int) -> None:
+    pipeline = sum(r.pipeline_seconds for r in records)
+    probe = statistics.mean(r.probe_seconds for r in records)
+    rejection = statistics.mean(r.rejection_seconds for r in records)
+    print(f"\n## {method}: {len(records)} candidates")
+    print(f"explored per second (screening pipeline) : {len(records) / pipeline:8.2f}")
+    print(f"mean probe check (validity + fingerprint): {1000 * probe:8.1f} ms")
+    print(f"mean rejection protocol                  : {1000 * rejection:8.1f} ms")
+    print(f"invalid on the probes                    : {_share(records, lambda r: r.invalid)}")
+    duplicate = _share(records, lambda r: r.invalid is None and r.duplicate_of is not None)
+    print(f"duplicate (gradient-equivalent)          : {duplicate}")
+    rejected = _share(
+        records, lambda r: r.invalid is None and r.duplicate_of is None and not r.passed
+    )
+    print(f"rejected by the protocol                 : {rejected}")
+    print(f"accepted                                 : {_share(records, lambda r: r.accepted)}")
+    accepted = sorted((r for r in records if r.accepted), key=lambda r: -r.mean_gain)
+    if accepted:
+        print(f"\nbest accepted graphs (reward = mean AP gain over the protocol's curve):")
+        print(f"{'#':>5} {'origin':>8} {'reward':>7} {'gain':>6}  cls | box")
+        for r in accepted[:top]:
+            print(f"{r.index:5d} {r.origin:>8} {r.mean_gain:7.1f} {r.gain:6.1f}  {r.cls} | {r.box}")
+
+
+def _ablation(records: List[Record], proxy_seconds: float) -> None:
+    """Cost per explored candidate when what passes a row's checks is proxy-trained."""
+    t_proxy = proxy_seconds
+    rows = [
+        ("naive evolution (every candidate trained)", lambda r: t_proxy),
+        (
+            "+ loss rejection",
+            lambda r: r.rejection_seconds + (t_proxy if r.passed else 0.0),
+        ),
+        (
+            "+ gradient-equivalence check",
+            lambda r: r.probe_seconds
+            + (0.0 if r.duplicate_of is not None else r.rejection_seconds)
+            + (t_proxy if r.passed and r.duplicate_of is None else 0.0),
+        ),
+        (
+            "+ validity check on the probes",
+            lambda r: r.pipeline_seconds + (t_proxy if r.accepted else 0.0),
+        ),
+    ]
+    naive = t_proxy
+    print(f"\n## ablation (proxy training {t_proxy:.0f} s each, modelled; screening measured)")
+    print(f"{'setting':<44} {'s / candidate':>13} {'per CPU-hour':>13} {'speed-up':>9}")
+    for name, cost in rows:
+        mean = statistics.mean(cost(r) for r in records)
+        print(f"{name:<44} {mean:13.2f} {3600.0 / mean:13.0f} {naive / mean:8.1f}x")
+    print("\nall checks, by rejection threshold (AP gain of the protocol's last step):")
+    print(
+        f"{'min gain':>9} {'accepted':>9} {'s / candidate':>13} {'per CPU-hour':>13} {'speed-up':>9}"
+    )
+    for threshold in THRESHOLDS:
+        passed = [
+            r.invalid is None and r.duplicate_of is None and r.gain >= threshold for r in records
+        ]
+        mean = statistics.mean(
+            r.pipeline_seconds + (t_proxy if ok else 0.0) for r, ok in zip(records, passed)
+        )
+        share = 100.0 * sum(passed) / len(records)
+        print(
+            f"{threshold:9.0f} {share:8.1f}% {mean:13.2f} {3600.0 / mean:13.0f} {naive / mean:8.1f}x"
+        )
+
+
+def _references(screener: Any, args: argparse.Namespace) -> None:
+    """The reward of the hand-written losses, written as graphs, for scale."""
+    from paploss.lossgraph import (
+        CE_EXPRESSION,
+        GIOU_EXPRESSION,
+        L1_EXPRESSION,
+        GraphCandidate,
+        parse,
+    )
+    from paploss.search.screening import EquivalenceRegistry
+
+    print(f"\n{'reference':<12} {'reward':>7} {'gain':>6}  (mean / last AP gain of the protocol)")
+    for name, box in (("CE + GIoU", GIOU_EXPRESSION), ("CE + L1", L1_EXPRESSION)):
+        candidate = GraphCandidate(parse(CE_EXPRESSION), parse(box))
+        record = _measure(screener, EquivalenceRegistry(), candidate, args.min_gain)
+        print(f"{name:<12} {record.mean_gain:7.1f} {record.gain:6.1f}")
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", default=DEFAULT_CONFIG)
+    parser.add_argument("--candidates", type=int, default=300, help="candidates per method")
+    parser.add_argument("--per-round", type=int, default=10, help="proposals per propose/tell")
+    parser.add_argument("--methods", nargs="+", default=["evolution", "random"])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--population", type=int, default=20)
+    parser.add_argument("--tournament", type=int, default=5)
+    parser.add_argument("--images", type=int, default=4, help="images of the fixed batch")
+    parser.add_argument("--steps", type=int, default=50, help="rejection protocol's Adam steps")
+    parser.add_argument("--eval-every", type=int, default=10)
+    parser.add_argument("--min-gain", type=float, default=5.0, help="AP points")
+    parser.add_argument("--proxy-seconds", type=float, default=DEFAULT_PROXY_SECONDS)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--top", type=int, default=8)
+    parser.add_argument("--output", help="write every record as JSON here")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from paploss.engine import setup_cfg
+    from paploss.lossgraph.screening import GraphScreener
+    from paploss.search.screening import ScreeningSettings
+
+    torch.set_num_threads(args.threads)
+    cfg = setup_cfg(args.config)
+    settings = ScreeningSettings.from_dict(
+        {
+            "rejection": {
+                "num_images": args.images,
+                "steps": args.steps,
+                "eval_every": args.eval_every,
+                "min_ap_gain": args.min_gain,
+            }
+        }
+    )
+    start = time.perf_counter()
+    screener = GraphScreener.build(settings, cfg, dataset=SEARCH_TRAIN)
+    print(f"fixed ROI batch: {screener.protocol.batch.summary()}, "
+          f"{time.perf_counter() - start:.1f} s; probes: {screener.probes.num_samples} samples; "
+          f"{args.threads} thread(s), seed {args.seed}")  # fmt: skip
+    _references(screener, args)
+    results: Dict[str, List[Record]] = {}
+    for method in args.methods:
+        results[method] = _run_method(method, screener, args)
+        _summary(method, results[method], args.top)
+        _ablation(results[method], args.proxy_seconds)
+    if len(results) > 1:
+        print(f"\n## best reward on {args.candidates} candidates (mean AP gain, accepted only)")
+        for method, records in results.items():
+            accepted = [r.mean_gain for r in records if r.accepted]
+            best = f"{max(accepted):.1f}" if accepted else "-"
+            print(f"{method:<10} best {best:>6}   accepted {len(accepted):4d}")
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        data = {m: [asdict(r) for r in records] for m, records in results.items()}
+        Path(args.output).write_text(json.dumps({"args": vars(args), "records": data}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
