@@ -129,6 +129,12 @@ def _config_positive_int(value, key: str) -> int:
     return value
 
 
+def _config_nonnegative_int(value, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{key} must be an integer >= 0, got {value!r}")
+    return value
+
+
 class HeadLossInputs(NamedTuple):
     """What :meth:`RankingHeadLoss.forward` hands to a loss, flattened and checked.
 
@@ -331,6 +337,7 @@ class PAPHeadLoss(RankingHeadLoss):
         functions: PAPFunctions,
         grad_scale: float = 1.0,
         quality_type: str = "giou",
+        topk: int = 0,
         **kwargs,
     ):
         """
@@ -338,6 +345,8 @@ class PAPHeadLoss(RankingHeadLoss):
             functions: the PAP loss's five functions for this head.
             grad_scale: λ > 0, scales the gradient reaching the box branch only.
             quality_type: ``"giou"`` (``(GIoU + 1) / 2``) or ``"iou"``.
+            topk: ``N >= 0``: the j-sums over the N largest valid logits only (the published
+                truncation); 0: exact over all entries.
             kwargs: the arguments of :class:`RankingHeadLoss`.
         """
         super().__init__(**kwargs)
@@ -350,6 +359,7 @@ class PAPHeadLoss(RankingHeadLoss):
         self.functions = functions
         self.grad_scale = float(grad_scale)
         self.quality_type = quality_type
+        self.topk = topk
 
     @classmethod
     def from_config(cls, cfg, head: str, *, head_name: str, loss_key: str) -> dict:
@@ -363,6 +373,7 @@ class PAPHeadLoss(RankingHeadLoss):
             functions=_config_functions(node[head].FUNCTIONS, f"{prefix}.FUNCTIONS"),
             grad_scale=grad_scale,
             quality_type=node.QUALITY,
+            topk=_config_nonnegative_int(node.TOPK, "MODEL.PAPLOSS.TOPK"),
         )
         return ret
 
@@ -375,6 +386,7 @@ class PAPHeadLoss(RankingHeadLoss):
             inputs.targets,
             inputs.per_entry(quality_of_positives),
             self.functions,
+            self.topk,
         )
         scalars = {
             "pap_localization": parts.localization.item(),
