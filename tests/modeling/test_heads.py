@@ -18,6 +18,9 @@ from .utils import build_train_model, losses_with_storage, make_cfg
 
 RETINANET = "configs/synthetic/pap_retinanet_identity.yaml"
 FASTER_RCNN = "configs/synthetic/pap_faster_rcnn_identity.yaml"
+# Tests that need positives in the R-CNN head add the ground-truth boxes to the proposals: the
+# PAP recipe does not, and an untrained RPN's proposals often match no ground truth at IoU 0.5.
+GT_PROPOSALS = ("MODEL.ROI_HEADS.PROPOSAL_APPEND_GT", "True")
 
 
 def test_retinanet_loss_equals_pap_loss_on_hand_flattened_tensors(synthetic_batch):
@@ -89,8 +92,9 @@ def _head_grads(model, batch, names):
 def test_gradient_reaches_both_branches_and_lambda_scales_only_the_box_branch(
     synthetic_batch, config_file, head, cls_param, box_param
 ):
-    base = build_train_model(config_file)
-    scaled = build_train_model(config_file, f"MODEL.PAPLOSS.{head}.GRAD_SCALE", "3.0")
+    opts = GT_PROPOSALS if head == "ROI_HEADS" else ()
+    base = build_train_model(config_file, *opts)
+    scaled = build_train_model(config_file, *opts, f"MODEL.PAPLOSS.{head}.GRAD_SCALE", "3.0")
     scaled.load_state_dict(base.state_dict())
     torch.manual_seed(1)  # same proposal sampling in both runs
     g1 = _head_grads(base, synthetic_batch, [cls_param, box_param])
@@ -116,7 +120,7 @@ def _without_annotations(batch):
 
 @pytest.mark.parametrize("config_file", [RETINANET, FASTER_RCNN])
 def test_batch_without_positives_trains_without_nan(synthetic_batch, config_file):
-    model = build_train_model(config_file)
+    model = build_train_model(config_file, *(GT_PROPOSALS if config_file == FASTER_RCNN else ()))
     batch = _without_annotations(synthetic_batch)
     losses, storage = losses_with_storage(model, batch)
     total = sum(losses.values())
