@@ -1,91 +1,450 @@
 #!/usr/bin/env python
-"""Train several configs with the same schedule and seed; print one AP table.
+"""Train every (detector, loss) row over several seeds under one optimiser; print a mean ± std table.
 
-Each config is trained by ``tools/train_net.py`` in its own process (same ``SEED``, iterations,
-batch and datasets), evaluated with COCO AP on the chosen test set, and summarised from its
-``metrics.json`` (median seconds per iteration after the first 10).
+Each row is a synthetic config (plus overrides) trained by ``tools/train_net.py`` in its own
+process with one torch thread, for every seed, on the same schedule, batch and datasets, and
+evaluated with COCO AP on the test set. Every row of a table shares one optimiser: gradient
+clipping off (the setting of ``configs/Base-Synthetic.yaml``) or ``--clip on`` for all rows;
+``--clip both`` makes both tables (clipping helps the PAP rows and hurts stock RetinaNet early in
+training, so both are worth seeing). The table reports, per row, the mean ± sample standard
+deviation over the seeds of AP, AP50, AP75 and the median seconds per iteration.
 
-    python benchmarks/compare_losses.py                       # RetinaNet + Faster R-CNN, all losses
-    python benchmarks/compare_losses.py --iters 600 --configs configs/synthetic/retinanet_stock.yaml \\
-        configs/synthetic/pap_retinanet_identity.yaml
-    python benchmarks/compare_losses.py --configs configs/synthetic/pap_faster_rcnn_identity.yaml \\
-        --opts MODEL.PAPLOSS.ROI_HEADS.SAMPLE_PROPOSALS False --output output/compare_all_rois
+Rows:
+
+* ``main``: stock, AP-Loss, aLRP, RS and PAP (identity and published functions) for RetinaNet and
+  Faster R-CNN, each config as shipped (the PAP configs carry the published PAP recipe).
+* ``ablation``: PAP with identity functions with one recipe choice at a time switched back to
+  what the PAP heads used before: RPN ranking all anchors, R-CNN proposals with ground-truth
+  boxes added (all, or Detectron2's 128-RoI sample), box-delta weights (1, 1, 1, 1), 3 RetinaNet
+  anchor scales per octave; and the other gradient-clipping setting than the table's.
+
+Trainings run ``--jobs`` at a time (longest first); each writes ``result.json`` into its own
+folder under ``<output>/runs`` and is reused by a later call with the same command (delete the
+folder, or pass ``--fresh``, to retrain). The summary goes to ``<output>/results.json`` and
+``<output>/table.md``.
+
+    python benchmarks/compare_losses.py --seeds 3 --jobs 16 --output output/compare_losses
+    python benchmarks/compare_losses.py --rows main --detectors retinanet --seeds 1 \\
+        --iterations 400 --jobs 2
+    python benchmarks/compare_losses.py --iterations retinanet=1500 faster_rcnn=600 --clip both
 """
 
 import argparse
+import concurrent.futures
+import dataclasses
+import datetime
+import heapq
 import json
+import math
 import os
 import re
 import statistics
 import subprocess
 import sys
+import time
+from typing import Dict, List, Optional, Sequence, Tuple
 
-ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-DEFAULT_CONFIGS = [
-    "configs/synthetic/retinanet_stock.yaml",
-    "configs/synthetic/ap_retinanet.yaml",
-    "configs/synthetic/alrp_retinanet.yaml",
-    "configs/synthetic/rs_retinanet.yaml",
-    "configs/synthetic/pap_retinanet_identity.yaml",
-    "configs/synthetic/pap_retinanet_published.yaml",
-    "configs/synthetic/faster_rcnn_stock.yaml",
-    "configs/synthetic/ap_faster_rcnn.yaml",
-    "configs/synthetic/alrp_faster_rcnn.yaml",
-    "configs/synthetic/rs_faster_rcnn.yaml",
-    "configs/synthetic/pap_faster_rcnn_identity.yaml",
-    "configs/synthetic/pap_faster_rcnn_published.yaml",
-]
-
-
-def run(config, args):
-    name = os.path.splitext(os.path.basename(config))[0]
-    out = os.path.join(args.output, name)
-    steps = f"({int(args.iters * 0.75)}, {int(args.iters * 0.92)})"
-    cmd = [sys.executable, os.path.join(ROOT, "tools", "train_net.py"), "--config-file", config,
-           "SOLVER.MAX_ITER", str(args.iters), "SOLVER.STEPS", steps, "SEED", str(args.seed),
-           "SOLVER.IMS_PER_BATCH", str(args.batch), "DATASETS.TEST", f"('{args.test_set}',)",
-           "SOLVER.CHECKPOINT_PERIOD", str(10 * args.iters), "OUTPUT_DIR", out,
-           *args.opts]  # fmt: skip
-    result = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-    log = result.stdout + result.stderr
-    if result.returncode != 0:
-        return {"config": name, "error": log.strip().splitlines()[-1][:80]}
-    names = re.findall(r"copypaste: (AP,AP50,AP75.*)", log)[-1].split(",")
-    values = re.findall(r"copypaste: ([\d.nan]+,[\d.nan]+,[\d.nan]+.*)", log)[-1].split(",")
-    metrics = dict(zip(names, map(float, values)))
-    with open(os.path.join(out, "metrics.json")) as f:
-        times = [json.loads(line).get("time") for line in f]
-    times = [t for t in times if t is not None][1:]
-    metrics["s/iter"] = statistics.median(times) if times else float("nan")
-    return {"config": name, **metrics}
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DETECTORS = ("retinanet", "faster_rcnn")
+DETECTOR_NAMES = {"retinanet": "RetinaNet", "faster_rcnn": "Faster R-CNN"}
+#: Default iterations per detector (batch 8, 600 training images: 75 iterations per epoch).
+#: At 400 iterations stock RetinaNet is at 1.75 AP (noise); at 1500 it reaches 19.7 AP.
+DEFAULT_ITERATIONS = {"retinanet": 1500, "faster_rcnn": 500}
+#: Reference seconds per iteration (batch 8, one torch thread, this project's 2-core CPU machine)
+#: used to start the longest trainings first and to estimate the wall time.
+SECONDS_PER_ITERATION = {"retinanet": 0.11, "faster_rcnn_sampled": 0.43, "faster_rcnn_all": 1.27}
+#: Start-up and evaluation (200 images) of one training, in seconds, same machine.
+OVERHEAD_SECONDS = 30.0
+#: The gradient-clipping setting of a table when ``--clip`` is not given: the one of the configs.
+DEFAULT_CLIP = "off"
 
 
-def main():
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One row of the table: a config with overrides, trained for every seed.
+
+    Attributes:
+        detector: ``"retinanet"`` or ``"faster_rcnn"``.
+        name: the row's label in the table.
+        config: the config file, relative to the repository root.
+        opts: Detectron2 overrides ``(key, value, key, value, ...)``.
+        group: ``"main"`` or ``"ablation"``.
+        cost: key of :data:`SECONDS_PER_ITERATION`.
+        flip_clip: train with the other gradient-clipping setting than the table's.
+    """
+
+    detector: str
+    name: str
+    config: str
+    opts: Tuple[str, ...] = ()
+    group: str = "main"
+    cost: str = "retinanet"
+    flip_clip: bool = False
+
+    @property
+    def slug(self) -> str:
+        return re.sub(r"[^a-z0-9]+", "_", self.name.lower()).strip("_")
+
+
+def _rows() -> List[Row]:
+    path = "configs/synthetic/{}.yaml"
+    rows = [
+        Row("retinanet", name, path.format(config))
+        for name, config in [
+            ("stock (focal + smooth L1)", "retinanet_stock"),
+            ("ap", "ap_retinanet"),
+            ("alrp", "alrp_retinanet"),
+            ("rs", "rs_retinanet"),
+            ("pap identity", "pap_retinanet_identity"),
+            ("pap published", "pap_retinanet_published"),
+        ]
+    ]
+    rows += [
+        Row("faster_rcnn", name, path.format(config), cost=cost)
+        for name, config, cost in [
+            (
+                "stock (CE + smooth L1, 128 sampled RoIs)",
+                "faster_rcnn_stock",
+                "faster_rcnn_sampled",
+            ),
+            ("ap (all RoIs)", "ap_faster_rcnn", "faster_rcnn_all"),
+            ("alrp (all RoIs)", "alrp_faster_rcnn", "faster_rcnn_all"),
+            ("rs (all RoIs)", "rs_faster_rcnn", "faster_rcnn_all"),
+            ("pap identity", "pap_faster_rcnn_identity", "faster_rcnn_all"),
+            ("pap published", "pap_faster_rcnn_published", "faster_rcnn_all"),
+        ]
+    ]
+    pap_retina = path.format("pap_retinanet_identity")
+    three_scales = "[[8.0, 10.08, 12.7], [16.0, 20.16, 25.4], [32.0, 40.32, 50.8], [64.0, 80.63, 101.59], [128.0, 161.27, 203.19]]"  # fmt: skip
+    rows += [
+        Row("retinanet", f"pap identity, {name}", pap_retina, opts, "ablation")
+        for name, opts in [
+            ("box deltas (1, 1, 1, 1)", ("MODEL.RETINANET.BBOX_REG_WEIGHTS", "(1.0, 1.0, 1.0, 1.0)")),
+            ("3 anchor scales per octave", ("MODEL.ANCHOR_GENERATOR.SIZES", three_scales)),
+        ]
+    ]  # fmt: skip
+    rows.append(
+        Row("retinanet", "pap identity, clipping", pap_retina, (), "ablation", flip_clip=True)
+    )
+    pap_frcnn = path.format("pap_faster_rcnn_identity")
+    rows += [
+        Row("faster_rcnn", f"pap identity, {name}", pap_frcnn, opts, "ablation", cost)
+        for name, opts, cost in [
+            ("RPN ranks all anchors", ("MODEL.PAPLOSS.RPN.SAMPLE_ANCHORS", "False"), "faster_rcnn_all"),
+            ("RoIs + ground truth", ("MODEL.ROI_HEADS.PROPOSAL_APPEND_GT", "True"), "faster_rcnn_all"),
+            ("128 sampled RoIs + ground truth",
+             ("MODEL.ROI_HEADS.PROPOSAL_APPEND_GT", "True",
+              "MODEL.PAPLOSS.ROI_HEADS.SAMPLE_PROPOSALS", "True"), "faster_rcnn_sampled"),
+            ("RPN box deltas (1, 1, 1, 1)",
+             ("MODEL.RPN.BBOX_REG_WEIGHTS", "(1.0, 1.0, 1.0, 1.0)"), "faster_rcnn_all"),
+        ]
+    ]  # fmt: skip
+    rows.append(
+        Row("faster_rcnn", "pap identity, clipping", pap_frcnn, (), "ablation", "faster_rcnn_all",
+            flip_clip=True)
+    )  # fmt: skip
+    return rows
+
+
+ROWS = _rows()
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """One training: a row of the table with gradient clipping ``clip`` (on / off), and a seed."""
+
+    row: Row
+    clip: bool
+    seed: int
+    iterations: int
+
+    @property
+    def clip_in_training(self) -> bool:
+        return self.clip != self.row.flip_clip
+
+    @property
+    def label(self) -> str:
+        if self.row.flip_clip:
+            return f"{self.row.name} {'on' if self.clip_in_training else 'off'}"
+        return self.row.name
+
+    def folder(self, output: str) -> str:
+        setting = "clip_on" if self.clip else "clip_off"
+        slug = re.sub(r"[^a-z0-9]+", "_", self.label.lower()).strip("_")
+        return os.path.join(output, "runs", setting, self.row.detector, slug, f"seed{self.seed}")
+
+    @property
+    def estimated_seconds(self) -> float:
+        return SECONDS_PER_ITERATION[self.row.cost] * self.iterations + OVERHEAD_SECONDS
+
+
+def parse_iterations(values: Sequence[str]) -> Dict[str, int]:
+    """``["1500"]`` (every detector) or ``["retinanet=1500", "faster_rcnn=600"]``."""
+    iterations = dict(DEFAULT_ITERATIONS)
+    for value in values:
+        detector, _, count = value.rpartition("=")
+        targets = [detector] if detector else list(DETECTORS)
+        if detector and detector not in DETECTORS:
+            raise SystemExit(f"--iterations: unknown detector {detector!r} (use {DETECTORS})")
+        if not count.isdigit() or int(count) < 10:
+            raise SystemExit(f"--iterations: {value!r} is not a count >= 10 (or detector=count)")
+        for target in targets:
+            iterations[target] = int(count)
+    return iterations
+
+
+def training_command(job: Job, args: argparse.Namespace) -> List[str]:
+    n = job.iterations
+    steps = f"({int(n * 0.75)}, {int(n * 0.92)})"
+    clip = ["SOLVER.CLIP_GRADIENTS.ENABLED", str(job.clip_in_training)]
+    device = ["MODEL.DEVICE", args.device] if args.device else []
+    return [sys.executable, os.path.join(ROOT, "tools", "train_net.py"),
+            "--config-file", job.row.config,
+            "SOLVER.MAX_ITER", str(n), "SOLVER.STEPS", steps, "SEED", str(job.seed),
+            "SOLVER.IMS_PER_BATCH", str(args.batch), "DATASETS.TEST", f"('{args.test_set}',)",
+            "SOLVER.CHECKPOINT_PERIOD", str(10 * n), "TEST.EVAL_PERIOD", "0",
+            "OUTPUT_DIR", job.folder(args.output),
+            *job.row.opts, *clip, *device, *args.opts]  # fmt: skip
+
+
+def _read_metrics(folder: str) -> Dict[str, float]:
+    records = []
+    with open(os.path.join(folder, "metrics.json")) as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                records.append(json.loads(line))
+    evaluated = [r for r in records if "bbox/AP" in r]
+    if not evaluated:
+        raise ValueError("no bbox/AP in metrics.json")
+    final = max(evaluated, key=lambda r: r.get("iteration", -1))
+    times = [r["time"] for r in records if "time" in r][1:]
+    return {
+        "AP": final["bbox/AP"],
+        "AP50": final["bbox/AP50"],
+        "AP75": final["bbox/AP75"],
+        "s/iter": statistics.median(times) if times else float("nan"),
+    }
+
+
+def run_job(job: Job, args: argparse.Namespace) -> dict:
+    """Train and evaluate one job (or reuse its earlier result); return its record."""
+    folder = job.folder(args.output)
+    command = training_command(job, args)
+    result_file = os.path.join(folder, "result.json")
+    if not args.fresh and os.path.isfile(result_file):
+        with open(result_file) as f:
+            record = json.load(f)
+        if record.get("command") == command[1:] and record.get("status") == "ok":
+            return {**record, "reused": True}
+    os.makedirs(folder, exist_ok=True)
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join([ROOT] + [p for p in [env.get("PYTHONPATH")] if p])
+    start = time.time()
+    with open(os.path.join(folder, "train.log"), "w") as log:
+        returncode = subprocess.call(command, cwd=ROOT, env=env, stdout=log, stderr=log)
+    record = {
+        "detector": job.row.detector,
+        "row": job.label,
+        "order": ROWS.index(job.row),
+        "group": job.row.group,
+        "clip": job.clip,
+        "seed": job.seed,
+        "iterations": job.iterations,
+        "command": command[1:],
+        "wall_s": round(time.time() - start, 1),
+    }
+    try:
+        if returncode != 0:
+            raise RuntimeError(f"exit code {returncode}")
+        record.update(status="ok", **_read_metrics(folder))
+        if not args.keep_checkpoints:  # a table needs the metrics only; keep the output small
+            for name in os.listdir(folder):
+                if name.endswith(".pth") or name == "last_checkpoint":
+                    os.remove(os.path.join(folder, name))
+    except (OSError, ValueError, RuntimeError) as e:
+        with open(os.path.join(folder, "train.log")) as log:
+            lines = [line.strip() for line in log if line.strip()]
+        last = lines[-1][:160] if lines else ""
+        diverged = any("FloatingPointError" in line for line in lines[-50:])
+        record.update(status="diverged" if diverged else "failed", error=f"{e}: {last}")
+    with open(result_file, "w") as f:
+        json.dump(record, f, indent=1)
+    return record
+
+
+def estimated_wall_seconds(jobs: Sequence[Job], parallel: int) -> float:
+    """Makespan of longest-first scheduling on ``parallel`` slots, from the reference timings."""
+    slots = [0.0] * max(1, min(parallel, len(jobs)))
+    for job in sorted(jobs, key=lambda j: -j.estimated_seconds):
+        heapq.heapreplace(slots, slots[0] + job.estimated_seconds)
+    return max(slots) if jobs else 0.0
+
+
+def _mean_std(values: List[float]) -> Tuple[float, float]:
+    if not values or any(math.isnan(v) for v in values):
+        return math.nan, math.nan
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summarise(records: List[dict]) -> List[dict]:
+    """One entry per (optimiser setting, row), in table order."""
+    groups: Dict[Tuple[bool, str, str], List[dict]] = {}
+    for record in records:
+        groups.setdefault((record["clip"], record["detector"], record["row"]), []).append(record)
+    summary = []
+    for (clip, detector, name), group in sorted(
+        groups.items(), key=lambda kv: (kv[0][0], kv[1][0]["order"])
+    ):
+        ok = [r for r in group if r["status"] == "ok"]
+        entry = {
+            "clip": clip,
+            "detector": detector,
+            "row": name,
+            "group": group[0]["group"],
+            "iterations": group[0]["iterations"],
+            "seeds": sorted(r["seed"] for r in ok),
+            "not_ok": {r["seed"]: r["status"] for r in group if r["status"] != "ok"},
+        }
+        for metric in ("AP", "AP50", "AP75", "s/iter"):
+            entry[metric] = dict(zip(("mean", "std"), _mean_std([r[metric] for r in ok])))
+        summary.append(entry)
+    return summary
+
+
+def markdown_table(summary: List[dict]) -> str:
+    """One table per gradient-clipping setting."""
+    lines = []
+    for clip in sorted({entry["clip"] for entry in summary}):
+        lines += [
+            f"Gradient clipping {'on' if clip else 'off'} in every row (but the clipping ablation):",
+            "",
+            "| model | row | AP | AP50 | AP75 | s/iter | seeds |",
+            "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for entry in (e for e in summary if e["clip"] == clip):
+            cells = [
+                "–" if math.isnan(entry[m]["mean"])
+                else f"{entry[m]['mean']:.2f} ± {entry[m]['std']:.2f}"
+                for m in ("AP", "AP50", "AP75")
+            ]  # fmt: skip
+            s_iter = entry["s/iter"]["mean"]
+            seeds = str(len(entry["seeds"]))
+            if entry["not_ok"]:
+                seeds += " (" + ", ".join(f"seed {k} {v}" for k, v in entry["not_ok"].items()) + ")"
+            name = f"↳ {entry['row']}" if entry["group"] == "ablation" else entry["row"]
+            lines.append(
+                f"| {DETECTOR_NAMES[entry['detector']]} | {name} | {' | '.join(cells)} | "
+                f"{'–' if math.isnan(s_iter) else f'{s_iter:.3f}'} | {seeds} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def build_jobs(args: argparse.Namespace, iterations: Dict[str, int]) -> List[Job]:
+    clips = {"off": [False], "on": [True], "both": [False, True]}[args.clip]
+    jobs = []
+    for clip in clips:
+        for row in ROWS:
+            if row.detector not in args.detectors or args.rows not in ("all", row.group):
+                continue
+            if args.match and not re.search(args.match, f"{row.detector} | {row.name}"):
+                continue
+            for seed in range(args.first_seed, args.first_seed + args.seeds):
+                jobs.append(Job(row, clip, seed, iterations[row.detector]))
+    return jobs
+
+
+def _prepare_datasets(names: Sequence[str]) -> None:
+    """Generate the synthetic splits once, before parallel trainings would race to do it."""
+    sys.path.insert(0, ROOT)
+    from paploss.data import ensure_dataset_files
+
+    for name in names:
+        ensure_dataset_files(name)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS)
-    parser.add_argument("--iters", type=int, default=400)
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per row (0, 1, ...)")
+    parser.add_argument("--first-seed", type=int, default=0)
+    parser.add_argument(
+        "--iterations", nargs="+", default=[], metavar="N|DETECTOR=N",
+        help=f"schedule: one count for every detector or per detector (default {DEFAULT_ITERATIONS})",
+    )  # fmt: skip
+    parser.add_argument("--jobs", type=int, default=1, help="trainings in parallel (1 thread each)")
+    parser.add_argument("--clip", choices=("off", "on", "both"), default=DEFAULT_CLIP,
+                        help="gradient clipping of every row (the ablation row flips it)")  # fmt: skip
+    parser.add_argument("--rows", choices=("all", "main", "ablation"), default="all")
+    parser.add_argument("--detectors", nargs="+", choices=DETECTORS, default=list(DETECTORS))
+    parser.add_argument("--match", help="only rows whose 'detector | row' matches this regex")
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--test-set", default="synthetic_shapes_val")
     parser.add_argument("--output", default=os.path.join("output", "compare_losses"))
+    parser.add_argument("--device", help="MODEL.DEVICE of every run (default: the configs' cpu)")
+    parser.add_argument("--fresh", action="store_true", help="retrain even if a result exists")
+    parser.add_argument("--keep-checkpoints", action="store_true",
+                        help="keep each run's model_final.pth (deleted by default)")  # fmt: skip
+    parser.add_argument(
+        "--dry-run", action="store_true", help="list the trainings and the estimate"
+    )
     parser.add_argument(
         "--opts", nargs="*", default=[], metavar="KEY VALUE", help="config overrides for every run"
     )
-    args = parser.parse_args()
-    print(f"{args.iters} iterations, batch {args.batch}, seed {args.seed}, test {args.test_set}"
-          + (f", overrides {' '.join(args.opts)}" if args.opts else ""))  # fmt: skip
-    print(f"| {'config':<30} | {'AP':>6} | {'AP50':>6} | {'AP75':>6} | {'s/iter':>7} |")
-    print(f"|{'-' * 32}|{'-' * 8}|{'-' * 8}|{'-' * 8}|{'-' * 9}|")
-    for config in args.configs:
-        if not os.path.isfile(os.path.join(ROOT, config)):
-            print(f"| {os.path.basename(config):<30} | missing config |")
-            continue
-        row = run(config, args)
-        if "error" in row:
-            print(f"| {row['config']:<30} | failed: {row['error']} |")
-        else:
-            print(f"| {row['config']:<30} | {row['AP']:>6.2f} | {row['AP50']:>6.2f} | "
-                  f"{row['AP75']:>6.2f} | {row['s/iter']:>7.3f} |", flush=True)  # fmt: skip
+    args = parser.parse_args(argv)
+    if args.seeds < 1 or args.jobs < 1:
+        raise SystemExit("--seeds and --jobs must be >= 1")
+    args.output = os.path.abspath(args.output)
+    iterations = parse_iterations(args.iterations)
+    jobs = build_jobs(args, iterations)
+    estimate = estimated_wall_seconds(jobs, args.jobs)
+    print(
+        f"{len(jobs)} trainings ({args.seeds} seeds), iterations {iterations}, batch {args.batch}, "
+        f"clipping {args.clip}, test {args.test_set}, {args.jobs} in parallel; estimated wall "
+        f"time {estimate / 60:.1f} min at the reference CPU s/iter {SECONDS_PER_ITERATION}"
+        + (f" (not for --device {args.device})" if args.device else "")
+        + (f", overrides {' '.join(args.opts)}" if args.opts else ""),
+        flush=True,
+    )
+    if args.dry_run:
+        for job in sorted(jobs, key=lambda j: -j.estimated_seconds):
+            print(f"  {job.estimated_seconds:7.0f} s  {' '.join(training_command(job, args)[2:])}")
+        return []
+    _prepare_datasets(["synthetic_shapes_train", args.test_set])
+    records = []
+    start = time.time()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=args.jobs) as pool:
+        futures = {
+            pool.submit(run_job, job, args): job
+            for job in sorted(jobs, key=lambda j: -j.estimated_seconds)
+        }
+        for future in concurrent.futures.as_completed(futures):
+            record = future.result()
+            records.append(record)
+            status = "reused" if record.get("reused") else record["status"]
+            ap = f"AP {record['AP']:.2f}" if record["status"] == "ok" else record.get("error", "")
+            print(
+                f"[{len(records)}/{len(jobs)} {time.time() - start:6.0f} s] "
+                f"{DETECTOR_NAMES[record['detector']]} | {record['row']}"
+                f" | clipping {'on' if record['clip'] else 'off'} | seed {record['seed']}: "
+                f"{status} {ap}",
+                flush=True,
+            )
+    summary = summarise(records)
+    table = markdown_table(summary)
+    header = (
+        f"{len(jobs)} trainings, seeds {args.first_seed}..{args.first_seed + args.seeds - 1}, "
+        f"iterations {iterations}, batch {args.batch}, clipping {args.clip}, COCO AP on "
+        f"{args.test_set}, {args.jobs} in parallel with 1 torch thread each, "
+        f"{(time.time() - start) / 60:.1f} min wall ({datetime.date.today().isoformat()})"
+    )
+    os.makedirs(args.output, exist_ok=True)
+    with open(os.path.join(args.output, "results.json"), "w") as f:
+        json.dump({"settings": header, "summary": summary, "runs": records}, f, indent=1)
+    with open(os.path.join(args.output, "table.md"), "w") as f:
+        f.write(header + "\n\n" + table + "\n")
+    print("\n" + header + "\n\n" + table)
+    return summary
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import pytest
 import torch
 from detectron2.modeling import build_model
 
+from paploss.data.augmentations import build_train_augmentations
 from paploss.engine import load_config
 from paploss.losses import published_grad_scale, published_knots
 
@@ -53,3 +54,21 @@ def test_published_configs_carry_the_published_parameters(path, head, name):
             rtol=0,
         )
     assert node.GRAD_SCALE == pytest.approx(published_grad_scale(name), abs=1e-4)
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob("configs/coco/*_512*.yaml")))
+def test_coco_configs_follow_the_published_512_protocol(path):
+    cfg = load_config(path)
+    augmentations = build_train_augmentations(cfg)
+    assert cfg.MODEL.PAPLOSS.AUGMENTATION == "ssd" and len(augmentations) == 5
+    assert augmentations[3].shape == (512, 512)
+    assert (cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST) == (500, 833)
+    assert cfg.SOLVER.IMS_PER_BATCH == 64 and cfg.SOLVER.WARMUP_ITERS == 500
+    assert not cfg.SOLVER.CLIP_GRADIENTS.ENABLED
+    iterations_per_epoch = cfg.SOLVER.MAX_ITER / 100
+    epochs = [step / iterations_per_epoch for step in cfg.SOLVER.STEPS]
+    retinanet = "retinanet" in path
+    assert epochs == ([60, 80] if retinanet else [75, 95])
+    pap = "pap" in os.path.basename(path)
+    assert cfg.MODEL.PAPLOSS.TOPK == (100000 if pap else 0)
+    assert cfg.SOLVER.BASE_LR == (0.016 if retinanet else 0.024 if pap else 0.04)

@@ -4,10 +4,12 @@ import logging
 import os
 from typing import Dict
 
+from detectron2.data import build_detection_train_loader
 from detectron2.engine import DefaultTrainer
 from detectron2.evaluation import COCOEvaluator
 
 from paploss.data import ensure_dataset_files
+from paploss.data.mapper import build_train_mapper
 
 __all__ = ["Trainer", "fast_coco_eval_available", "train_and_evaluate"]
 
@@ -47,7 +49,7 @@ class Trainer(DefaultTrainer):
     def build_train_loader(cls, cfg):
         for name in cfg.DATASETS.TRAIN:
             ensure_dataset_files(name)
-        return super().build_train_loader(cfg)
+        return build_detection_train_loader(cfg, mapper=build_train_mapper(cfg))
 
     def state_dict(self) -> dict:
         state = super().state_dict()

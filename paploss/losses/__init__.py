@@ -27,6 +27,7 @@ from .pap import (
     pap_loss_components,
     pap_loss_dense,
     pap_loss_dense_components,
+    topk_valid_mask,
 )
 from .published import published_grad_scale, published_knots, published_names
 
@@ -62,6 +63,7 @@ __all__ = [
     "pap_loss_components",
     "pap_loss_dense",
     "pap_loss_dense_components",
+    "topk_valid_mask",
     "published_grad_scale",
     "published_knots",
     "published_names",

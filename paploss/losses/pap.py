@@ -11,6 +11,13 @@ positives, V the non-ignored entries and ``x_ij = clamp((s_j - s_i) / 2 + 1/2, 0
 only through H2, qualities through I1, I2 and I3. With exact steps for H1/H2 (1/2 at 0) and
 identities for I1/I2/I3, ``L = 1 - AP_w`` (quality-weighted AP).
 
+**Top-k truncation** (``topk = N > 0``, the published implementation's ``num_topk``, 100,000
+there): the j-sums of ``R_i`` run over the N largest valid logits only (:func:`topk_valid_mask`),
+while every positive is still an ``i`` of the outer sum (its ``I1`` and ``I3`` terms count whether
+or not it is among the N; its self pair is in its sums only if it is). Entries outside the top N
+get no gradient through the j-sums. ``topk = 0`` (default), or ``N`` at least the number of valid
+entries, is the exact loss over all valid entries.
+
 Implementations:
 
 * :func:`pap_loss` / :func:`pap_loss_components`: exact and fast. ``sum_j H(x_ij) w_j`` is computed
@@ -18,9 +25,11 @@ Implementations:
   (:mod:`paploss.losses.pairwise`), with a hand-derived backward. O((M + P) log M) time,
   O(M + P) memory, no truncation.
 * :func:`pap_loss_dense` / :func:`pap_loss_dense_components`: the readable reference with
-  ``[P, M]`` tensors and plain autograd, for tests and benchmarks.
+  ``[P, M]`` tensors (``[P, N]`` when truncated) and plain autograd, for tests and benchmarks.
 
-Both share everything except how the numerators and denominators of ``R_i`` are computed.
+Both share everything except how the numerators and denominators of ``R_i`` are computed (the fast
+one keeps all entries in its sorted list and zeroes the weights of entries outside the j-sums; the
+dense one gathers the entries of the j-sums as columns). Top-k costs one more O(M log M) sort.
 """
 
 from typing import Callable, NamedTuple, Tuple
@@ -37,6 +46,7 @@ __all__ = [
     "pap_loss_components",
     "pap_loss_dense",
     "pap_loss_dense_components",
+    "topk_valid_mask",
 ]
 
 #: Added to |P| in the normalisation, as in the published code.
@@ -61,45 +71,84 @@ class PAPLossComponents(NamedTuple):
     num_positives: int
 
 
-# (logits [M], valid [M] bool, positive_index [P], weights [M], functions)
-#     -> (numerators [P], denominators [P])
+# (logits [M], in_sums [M] bool, positive_index [P], weights [M], functions)
+#     -> (numerators [P], denominators [P]); the j-sums run over the entries with in_sums True and
+# weights are 0 elsewhere.
 RatioTerms = Callable[
     [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, PAPFunctions],
     Tuple[torch.Tensor, torch.Tensor],
 ]
 
 
-def _fast_ratio_terms(logits, valid, positive_index, weights, functions):
-    """Numerators ``sum_{j in V} H2(x_ij) w_j`` (differentiable) and ``sum_{j in V} H1(x_ij)``.
+def _check_topk(topk) -> None:
+    if isinstance(topk, bool) or not isinstance(topk, int) or topk < 0:
+        raise ValueError(f"topk must be an integer >= 0 (0: no truncation), got {topk!r}")
 
-    Ignored entries stay in the sorted list with weight 0 (no compaction needed).
+
+def topk_valid_mask(logits: torch.Tensor, valid: torch.Tensor, topk: int) -> torch.Tensor:
+    """The entries of the top-k truncation: the ``topk`` largest valid logits.
+
+    Ties at the boundary are broken deterministically by position: among equal logits the entry
+    with the lower index in the flattened ``[M]`` list is taken first (a stable descending sort),
+    so the result never depends on the device or on ``torch.topk``'s unspecified tie order.
+    O(M log M).
+
+    Args:
+        logits: ``[M]`` logits.
+        valid: ``[M]`` bool, the non-ignored entries.
+        topk: ``N >= 0``; 0 keeps every valid entry.
+
+    Returns:
+        ``[M]`` bool: ``valid`` itself when ``topk`` is 0 or at least the number of valid entries,
+        otherwise exactly ``topk`` valid entries.
+    """
+    _check_topk(topk)
+    if topk == 0:
+        return valid
+    valid_index = torch.nonzero(valid, as_tuple=True)[0]
+    if valid_index.numel() <= topk:
+        return valid
+    order = torch.sort(logits.detach()[valid_index], descending=True, stable=True).indices
+    mask = torch.zeros_like(valid)
+    mask[valid_index[order[:topk]]] = True
+    return mask
+
+
+def _fast_ratio_terms(logits, in_sums, positive_index, weights, functions):
+    """Numerators ``sum_j H2(x_ij) w_j`` (differentiable) and ``sum_j H1(x_ij)`` over ``in_sums``.
+
+    Entries outside the j-sums (ignored, or beyond the top-k) stay in the sorted list with weight
+    0 (no compaction needed).
     """
     sorted_scores = sort_scores(logits)
     anchors = logits[positive_index]
     h2_x, h2_y = functions["H2"].gap_knots()
     numerators = gap_sum(anchors, logits, weights, h2_x, h2_y, sorted_scores=sorted_scores)
     h1_x, h1_y = functions["H1"].gap_knots()
-    counts = None if bool(valid.all()) else valid.to(logits.dtype)
+    counts = None if bool(in_sums.all()) else in_sums.to(logits.dtype)
     denominators = pairwise_gap_sum(anchors.detach(), sorted_scores, counts, h1_x, h1_y)
     return numerators, denominators
 
 
-def _dense_ratio_terms(logits, valid, positive_index, weights, functions):
-    """Same as :func:`_fast_ratio_terms` with explicit ``[P, M]`` matrices."""
-    gaps = logits[None, :] - logits[positive_index][:, None]  # [P, M], s_j - s_i
+def _dense_ratio_terms(logits, in_sums, positive_index, weights, functions):
+    """Same as :func:`_fast_ratio_terms` with explicit ``[P, N]`` matrices over the ``N`` entries
+    of the j-sums (gathered as columns, as the published implementation does)."""
+    columns = torch.nonzero(in_sums, as_tuple=True)[0]  # [N]
+    gaps = logits[columns][None, :] - logits[positive_index][:, None]  # [P, N], s_j - s_i
     # H(x) with x = gap / 2 + 1/2, evaluated as a function of the gap (same knots and derivative
     # convention as the fast sums; see paploss.losses.pairwise).
     h2 = piecewise_linear(gaps, *functions["H2"].gap_knots())
     h1 = piecewise_linear(gaps.detach(), *functions["H1"].gap_knots())
-    numerators = (h2 * weights[None, :]).sum(dim=1)  # weights are 0 at ignored entries
-    denominators = (h1 * valid[None, :]).sum(dim=1)
+    numerators = (h2 * weights[columns][None, :]).sum(dim=1)
+    denominators = h1.sum(dim=1)
     return numerators, denominators
 
 
-def _components(logits, targets, quality, functions, ratio_terms: RatioTerms):
+def _components(logits, targets, quality, functions, topk, ratio_terms: RatioTerms):
     check_ranking_inputs(logits, targets, quality, per_positive_name="quality")
     if not isinstance(functions, PAPFunctions):
         raise ValueError(f"functions must be a PAPFunctions, got {type(functions).__name__}")
+    _check_topk(topk)
     positive_index = torch.nonzero(targets == 1, as_tuple=True)[0]
     num_positives = int(positive_index.numel())
     if num_positives == 0:
@@ -108,9 +157,10 @@ def _components(logits, targets, quality, functions, ratio_terms: RatioTerms):
 
     # Qualities are read only at positives (u = 0 elsewhere, so 1 - I2(u) = 1 at negatives).
     u = quality[positive_index].to(logits.dtype)  # [P]
-    valid = targets != -1
-    weights = valid.to(logits.dtype).index_put((positive_index,), 1 - functions["I2"](u))  # [M]
-    numerators, denominators = ratio_terms(logits, valid, positive_index, weights, functions)
+    in_sums = topk_valid_mask(logits, targets != -1, topk)  # [M], the entries j of the sums
+    positive_weights = (1 - functions["I2"](u)) * in_sums[positive_index]
+    weights = in_sums.to(logits.dtype).index_put((positive_index,), positive_weights)  # [M]
+    numerators, denominators = ratio_terms(logits, in_sums, positive_index, weights, functions)
     ratios = numerators / denominators.clamp_min(RANK_EPS)  # R_i, [P]
     normalizer = num_positives + NORMALIZER_EPS
     localization = (1 - functions["I1"](u)).sum() / normalizer
@@ -123,11 +173,13 @@ def pap_loss_components(
     targets: torch.Tensor,
     quality: torch.Tensor,
     functions: PAPFunctions,
+    topk: int = 0,
 ) -> PAPLossComponents:
     """The PAP loss and its parts, exact fast implementation.
 
-    All non-ignored entries enter every sum (no top-k truncation). Time O((M + P) log M), memory
-    O(M + P) in forward and backward. The H1 sums are floored at ``RANK_EPS`` (1e-12), which only
+    By default all non-ignored entries enter every sum; ``topk > 0`` gives the published top-k
+    truncation (module docstring). Time O((M + P) log M), memory O(M + P) in forward and backward,
+    either way. The H1 sums are floored at ``RANK_EPS`` (1e-12), which only
     matters for an H1 with H1(1/2) = 0; the normaliser is ``|P| + 1e-8``.
 
     Args:
@@ -137,15 +189,17 @@ def pap_loss_components(
             the predicted box). Apply :func:`paploss.losses.scale_grad` to it first to scale the
             box-branch gradient.
         functions: the head's :class:`PAPFunctions`.
+        topk: ``N >= 0``: the j-sums run over the N largest valid logits only (ties broken by
+            lower index, :func:`topk_valid_mask`); 0 (default): over all valid entries.
 
     Returns:
         :class:`PAPLossComponents`. Without positives all parts are 0 (with a zero gradient).
 
     Raises:
-        ValueError: naming the argument on bad shapes, targets, qualities, non-finite logits or
-            if ``functions`` is not a :class:`PAPFunctions`.
+        ValueError: naming the argument on bad shapes, targets, qualities, non-finite logits, a
+            negative or non-integer ``topk``, or if ``functions`` is not a :class:`PAPFunctions`.
     """
-    return _components(logits, targets, quality, functions, _fast_ratio_terms)
+    return _components(logits, targets, quality, functions, topk, _fast_ratio_terms)
 
 
 def pap_loss(
@@ -153,9 +207,10 @@ def pap_loss(
     targets: torch.Tensor,
     quality: torch.Tensor,
     functions: PAPFunctions,
+    topk: int = 0,
 ) -> torch.Tensor:
     """The PAP loss (scalar tensor); see :func:`pap_loss_components` for the arguments."""
-    return pap_loss_components(logits, targets, quality, functions).loss
+    return pap_loss_components(logits, targets, quality, functions, topk).loss
 
 
 def pap_loss_dense_components(
@@ -163,12 +218,14 @@ def pap_loss_dense_components(
     targets: torch.Tensor,
     quality: torch.Tensor,
     functions: PAPFunctions,
+    topk: int = 0,
 ) -> PAPLossComponents:
     """Reference implementation of :func:`pap_loss_components` with ``[P, M]`` tensors.
 
-    Same arguments and result; memory grows with ``P * M``, use it for tests and benchmarks.
+    Same arguments and result; memory grows with ``P * M`` (``P * topk`` when truncated), use it
+    for tests and benchmarks.
     """
-    return _components(logits, targets, quality, functions, _dense_ratio_terms)
+    return _components(logits, targets, quality, functions, topk, _dense_ratio_terms)
 
 
 def pap_loss_dense(
@@ -176,6 +233,7 @@ def pap_loss_dense(
     targets: torch.Tensor,
     quality: torch.Tensor,
     functions: PAPFunctions,
+    topk: int = 0,
 ) -> torch.Tensor:
     """Reference implementation of :func:`pap_loss` with ``[P, M]`` tensors."""
-    return pap_loss_dense_components(logits, targets, quality, functions).loss
+    return pap_loss_dense_components(logits, targets, quality, functions, topk).loss

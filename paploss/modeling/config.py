@@ -45,8 +45,11 @@ def add_paploss_config(cfg: CN) -> None:
     * ``MODEL.PAPLOSS.AP.DELTA``, ``MODEL.PAPLOSS.ALRP.{DELTA,INITIAL_WEIGHT,BALANCE_PERIOD}``,
       ``MODEL.PAPLOSS.RS.DELTA``: settings of the ranking-loss baselines shared by all heads.
     * ``MODEL.PAPLOSS.GRAPH.{CLS,BOX,BOX_WEIGHT}``: the loss graphs of ``LOSS: "graph"``.
+    * ``MODEL.PAPLOSS.TOPK``: the PAP loss's top-k truncation (0: exact over all entries).
+    * ``MODEL.PAPLOSS.RPN.SAMPLE_ANCHORS``: rank Detectron2's sampled RPN anchors or all of them.
     * ``MODEL.PAPLOSS.ROI_HEADS.SAMPLE_PROPOSALS``: keep Detectron2's proposal sampling or rank
       all proposals.
+    * ``MODEL.PAPLOSS.AUGMENTATION``: the training augmentations (Detectron2's or SSD-style).
     * ``MODEL.PAPLOSS.DATASETS``: extra COCO-format datasets to register by name.
     * ``MODEL.PAPLOSS.LR_STEP_FRACTIONS``: ``SOLVER.STEPS`` as fractions of ``SOLVER.MAX_ITER``.
     * ``MODEL.PAPLOSS.TINY_RESNET``: width/depth of the CPU-sized backbone.
@@ -63,6 +66,10 @@ def add_paploss_config(cfg: CN) -> None:
     # Box quality u of a positive, from its decoded predicted box and its ground truth:
     # "giou": (GIoU + 1) / 2; "iou": IoU.
     cfg.MODEL.PAPLOSS.QUALITY = "giou"
+    # LOSS "pap": the j-sums of each positive's precision term run over the TOPK largest valid
+    # logits of the batch only (the published implementation: 100000); 0: over all entries, exact.
+    # Every positive still counts in the outer sum either way.
+    cfg.MODEL.PAPLOSS.TOPK = 0
     # Per-head settings (see _head_node); the RPN's baseline defaults are the papers' values.
     head_defaults = {"RPN": {"alrp_tau": 0.7, "rs_loss_weight": 0.2}}
     for head in PAP_HEADS:
@@ -84,8 +91,19 @@ def add_paploss_config(cfg: CN) -> None:
     cfg.MODEL.PAPLOSS.RS.DELTA = 0.5
     # ROI head only, with any LOSS but "stock": True keeps Detectron2's positive/negative sampling
     # of proposals (ROI_HEADS.BATCH_SIZE_PER_IMAGE, POSITIVE_FRACTION); False ranks all proposals
-    # of the batch (the aLRP and RS papers use no sampling).
+    # of the batch (the aLRP and RS papers use no sampling; with ROI_HEADS.PROPOSAL_APPEND_GT:
+    # False, which keeps ground-truth boxes out of the proposals, it is the published PAP head).
     cfg.MODEL.PAPLOSS.ROI_HEADS.SAMPLE_PROPOSALS = True
+    # RPN only, with any LOSS but "stock" (which always samples): True ranks only the anchors of
+    # Detectron2's random sample (RPN.BATCH_SIZE_PER_IMAGE per image at up to
+    # RPN.POSITIVE_FRACTION positives), the others are ignored (the published PAP RPN: 256 at up
+    # to 50 %); False ranks every anchor the matcher labels (the aLRP and RS papers).
+    cfg.MODEL.PAPLOSS.RPN.SAMPLE_ANCHORS = False
+    # Training augmentations: "default" is Detectron2's (INPUT.MIN_SIZE_TRAIN resize + flip,
+    # INPUT.CROP); "ssd" is the published 512 protocol's SSD-style pipeline: photometric
+    # distortion, expand (zoom out, mean fill), min-IoU random crop, resize to the square
+    # INPUT.MIN_SIZE_TRAIN, horizontal flip (paploss.data.augmentations).
+    cfg.MODEL.PAPLOSS.AUGMENTATION = "default"
     # Extra COCO-format datasets registered under a name: a list of
     # [name, json_file, image_root] entries, usable in DATASETS.TRAIN / DATASETS.TEST.
     # Relative paths resolve against the folder of the config file that sets them (like _BASE_).

@@ -223,6 +223,7 @@ class PAPHeadLoss(RankingHeadLoss):
         "functions": "MODEL.PAPLOSS.{head}.FUNCTIONS",
         "grad_scale": "MODEL.PAPLOSS.{head}.GRAD_SCALE",
         "quality_type": "MODEL.PAPLOSS.QUALITY",
+        "topk": "MODEL.PAPLOSS.TOPK",
     }
 
     @configurable
@@ -232,6 +233,7 @@ class PAPHeadLoss(RankingHeadLoss):
         functions: PAPFunctions,
         grad_scale: float = 1.0,
         quality_type: str = "giou",
+        topk: int = 0,
         **kwargs,
     ):
         """
@@ -239,6 +241,8 @@ class PAPHeadLoss(RankingHeadLoss):
             functions: the PAP loss's five functions for this head.
             grad_scale: λ > 0, scales the gradient reaching the box branch only.
             quality_type: ``"giou"`` (``(GIoU + 1) / 2``) or ``"iou"``.
+            topk: ``N >= 0``: the j-sums over the N largest valid logits only (the published
+                truncation); 0: exact over all entries.
             kwargs: the arguments of :class:`RankingHeadLoss`.
         """
         super().__init__(**kwargs)
@@ -250,6 +254,7 @@ class PAPHeadLoss(RankingHeadLoss):
         self.functions = functions
         self.grad_scale = check_number(grad_scale, self.config_key("grad_scale"), low=0.0)
         self.quality_type = quality_type
+        self.topk = check_int(topk, self.config_key("topk"), minimum=0)
 
     @classmethod
     def from_config(cls, cfg, head: str, *, head_name: str, loss_key: str) -> dict:
@@ -261,6 +266,7 @@ class PAPHeadLoss(RankingHeadLoss):
             ),
             grad_scale=node[head].GRAD_SCALE,
             quality_type=node.QUALITY,
+            topk=node.TOPK,
         )
         return ret
 
@@ -273,6 +279,7 @@ class PAPHeadLoss(RankingHeadLoss):
             ranking.targets,
             ranking.per_entry(quality_of_positives),
             self.functions,
+            self.topk,
         )
         scalars = {
             "pap_localization": parts.localization.item(),

@@ -19,31 +19,36 @@ __all__ = ["PAPRPN"]
 class PAPRPN(RPN):
     """RPN trained with ``MODEL.PAPLOSS.LOSS`` (the PAP loss by default).
 
-    The objectness logits of all anchors of the per-device batch form one ranking (one class,
+    The objectness logits of the anchors of the per-device batch form one ranking (one class,
     :func:`~paploss.modeling.ranking.rpn_ranking`).
-    Ranking losses need no positive/negative balancing, so anchors are not subsampled: every
-    anchor that the matcher labels positive or negative takes part. With
-    ``MODEL.PAPLOSS.LOSS: "stock"`` it is exactly Detectron2's RPN.
+    By default every anchor that the matcher labels positive or negative takes part;
+    ``MODEL.PAPLOSS.RPN.SAMPLE_ANCHORS: True`` ranks only Detectron2's random sample of anchors
+    (the others are ignored), as the published PAP RPN does. With ``MODEL.PAPLOSS.LOSS:
+    "stock"`` it is exactly Detectron2's RPN.
     """
 
     @configurable
-    def __init__(self, *, head_loss: RankingHeadLoss, **kwargs):
+    def __init__(self, *, head_loss: RankingHeadLoss, sample_anchors: bool = False, **kwargs):
         """
         Args:
             head_loss: the ranking loss of the RPN (``MODEL.PAPLOSS`` and its ``RPN``).
+            sample_anchors: rank only the anchors of Detectron2's sampler (always so with the
+                stock loss).
             kwargs: the arguments of :class:`detectron2.modeling.proposal_generator.RPN`.
         """
         super().__init__(**kwargs)
         self.head_loss = head_loss
+        self.sample_anchors = sample_anchors
 
     @classmethod
     def from_config(cls, cfg, input_shape):
         ret = super().from_config(cfg, input_shape)
         ret["head_loss"] = build_head_loss(cfg, "RPN", head_name="rpn", key_prefix="loss_rpn_")
+        ret["sample_anchors"] = cfg.MODEL.PAPLOSS.RPN.SAMPLE_ANCHORS
         return ret
 
     def _subsample_labels(self, label: torch.Tensor) -> torch.Tensor:
-        if self.head_loss.is_stock:
+        if self.head_loss.is_stock or self.sample_anchors:
             return super()._subsample_labels(label)
         return label
 

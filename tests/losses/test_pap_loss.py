@@ -12,6 +12,7 @@ from paploss.losses import (
     pap_loss_components,
     pap_loss_dense,
     pap_loss_dense_components,
+    topk_valid_mask,
 )
 
 F64 = torch.float64
@@ -401,3 +402,154 @@ def test_custom_piecewise_linear_functions_are_accepted():
         pap_loss(logits, targets, quality, functions),
         pap_loss(logits, targets, quality, PAPFunctions.identity()),
     )
+
+
+# ---- Top-k truncation: the j-sums over the N largest valid logits only ----------------------
+
+
+def topk_mask_by_counting(logits, valid, topk):
+    """Readable rule: a valid entry's position is the number of valid entries with a larger
+    logit, plus those with an equal logit and a lower index; the top-k are positions < topk."""
+    logits, valid = logits.tolist(), valid.tolist()
+    mask = []
+    for k, (s_k, v_k) in enumerate(zip(logits, valid)):
+        position = sum(
+            1
+            for j, (s_j, v_j) in enumerate(zip(logits, valid))
+            if v_j and (s_j > s_k or (s_j == s_k and j < k))
+        )
+        mask.append(bool(v_k) and (topk == 0 or position < topk))
+    return torch.tensor(mask)
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("topk", [0, 1, 7, 30, 79, 80, 200])
+def test_topk_mask_takes_the_largest_valid_logits_lower_index_first(seed, topk):
+    logits, targets, _ = make_inputs(seed, 100, 0.1, 0.2, logits="ties" if seed % 2 else "normal")
+    valid = targets != -1
+    mask = topk_valid_mask(logits, valid, topk)
+    assert torch.equal(mask, topk_mask_by_counting(logits, valid, topk))
+    assert int(mask.sum()) == (int(valid.sum()) if topk == 0 else min(topk, int(valid.sum())))
+    assert not bool((mask & ~valid).any())
+
+
+def test_topk_boundary_tie_goes_to_the_lower_index():
+    logits = torch.tensor([1.0, 2.0, 1.0, 1.0, 0.0], dtype=F64)
+    valid = torch.tensor([True, True, False, True, True])
+    assert topk_valid_mask(logits, valid, 2).tolist() == [True, True, False, False, False]
+    assert topk_valid_mask(logits, valid, 3).tolist() == [True, True, False, True, False]
+    assert topk_valid_mask(logits.flip(0), valid.flip(0), 2).tolist() == [
+        False,
+        True,
+        False,
+        True,
+        False,
+    ]
+
+
+@pytest.mark.parametrize("loss_fn", BOTH)
+def test_topk_hand_computed_positive_outside_the_top_k(loss_fn):
+    # Identity functions, topk = 2. Entries: A (2.5, negative), B (2, positive, u = .5),
+    # C (0, positive, u = .5), D (1, negative), E (5, ignored), F (2, negative: ties with B at the
+    # boundary and loses, its index being higher). The j-sums run over {A, B}; C is still an i.
+    # B: x_BA = .75, x_BB = .5 -> D_B = 1.25, N_B = .75 * 1 + .5 * .5 = 1, R_B = .8.
+    # C: x_CA = x_CB = 1 (clamped) -> D_C = 2, N_C = 1 + 1 * .5 = 1.5, R_C = .75.
+    # L = ((1 - .5) + .5 * .8 + (1 - .5) + .5 * .75) / 2 = .8875.
+    logits = torch.tensor([2.5, 2.0, 0.0, 1.0, 5.0, 2.0], dtype=F64)
+    targets = torch.tensor([0, 1, 1, 0, -1, 0])
+    quality = torch.tensor([0.0, 0.5, 0.5, 0.0, 0.0, 0.0], dtype=F64)
+    components, grad_logits, grad_quality = loss_and_grads(
+        lambda *args: loss_fn(*args, topk=2), logits, targets, quality, PAPFunctions.identity()
+    )
+    assert components.num_positives == 2
+    torch.testing.assert_close(components.loss, torch.tensor(0.8875, dtype=F64))
+    torch.testing.assert_close(components.localization, torch.tensor(0.5, dtype=F64))
+    # dL/ds_A = 1/2 * I3(u_B) / D_B * H2'(x_BA) / 2 * w_A = .5 * .4 * .5 = .1; B the negative of
+    # that (its self pair cancels); C's pairs are saturated; D and F are outside the sums.
+    torch.testing.assert_close(grad_logits, torch.tensor([0.1, -0.1, 0, 0, 0, 0], dtype=F64))
+    # dL/du_B = 1/2 (-1 + R_B - u_B H2(x_BB) / D_B) + 1/2 (-u_C H2(x_CB) / D_C) = -.2 - .125;
+    # dL/du_C = 1/2 (-1 + R_C): C is outside the sums, so no I2 term.
+    torch.testing.assert_close(grad_quality, torch.tensor([0, -0.325, -0.125, 0, 0, 0], dtype=F64))
+
+
+TOPK_CASES = [
+    # (seed, M, positive fraction, ignored fraction, logits kind, functions, topk)
+    (40, 200, 0.2, 0.1, "normal", "identity", 50),
+    (41, 200, 0.2, 0.1, "ties", "identity", 50),  # ties at the boundary
+    (42, 300, 0.3, 0.1, "ties", "retinanet", 17),
+    (43, 300, 0.1, 0.2, "normal", "faster_rcnn_rpn", 1),
+    (44, 300, 0.1, 0.2, "equal", "faster_rcnn_roi", 40),  # every logit tied
+    (45, 400, 0.1, 0.1, "normal", "random", 120),
+    (46, 400, 0.1, 0.1, "ties", "step", 120),
+    (47, 400, 0.1, 0.1, "normal", "extreme", 10),
+    (48, 3000, 0.05, 0.05, "normal", "retinanet", 1000),
+    (49, 100, 0.2, 0.1, "normal", "retinanet", 10_000),  # N beyond the valid entries
+]
+
+
+@pytest.mark.parametrize("case", TOPK_CASES, ids=lambda c: f"seed{c[0]}-{c[4]}-{c[5]}-top{c[6]}")
+def test_topk_fast_equals_dense_truncated_reference(case):
+    seed, num, positive_fraction, ignored_fraction, kind, function_kind, topk = case
+    logits, targets, quality = make_inputs(seed, num, positive_fraction, ignored_fraction, kind)
+    functions = build_functions(function_kind, seed)
+    truncated = lambda fn: lambda *args: fn(*args, topk=topk)  # noqa: E731
+    fast, fast_logits, fast_quality = loss_and_grads(
+        truncated(pap_loss_components), logits, targets, quality, functions
+    )
+    dense, dense_logits, dense_quality = loss_and_grads(
+        truncated(pap_loss_dense_components), logits, targets, quality, functions
+    )
+    for a, b in zip(fast[:3], dense[:3]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-12)
+    torch.testing.assert_close(fast_logits, dense_logits, rtol=1e-5, atol=1e-12)
+    torch.testing.assert_close(fast_quality, dense_quality, rtol=1e-5, atol=1e-12)
+    # Outside the top-k only positives (as i) get logit gradient; the sums' I2 only reaches
+    # positives inside it.
+    outside = ~topk_valid_mask(logits, targets != -1, topk)
+    assert bool((fast_logits[outside & (targets != 1)] == 0).all())
+    exact = pap_loss(logits, targets, quality, functions)
+    if topk >= int((targets != -1).sum()):
+        torch.testing.assert_close(fast.loss, exact, rtol=0, atol=0)
+    elif positive_fraction > 0:
+        assert not torch.allclose(fast.loss, exact)
+
+
+def published_formula(logits, targets, quality, functions, topk):
+    """The published implementation's formula, restated: top-k of the valid logits by
+    ``torch.topk`` (tie order unspecified, so only used without ties), ``[N, P]`` matrices."""
+    pos = targets == 1
+    pos_logits, pos_u = logits[pos], quality[pos]
+    valid = targets != -1
+    all_logits, all_u = logits[valid], quality[valid] * pos[valid]
+    if all_logits.numel() > topk:
+        all_logits, index = torch.topk(all_logits, topk)
+        all_u = all_u[index]
+    x = torch.clamp((all_logits[:, None] - pos_logits[None, :]) / 2 + 0.5, 0, 1)
+    h1 = functions["H1"](x).detach()
+    h2 = functions["H2"](x)
+    i2 = functions["I2"](all_u)[:, None]
+    i3 = functions["I3"](pos_u)[None, :]
+    loss = (1 - functions["I1"](pos_u)) + (h2 * (1 - i2) * i3).sum(0) / h1.sum(0)
+    return loss.sum() / (len(pos_logits) + 1e-8)
+
+
+@pytest.mark.parametrize("topk", [5, 60, 250])
+def test_topk_matches_the_published_formula_without_ties(topk):
+    logits, targets, quality = make_inputs(50, 300, 0.15, 0.1)
+    functions = PAPFunctions.published("retinanet")
+    grads = []
+    for loss_fn in (lambda *a: pap_loss(*a, topk=topk), lambda *a: published_formula(*a, topk)):
+        s = logits.clone().requires_grad_(True)
+        q = quality.clone().requires_grad_(True)
+        value = loss_fn(s, targets, q, functions)
+        grads.append((value, *torch.autograd.grad(value, (s, q))))
+    for ours, published in zip(*grads):
+        torch.testing.assert_close(ours, published, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("topk", [-1, 2.0, True, "100"])
+@pytest.mark.parametrize("loss_fn", [pap_loss, pap_loss_dense])
+def test_bad_topk_raises_value_error_naming_it(topk, loss_fn):
+    logits, targets, quality = make_inputs(51, 20)
+    with pytest.raises(ValueError, match="topk"):
+        loss_fn(logits, targets, quality, PAPFunctions.identity(), topk=topk)

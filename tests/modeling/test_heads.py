@@ -9,6 +9,7 @@ import pytest
 import torch
 from detectron2.modeling import build_model
 from detectron2.structures import Boxes, Instances
+from detectron2.utils.events import EventStorage
 from torchvision.ops import generalized_box_iou
 
 from paploss.losses import PAPFunctions, pap_loss_dense
@@ -17,6 +18,9 @@ from .utils import build_train_model, losses_with_storage, make_cfg
 
 RETINANET = "configs/synthetic/pap_retinanet_identity.yaml"
 FASTER_RCNN = "configs/synthetic/pap_faster_rcnn_identity.yaml"
+# Tests that need positives in the R-CNN head add the ground-truth boxes to the proposals: the
+# PAP recipe does not, and an untrained RPN's proposals often match no ground truth at IoU 0.5.
+GT_PROPOSALS = ("MODEL.ROI_HEADS.PROPOSAL_APPEND_GT", "True")
 
 
 def test_retinanet_loss_equals_pap_loss_on_hand_flattened_tensors(synthetic_batch):
@@ -88,8 +92,9 @@ def _head_grads(model, batch, names):
 def test_gradient_reaches_both_branches_and_lambda_scales_only_the_box_branch(
     synthetic_batch, config_file, head, cls_param, box_param
 ):
-    base = build_train_model(config_file)
-    scaled = build_train_model(config_file, f"MODEL.PAPLOSS.{head}.GRAD_SCALE", "3.0")
+    opts = GT_PROPOSALS if head == "ROI_HEADS" else ()
+    base = build_train_model(config_file, *opts)
+    scaled = build_train_model(config_file, *opts, f"MODEL.PAPLOSS.{head}.GRAD_SCALE", "3.0")
     scaled.load_state_dict(base.state_dict())
     torch.manual_seed(1)  # same proposal sampling in both runs
     g1 = _head_grads(base, synthetic_batch, [cls_param, box_param])
@@ -115,7 +120,7 @@ def _without_annotations(batch):
 
 @pytest.mark.parametrize("config_file", [RETINANET, FASTER_RCNN])
 def test_batch_without_positives_trains_without_nan(synthetic_batch, config_file):
-    model = build_train_model(config_file)
+    model = build_train_model(config_file, *(GT_PROPOSALS if config_file == FASTER_RCNN else ()))
     batch = _without_annotations(synthetic_batch)
     losses, storage = losses_with_storage(model, batch)
     total = sum(losses.values())
@@ -141,8 +146,8 @@ def test_stock_loss_key_keeps_detectron2losses_with_storage(synthetic_batch):
 
 
 def test_roi_head_without_sampling_ranks_all_proposals(synthetic_batch):
-    sampled = build_train_model(FASTER_RCNN)
-    everything = build_train_model(FASTER_RCNN, "MODEL.PAPLOSS.ROI_HEADS.SAMPLE_PROPOSALS", "False")
+    sampled = build_train_model(FASTER_RCNN, "MODEL.PAPLOSS.ROI_HEADS.SAMPLE_PROPOSALS", "True")
+    everything = build_train_model(FASTER_RCNN)  # the PAP recipe ranks all proposals
     _, s1 = losses_with_storage(sampled, synthetic_batch)
     _, s2 = losses_with_storage(everything, synthetic_batch)
     n1 = (
@@ -154,6 +159,70 @@ def test_roi_head_without_sampling_ranks_all_proposals(synthetic_batch):
         + s2.history("roi_head/num_fg_samples").latest()
     )
     assert n1 <= 128 < n2
+
+
+def _rows_sorted(boxes):
+    for column in reversed(range(boxes.shape[1])):
+        boxes = boxes[torch.sort(boxes[:, column], stable=True).indices]
+    return boxes
+
+
+@pytest.mark.parametrize("append_gt", [False, True])
+def test_roi_head_ranks_exactly_the_proposals_without_ground_truth_boxes(
+    synthetic_batch, append_gt
+):
+    """``PROPOSAL_APPEND_GT: False`` + ``SAMPLE_PROPOSALS: False`` (the PAP recipe): the RoIs
+    of the ranking are the RPN's proposals, one for one; with ``True`` the ground-truth boxes
+    are added to them."""
+    model = build_train_model(FASTER_RCNN, "MODEL.ROI_HEADS.PROPOSAL_APPEND_GT", str(append_gt))
+    batch = synthetic_batch[:2]
+    with EventStorage(0):
+        images = model.preprocess_image(batch)
+        features = model.backbone(images.tensor)
+        targets = [x["instances"] for x in batch]
+        proposals, _ = model.proposal_generator(images, features, targets)
+        labelled = model.roi_heads.label_and_sample_proposals(proposals, targets)
+    for before, after, gt in zip(proposals, labelled, targets):
+        expected = torch.cat([before.proposal_boxes.tensor] + [gt.gt_boxes.tensor] * append_gt)
+        assert len(after) == len(expected)
+        # The same boxes (compared as sorted rows: the head may reorder them).
+        torch.testing.assert_close(
+            _rows_sorted(after.proposal_boxes.tensor), _rows_sorted(expected)
+        )
+
+
+def _rpn_ranked_anchors(storage):
+    return (
+        storage.history("rpn/num_pos_anchors").latest(),
+        storage.history("rpn/num_neg_anchors").latest(),
+    )
+
+
+def test_rpn_ranks_only_the_sampled_anchors_when_asked(synthetic_batch):
+    """``MODEL.PAPLOSS.RPN.SAMPLE_ANCHORS``: Detectron2's sampler (128 per image here, at most
+    half positive) decides which anchors the ranking sees; without it every labelled anchor."""
+    _, sampled = losses_with_storage(build_train_model(FASTER_RCNN), synthetic_batch)
+    _, everything = losses_with_storage(
+        build_train_model(FASTER_RCNN, "MODEL.PAPLOSS.RPN.SAMPLE_ANCHORS", "False"),
+        synthetic_batch,
+    )
+    positives, negatives = _rpn_ranked_anchors(sampled)
+    assert 0 < positives <= 64 and positives + negatives == 128
+    all_positives, all_negatives = _rpn_ranked_anchors(everything)
+    assert all_positives == positives  # the sampler keeps every positive when they are few
+    assert all_negatives > 20 * negatives
+
+
+def test_topk_key_reaches_the_pap_loss(synthetic_batch):
+    exact = build_train_model(RETINANET)
+    truncated = build_train_model(RETINANET, "MODEL.PAPLOSS.TOPK", "1000")
+    assert (exact.head_loss.topk, truncated.head_loss.topk) == (0, 1000)
+    (a,) = losses_with_storage(exact, synthetic_batch)[0].values()
+    (b,) = losses_with_storage(truncated, synthetic_batch)[0].values()
+    assert torch.isfinite(b) and abs(a.item() - b.item()) > 1e-4
+    large = build_train_model(RETINANET, "MODEL.PAPLOSS.TOPK", str(10**7))
+    (c,) = losses_with_storage(large, synthetic_batch)[0].values()
+    assert c.item() == pytest.approx(a.item(), rel=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -171,6 +240,7 @@ def test_roi_head_without_sampling_ranks_all_proposals(synthetic_batch):
         (["MODEL.PAPLOSS.RETINANET.GRAD_SCALE", "0.0"], r"MODEL.PAPLOSS.RETINANET.GRAD_SCALE"),
         (["MODEL.PAPLOSS.RETINANET.GRAD_SCALE", "-2.0"], r"MODEL.PAPLOSS.RETINANET.GRAD_SCALE"),
         (["MODEL.PAPLOSS.QUALITY", "dice"], "MODEL.PAPLOSS.QUALITY must be one of"),
+        (["MODEL.PAPLOSS.TOPK", "-1"], r"MODEL.PAPLOSS.TOPK must be an integer >= 0"),
     ],
 )  # fmt: skip
 def test_bad_config_fails_at_build_time_naming_the_key(opts, message):

@@ -20,15 +20,28 @@ PAP_CONFIGS = [
 ]
 
 
+#: Steps of the fixed-batch check. Identity functions without gradient clipping move the
+#: RetinaNet ranking only after ~20 steps from a cold start (the loss stays at ~0.999, then falls).
+FIXED_BATCH_STEPS = {"configs/synthetic/pap_retinanet_identity.yaml": 80}
+
+
 @pytest.mark.parametrize("config_file", PAP_CONFIGS)
 def test_loss_falls_on_a_fixed_batch(synthetic_batch, config_file):
-    """40 steps of the config's optimizer on one batch of four images, without warm-up."""
-    cfg = make_cfg(config_file, "SOLVER.WARMUP_ITERS", "0")
-    model = build_train_model(config_file, "SOLVER.WARMUP_ITERS", "0")
+    """40 steps of the config's optimizer on one batch of four images, without warm-up.
+
+    Faster R-CNN adds the ground-truth boxes to the proposals here: the published recipe's
+    R-CNN head (no ground-truth proposals) has only 0-2 positives in a batch this early in
+    training, a set that changes from step to step, so its loss is not comparable between steps.
+    """
+    opts = ["SOLVER.WARMUP_ITERS", "0"]
+    if "faster_rcnn" in config_file:
+        opts += ["MODEL.ROI_HEADS.PROPOSAL_APPEND_GT", "True"]
+    cfg = make_cfg(config_file, *opts)
+    model = build_train_model(config_file, *opts)
     optimizer = Trainer.build_optimizer(cfg, model)
     totals = []
     with EventStorage(0) as storage:
-        for iteration in range(40):
+        for iteration in range(FIXED_BATCH_STEPS.get(config_file, 40)):
             storage.iter = iteration
             total = sum(model(synthetic_batch).values())
             optimizer.zero_grad()
@@ -41,22 +54,26 @@ def test_loss_falls_on_a_fixed_batch(synthetic_batch, config_file):
 
 
 @pytest.mark.parametrize(
-    "config_file, iterations",
+    "config_file, iterations, opts",
     [
         # The published RetinaNet functions learn much faster than the identity ones, whose AP is
-        # still 0 after a few hundred iterations at batch 4 (see the README's loss table).
-        ("configs/synthetic/pap_retinanet_published.yaml", 200),
-        ("configs/synthetic/pap_faster_rcnn_identity.yaml", 150),
+        # still 0 after a few hundred iterations at batch 4.
+        ("configs/synthetic/pap_retinanet_published.yaml", 200, []),
+        # With gradient clipping: without it, the published recipe (all RoIs, no ground-truth
+        # proposals) learns next to nothing in 150 iterations from scratch (seed 0: 0.0007 AP,
+        # with clipping 5.75 AP; stock Faster R-CNN 4.89 / 5.71).
+        ("configs/synthetic/pap_faster_rcnn_identity.yaml", 150,
+         ["SOLVER.CLIP_GRADIENTS.ENABLED", True]),
     ],
-)
-def test_short_training_reaches_a_non_zero_ap(tmp_path, config_file, iterations):
+)  # fmt: skip
+def test_short_training_reaches_a_non_zero_ap(tmp_path, config_file, iterations, opts):
     cfg = setup_cfg(
         config_file,
         [
             "SOLVER.IMS_PER_BATCH", 4, "SOLVER.MAX_ITER", iterations, "SOLVER.WARMUP_ITERS", 20,
             "SOLVER.STEPS", (), "SOLVER.CHECKPOINT_PERIOD", 10 * iterations, "SEED", 0,
             "DATASETS.TEST", ("synthetic_shapes_search_val",),
-            "MODEL.RETINANET.SCORE_THRESH_TEST", 0.0, "OUTPUT_DIR", str(tmp_path),
+            "MODEL.RETINANET.SCORE_THRESH_TEST", 0.0, "OUTPUT_DIR", str(tmp_path), *opts,
         ],
     )  # fmt: skip
     results = train_and_evaluate(cfg)
