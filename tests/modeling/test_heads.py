@@ -230,7 +230,7 @@ def test_topk_key_reaches_the_pap_loss(synthetic_batch):
     [
         (["MODEL.PAPLOSS.LOSS", "focal"],
          r"^MODEL.PAPLOSS.LOSS must be one of the registered head losses "
-         r"\(alrp, ap, pap, rs, stock\), got 'focal'$"),
+         r"\(alrp, ap, graph, pap, rs, stock\), got 'focal'$"),
         (["MODEL.PAPLOSS.RETINANET.FUNCTIONS.H2", "[[0.2, 0.2], [0.1, 0.4], [0.6, 0.6], [0.8, 0.8]]"],
          r"MODEL.PAPLOSS.RETINANET.FUNCTIONS: H2"),
         (["MODEL.PAPLOSS.RETINANET.FUNCTIONS.I1", "[[0.2, 0.5], [0.4, 0.4], [0.6, 0.6], [0.8, 0.8]]"],

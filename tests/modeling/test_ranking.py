@@ -18,6 +18,7 @@ from paploss.modeling import (
     roi_ranking,
     rpn_ranking,
 )
+from paploss.modeling.graph_loss import GraphHeadLoss
 
 TRANSFORM = Box2BoxTransform(weights=(10.0, 10.0, 5.0, 5.0))
 
@@ -141,6 +142,7 @@ def test_head_losses_are_registered_under_their_loss_names():
         "alrp": ALRPHeadLoss,
         "rs": RSHeadLoss,
         "stock": StockHeadLoss,
+        "graph": GraphHeadLoss,
     }
     registry = type(HEAD_LOSS_REGISTRY)("TEST")  # same kind of registry, not the global one
 
