@@ -58,6 +58,9 @@ def add_paploss_config(cfg: CN) -> None:
     cfg.MODEL.PAPLOSS.LOSS = "pap"
     # Box quality u of a positive, from its decoded predicted box and its ground truth:
     # "giou": (GIoU + 1) / 2; "iou": IoU.
+    # "mask_iou" (Mask R-CNN, MODEL.MASK_ON): in the ROI head, the soft IoU of the positive's
+    # predicted mask (sigmoid, on its RoI grid) with its ground-truth mask times (GIoU + 1) / 2
+    # of its box, so that the loss trains the mask and the box branch; the RPN uses (GIoU + 1) / 2.
     cfg.MODEL.PAPLOSS.QUALITY = "giou"
     # Per-head settings (see _head_node); the RPN's baseline defaults are the papers' values.
     head_defaults = {"RPN": {"alrp_tau": 0.7, "rs_loss_weight": 0.2}}
