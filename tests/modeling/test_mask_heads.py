@@ -15,7 +15,7 @@ from detectron2.structures import Boxes
 from detectron2.utils.events import EventStorage
 from torchvision.ops import box_iou, generalized_box_iou, roi_align
 
-from paploss.engine import load_config
+from paploss.engine import load_config, setup_cfg, train_and_evaluate
 from paploss.losses import PAPFunctions, pap_loss_dense, rank_sort_loss
 from paploss.modeling import HeadRanking, PAPHeadLoss, RSHeadLoss
 from paploss.modeling.head_loss import MASK_LOSS_KEY
@@ -343,3 +343,22 @@ def test_screening_scores_the_ranking_heads_of_a_pap_mask_rcnn():
     assert torch.isfinite(
         torch.tensor([result.loss_first, result.loss_last, result.ap_after])
     ).all()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config_file", [RS, PAP_MASK_IOU])
+def test_short_training_reaches_a_non_zero_mask_ap(tmp_path, config_file):
+    """120 iterations at batch 4 (a few minutes on one CPU thread), evaluated on held-out
+    images with COCO box and mask AP."""
+    cfg = setup_cfg(
+        config_file,
+        [
+            "SOLVER.IMS_PER_BATCH", 4, "SOLVER.MAX_ITER", 120, "SOLVER.WARMUP_ITERS", 20,
+            "SOLVER.STEPS", (), "SOLVER.CHECKPOINT_PERIOD", 1000, "SEED", 0,
+            "DATASETS.TEST", ("synthetic_shapes_search_val",), "OUTPUT_DIR", str(tmp_path),
+        ],
+    )  # fmt: skip
+    results = train_and_evaluate(cfg)
+    assert set(results) == {"bbox", "segm"}
+    assert results["segm"]["AP"] > 1.0 and results["segm"]["AP50"] > 5.0, results
+    assert results["bbox"]["AP"] > 0, results
