@@ -41,6 +41,8 @@ def test_config_loads_and_builds_a_model(path):
         ("configs/coco/pap_faster_rcnn_R50_FPN_512.yaml", "ROI_HEADS", "faster_rcnn_roi"),
         ("configs/synthetic/pap_faster_rcnn_published.yaml", "RPN", "faster_rcnn_rpn"),
         ("configs/synthetic/pap_faster_rcnn_published.yaml", "ROI_HEADS", "faster_rcnn_roi"),
+        ("configs/coco/pap_mask_rcnn_R50_FPN_1x.yaml", "RPN", "faster_rcnn_rpn"),
+        ("configs/coco/pap_mask_rcnn_R50_FPN_1x.yaml", "ROI_HEADS", "faster_rcnn_roi"),
     ],
 )
 def test_published_configs_carry_the_published_parameters(path, head, name):

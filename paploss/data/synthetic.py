@@ -6,11 +6,16 @@ hue band of their class (jittered, with random saturation and brightness),
 scales (about 10 to 64 px) and aspect ratios (1:2.5 to 2.5:1). Objects may overlap; later objects
 occlude earlier ones, and each annotation is the box of the object's *visible* pixels. Objects
 whose visible part is under ``MIN_VISIBLE_FRACTION`` of their area are not annotated (they look
-like clutter). Small objects, occlusion and clutter make AP75 clearly harder than AP50, so the
+like clutter). Each annotation also carries the object's instance mask: its visible pixels (the
+occluded parts cut away, so a mask may have holes or several pieces), as COCO RLE
+(``{"size": [h, w], "counts": str}``, pycocotools' compressed encoding). Detectron2 reads RLE
+masks with ``INPUT.MASK_FORMAT: "bitmask"`` (the Mask R-CNN configs set it). Small objects, occlusion and clutter make AP75 clearly harder than AP50, so the
 localisation quality that a loss rewards shows in the metrics.
 
 Everything is a pure function of ``(split, seed, num_images, image_size)``: the same arguments
-write byte-identical JSON and PNG files.
+write byte-identical JSON and PNG files. :data:`GENERATOR_VERSION` names the format: the cache
+folder of the generated set includes it (:func:`paploss.data.register_synthetic_datasets`), so a
+new version is generated afresh instead of reusing files of an older one.
 
 Layout written by :func:`generate_split`::
 
@@ -28,12 +33,14 @@ from typing import Dict, List, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw
+from pycocotools import mask as mask_util
 
 __all__ = [
     "CLASS_NAMES",
     "SPLITS",
     "SyntheticSplitSpec",
     "default_split_specs",
+    "encode_mask",
     "generate_split",
     "render_image",
 ]
@@ -41,7 +48,8 @@ __all__ = [
 CLASS_NAMES: Tuple[str, ...] = ("rectangle", "ellipse", "triangle", "cross")
 SPLITS: Tuple[str, ...] = ("train", "search_train", "search_val", "val")
 MIN_VISIBLE_FRACTION = 0.35
-GENERATOR_VERSION = 3
+#: Version 4 added the instance masks (``segmentation``) to the annotations.
+GENERATOR_VERSION = 4
 
 
 @dataclass(frozen=True)
@@ -148,7 +156,8 @@ def render_image(spec: SyntheticSplitSpec, index: int) -> Tuple[Image.Image, Lis
 
     Returns:
         The RGB image and its annotations as dicts with ``bbox`` (XYWH, visible part),
-        ``category_id`` (1-based) and ``area`` (visible pixel count).
+        ``category_id`` (1-based), ``area`` (visible pixel count) and ``segmentation`` (the
+        visible pixels as COCO compressed RLE, :func:`encode_mask`).
     """
     rng = np.random.default_rng([spec.seed, index])
     size = spec.image_size
@@ -191,9 +200,20 @@ def render_image(spec: SyntheticSplitSpec, index: int) -> Tuple[Image.Image, Lis
         x0, y0 = float(xs.min()), float(ys.min())
         w, h = float(xs.max() + 1) - x0, float(ys.max() + 1) - y0
         annotations.append(
-            {"bbox": [x0, y0, w, h], "category_id": classes[obj] + 1, "area": float(area)}
+            {
+                "bbox": [x0, y0, w, h],
+                "category_id": classes[obj] + 1,
+                "area": float(area),
+                "segmentation": encode_mask(visible),
+            }
         )
     return image, annotations
+
+
+def encode_mask(mask: np.ndarray) -> dict:
+    """A binary ``[H, W]`` mask as COCO compressed RLE with a JSON-able ``counts`` string."""
+    rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
 def generate_split(spec: SyntheticSplitSpec, root: str) -> str:

@@ -39,7 +39,7 @@ class Trainer(DefaultTrainer):
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         return COCOEvaluator(
             dataset_name,
-            tasks=("bbox",),
+            tasks=("bbox", "segm") if cfg.MODEL.MASK_ON else ("bbox",),  # box, mask AP
             distributed=True,
             output_dir=output_folder,
             use_fast_impl=fast_coco_eval_available(),

@@ -1,5 +1,6 @@
 """Loss functions in pure PyTorch (no Detectron2): the PAP loss, its monotone functions, gradient
-scaling and the exact sort + prefix-sum pairwise sums shared by the ranking losses."""
+scaling, the exact sort + prefix-sum pairwise sums shared by the ranking losses, and the mask
+qualities (Dice loss, soft mask IoU)."""
 
 from .functions import (
     FUNCTION_NAMES,
@@ -11,6 +12,7 @@ from .functions import (
     theta_to_knots,
 )
 from .grad_scale import GradScale, lambda_from_theta, scale_grad, theta_from_lambda
+from .mask_quality import DICE_EPS, dice_loss, soft_mask_iou
 from .pairwise import (
     SortedScores,
     gap_sum,
@@ -50,6 +52,9 @@ __all__ = [
     "lambda_from_theta",
     "scale_grad",
     "theta_from_lambda",
+    "DICE_EPS",
+    "dice_loss",
+    "soft_mask_iou",
     "SortedScores",
     "gap_sum",
     "pairwise_gap_slope_sum",

@@ -65,6 +65,9 @@ def add_paploss_config(cfg: CN) -> None:
     cfg.MODEL.PAPLOSS.LOSS = "pap"
     # Box quality u of a positive, from its decoded predicted box and its ground truth:
     # "giou": (GIoU + 1) / 2; "iou": IoU.
+    # "mask_iou" (Mask R-CNN, MODEL.MASK_ON): in the ROI head, the soft IoU of the positive's
+    # predicted mask (sigmoid, on its RoI grid) with its ground-truth mask times (GIoU + 1) / 2
+    # of its box, so that the loss trains the mask and the box branch; the RPN uses (GIoU + 1) / 2.
     cfg.MODEL.PAPLOSS.QUALITY = "giou"
     # LOSS "pap": the j-sums of each positive's precision term run over the TOPK largest valid
     # logits of the batch only (the published implementation: 100000); 0: over all entries, exact.

@@ -18,6 +18,14 @@ Head losses are registered in :data:`HEAD_LOSS_REGISTRY` under their ``MODEL.PAP
 * ``"rs"`` (:class:`RSHeadLoss`): Rank & Sort Loss + score-weighted GIoU loss, value-balanced.
 * ``"stock"`` (:class:`StockHeadLoss`): a marker; the head uses Detectron2's own losses.
 
+**Mask branch.** When the ranking carries the positives' masks (the ROI head of a Mask R-CNN,
+:func:`~paploss.modeling.ranking.roi_ranking`), :meth:`RankingHeadLoss.forward` adds the mask
+loss of :meth:`RankingHeadLoss.mask_loss` under :data:`MASK_LOSS_KEY`: Rank & Sort Mask R-CNN's
+Dice loss, weighted per positive like the RS box loss (its detached score) and balanced by value
+to the head's ranking loss every iteration. :meth:`~RankingHeadLoss.compute` (what the screening
+of candidate losses scores) never includes it. With ``MODEL.PAPLOSS.QUALITY: "mask_iou"`` the
+PAP loss's quality of a positive also reads its mask (:class:`PAPHeadLoss`).
+
 A Detectron2 project adds its own loss by subclassing :class:`RankingHeadLoss` (``loss_name``,
 ``@configurable`` constructor, ``from_config``, ``compute``) and decorating it with
 ``@HEAD_LOSS_REGISTRY.register()``; ``MODEL.PAPLOSS.LOSS`` then selects it by that name
@@ -48,6 +56,7 @@ from paploss.losses import (
     scale_grad,
 )
 from paploss.losses.box_quality import QUALITY_TYPES, box_quality, paired_iou_giou
+from paploss.losses.mask_quality import dice_loss, soft_mask_iou
 
 from .ranking import HeadRanking
 
@@ -56,6 +65,8 @@ __all__ = [
     "ALRPSelfBalance",
     "APHeadLoss",
     "HEAD_LOSS_REGISTRY",
+    "MASK_IOU_QUALITY",
+    "MASK_LOSS_KEY",
     "PAPHeadLoss",
     "RSHeadLoss",
     "RankingHeadLoss",
@@ -101,6 +112,33 @@ _SMOOTH_L1_BETA_KEYS = {
 # RS Loss: a sum of box weights (detached scores) below this normalises by 1 instead (published).
 _RS_BOX_WEIGHT_EPS = 1e-10
 
+#: ``MODEL.PAPLOSS.QUALITY`` value whose quality reads the positives' masks (:class:`PAPHeadLoss`).
+MASK_IOU_QUALITY = "mask_iou"
+#: Key of the mask branch's loss in a head loss's output (:meth:`RankingHeadLoss.mask_loss`).
+MASK_LOSS_KEY = "loss_mask_dice"
+
+
+def positive_score_weights(ranking: HeadRanking) -> torch.Tensor:
+    """``[P]`` detached best class score (sigmoid) of each positive: the weight of its box and
+    mask losses in Rank & Sort Loss."""
+    scores = ranking.logits.detach().index_select(0, ranking.positive_rows).sigmoid()
+    return scores.max(dim=1).values
+
+
+def _weighted_mean(weights: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """``Σ w·v / Σ w`` (``Σ w`` below ``_RS_BOX_WEIGHT_EPS`` counts as 1, as published)."""
+    normaliser = weights.sum()
+    normaliser = torch.where(normaliser < _RS_BOX_WEIGHT_EPS, 1.0, normaliser)
+    return (weights * values).sum() / normaliser
+
+
+def _value_balance(target: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
+    """Detached weight ``target / loss`` that makes ``weight * loss`` equal ``target`` in value
+    (0 when ``loss`` is 0)."""
+    detached = loss.detach()
+    positive = detached > 0
+    return torch.where(positive, target.detach() / torch.where(positive, detached, 1.0), 0.0)
+
 
 def _config_functions(node, key: str) -> PAPFunctions:
     try:
@@ -125,6 +163,9 @@ class RankingHeadLoss(nn.Module):
     uses_grad_scale: bool = False
     #: Constructor argument -> the config key it is read from (``{head}``: the head's subtree).
     config_keys: Dict[str, str] = {}
+    #: The scalar of :meth:`compute` that holds the ranking loss's value, to which the mask loss
+    #: is balanced (None: the whole loss).
+    balance_scalar: Optional[str] = None
 
     def __init__(
         self, *, head: Optional[str] = None, head_name: str = "head", loss_key: Optional[str] = None
@@ -170,14 +211,22 @@ class RankingHeadLoss(nn.Module):
             ranking: what the head ranks.
 
         Returns:
-            ``{loss_key: scalar}``.
+            ``{loss_key: scalar}``, and ``{MASK_LOSS_KEY: scalar}`` when the ranking has masks.
         """
         loss, scalars = self.compute(ranking)
+        losses = {self.loss_key: loss}
+        if ranking.has_masks:
+            if self.balance_scalar is None:
+                balance_to = loss.detach()
+            else:
+                balance_to = torch.as_tensor(scalars[self.balance_scalar], dtype=loss.dtype)
+            losses[MASK_LOSS_KEY], mask_scalars = self.mask_loss(ranking, balance_to)
+            scalars = {**scalars, **mask_scalars}
         storage = get_event_storage()
         for name, value in scalars.items():
             storage.put_scalar(f"{self.head_name}/{name}", value)
         storage.put_scalar(f"{self.head_name}/num_positives", float(ranking.num_positives))
-        return {self.loss_key: loss}
+        return losses
 
     def compute(self, ranking: HeadRanking) -> Tuple[torch.Tensor, Dict[str, float]]:
         """The loss of one batch, without logging.
@@ -187,6 +236,40 @@ class RankingHeadLoss(nn.Module):
             head's name.
         """
         raise NotImplementedError
+
+    def mask_loss(
+        self, ranking: HeadRanking, balance_to: torch.Tensor
+    ) -> Tuple[torch.Tensor, Dict[str, float]]:
+        """The mask branch's loss (Rank & Sort Mask R-CNN's), for a ranking with masks.
+
+        ``L_mask = Σ_P w_i · Dice_i / Σ_P w_i`` with ``Dice_i = 1 − 2Σpt / (Σp² + Σt² + ε)`` on
+        the sigmoid of positive i's mask logits and ``w_i`` its detached best class score (as
+        the RS box loss); returned as ``λ_mask · L_mask`` with the detached
+        ``λ_mask = balance_to / L_mask`` (0 when ``L_mask`` is 0), so its value equals the
+        ranking loss's. Override it for another mask loss.
+
+        Args:
+            ranking: a ranking with :attr:`~HeadRanking.mask_logits` and ``gt_masks``.
+            balance_to: detached scalar, the value of the head's ranking loss
+                (:attr:`balance_scalar`).
+
+        Returns:
+            ``(loss, scalars)``: ``mask_dice`` (unweighted ``L_mask``), ``mask_weight``
+            (``λ_mask``) and ``mask_iou`` (mean soft IoU of the positives' masks).
+        """
+        probs = ranking.mask_logits.sigmoid()
+        loss = _weighted_mean(
+            positive_score_weights(ranking).to(probs.dtype), dice_loss(probs, ranking.gt_masks)
+        )
+        weight = _value_balance(balance_to.to(loss), loss)
+        with torch.no_grad():
+            iou = soft_mask_iou(probs, ranking.gt_masks)
+        scalars = {
+            "mask_dice": loss.item(),
+            "mask_weight": weight.item(),
+            "mask_iou": iou.mean().item() if iou.numel() else 0.0,
+        }
+        return weight * loss, scalars
 
 
 @HEAD_LOSS_REGISTRY.register()
@@ -212,8 +295,9 @@ class StockHeadLoss(RankingHeadLoss):
 class PAPHeadLoss(RankingHeadLoss):
     """The PAP loss: ranking and localisation in one term (formula: ``docs/pap_loss.md``).
 
-    The quality of a positive is ``(GIoU + 1) / 2`` or the IoU of its decoded predicted box; λ
-    scales only the gradient that reaches the box branch through the quality.
+    The quality of a positive is ``(GIoU + 1) / 2`` or the IoU of its decoded predicted box, or
+    with ``"mask_iou"`` also reads its predicted mask (:meth:`quality`); λ scales only the
+    gradient that reaches the box (and mask) branch through the quality.
     Scalars: ``pap_ranking``, ``pap_localization`` (their sum is the loss), ``num_positives``.
     """
 
@@ -240,16 +324,17 @@ class PAPHeadLoss(RankingHeadLoss):
         Args:
             functions: the PAP loss's five functions for this head.
             grad_scale: λ > 0, scales the gradient reaching the box branch only.
-            quality_type: ``"giou"`` (``(GIoU + 1) / 2``) or ``"iou"``.
+            quality_type: ``"giou"`` (``(GIoU + 1) / 2``), ``"iou"`` or ``"mask_iou"`` (see
+                :meth:`quality`).
             topk: ``N >= 0``: the j-sums over the N largest valid logits only (the published
                 truncation); 0: exact over all entries.
             kwargs: the arguments of :class:`RankingHeadLoss`.
         """
         super().__init__(**kwargs)
-        if quality_type not in QUALITY_TYPES:
+        if quality_type not in QUALITY_TYPES + (MASK_IOU_QUALITY,):
             raise ValueError(
-                f"{self.config_key('quality_type')} must be one of {QUALITY_TYPES}, "
-                f"got {quality_type!r}"
+                f"{self.config_key('quality_type')} must be one of "
+                f"{QUALITY_TYPES + (MASK_IOU_QUALITY,)}, got {quality_type!r}"
             )
         self.functions = functions
         self.grad_scale = check_number(grad_scale, self.config_key("grad_scale"), low=0.0)
@@ -268,12 +353,35 @@ class PAPHeadLoss(RankingHeadLoss):
             quality_type=node.QUALITY,
             topk=node.TOPK,
         )
+        if node.QUALITY == MASK_IOU_QUALITY and (
+            head == "RETINANET" or (head == "ROI_HEADS" and not cfg.MODEL.MASK_ON)
+        ):
+            raise ValueError(
+                f"{cls.config_keys['quality_type']}: {MASK_IOU_QUALITY!r} needs the ROI heads' "
+                f"mask branch (MODEL.MASK_ON: True with PAPROIHeads); the {head} head has none"
+            )
         return ret
 
+    def quality(self, ranking: HeadRanking) -> torch.Tensor:
+        """``[P]`` quality ``u`` of the positives, differentiable in their predictions.
+
+        ``"giou"``: ``(GIoU + 1) / 2`` of the predicted box; ``"iou"``: its IoU;
+        ``"mask_iou"``: the soft IoU of the predicted mask (sigmoid) with the ground-truth mask
+        on the RoI grid (:func:`~paploss.losses.soft_mask_iou`) times ``(GIoU + 1) / 2`` of the
+        box, so that both the mask and the box branch learn from the loss (a mask pasted into a
+        badly placed box is a bad instance mask); a ranking without masks (the RPN of a Mask
+        R-CNN) uses ``(GIoU + 1) / 2``.
+        """
+        if self.quality_type != MASK_IOU_QUALITY:
+            return box_quality(ranking.pred_boxes, ranking.gt_boxes, self.quality_type)
+        quality = box_quality(ranking.pred_boxes, ranking.gt_boxes, "giou")
+        if ranking.has_masks:
+            mask_iou = soft_mask_iou(ranking.mask_logits.sigmoid(), ranking.gt_masks)
+            quality = quality * mask_iou.to(quality.dtype)
+        return quality
+
     def compute(self, ranking: HeadRanking) -> Tuple[torch.Tensor, Dict[str, float]]:
-        quality_of_positives = scale_grad(
-            box_quality(ranking.pred_boxes, ranking.gt_boxes, self.quality_type), self.grad_scale
-        )
+        quality_of_positives = scale_grad(self.quality(ranking), self.grad_scale)
         parts = pap_loss_components(
             ranking.flat_logits,
             ranking.targets,
@@ -303,6 +411,7 @@ class APHeadLoss(RankingHeadLoss):
     """
 
     loss_name = "ap"
+    balance_scalar = "ap_cls"
     config_keys = {"delta": "MODEL.PAPLOSS.AP.DELTA"}
 
     @configurable
@@ -403,6 +512,7 @@ class ALRPHeadLoss(RankingHeadLoss):
     """
 
     loss_name = "alrp"
+    balance_scalar = "alrp_cls"
     config_keys = {
         "tau": "MODEL.PAPLOSS.{head}.ALRP_TAU",
         "delta": "MODEL.PAPLOSS.ALRP.DELTA",
@@ -482,6 +592,7 @@ class RSHeadLoss(RankingHeadLoss):
     """
 
     loss_name = "rs"
+    balance_scalar = "rs_cls"
     config_keys = {
         "delta": "MODEL.PAPLOSS.RS.DELTA",
         "loss_weight": "MODEL.PAPLOSS.{head}.RS_LOSS_WEIGHT",
@@ -511,21 +622,12 @@ class RSHeadLoss(RankingHeadLoss):
         quality = ranking.per_entry(iou.detach().clamp(0.0, 1.0))
         rs = rank_sort_loss(ranking.flat_logits, ranking.targets, quality, self.delta)
 
-        scores = ranking.logits.detach().index_select(0, ranking.positive_rows).sigmoid()
-        box_weights = scores.max(dim=1).values  # [P]
-        normaliser = box_weights.sum()
-        normaliser = torch.where(normaliser < _RS_BOX_WEIGHT_EPS, 1.0, normaliser)
-        box_loss = (box_weights * (1 - giou)).sum() / normaliser
-
-        detached_box = box_loss.detach()
-        has_box = detached_box > 0
-        box_weight = torch.where(
-            has_box, rs.detach() / torch.where(has_box, detached_box, 1.0), 0.0
-        )
+        box_loss = _weighted_mean(positive_score_weights(ranking), 1 - giou)
+        box_weight = _value_balance(rs, box_loss)
         total = self.loss_weight * (rs + box_weight.to(rs.dtype) * box_loss.to(rs.dtype))
         scalars = {
             "rs_cls": rs.item(),
-            "rs_box": detached_box.item(),
+            "rs_box": box_loss.item(),
             "rs_box_weight": box_weight.item(),
         }
         return total, scalars

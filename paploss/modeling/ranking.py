@@ -13,14 +13,18 @@ positive, ``K`` background, ``-1`` ignored), and the positives' predicted boxes 
 gradient) with their ground truth, in label order. A head whose boxes are deltas applied to
 reference boxes (anchors or proposals) also keeps every row's deltas, reference box and image, so
 that the ranking can be decoded again from other predictions (:meth:`HeadRanking.with_predictions`,
-used by the screening of candidate losses).
+used by the screening of candidate losses). The ROI head of a Mask R-CNN also hands over the
+positives' mask logits at their ground-truth class and their ground-truth masks on the same RoI
+grid (``M × M``), from which the head loss computes the mask branch's loss and, with
+``MODEL.PAPLOSS.QUALITY: "mask_iou"``, the positives' quality.
 
 The builders are the only place that knows how a head's Detectron2 ``losses`` arguments become a
 ranking:
 
 * :func:`dense_ranking`: RetinaNet-style heads (anchors × classes);
 * :func:`rpn_ranking`: the RPN, whose objectness labels {-1, 0, 1} become one class;
-* :func:`roi_ranking`: the Fast R-CNN box predictor, class-specific or class-agnostic regression.
+* :func:`roi_ranking`: the Fast R-CNN box predictor, class-specific or class-agnostic regression,
+  with the mask predictions of the positive RoIs when the ROI heads have a mask branch.
 
 The heads' ``losses`` call them and hand the ranking to their head loss; anything else that needs
 what a head ranks (the screening, a visualisation) observes the head loss's input with
@@ -36,7 +40,14 @@ from detectron2.layers import cat
 from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.structures import Boxes, Instances
 
-__all__ = ["HeadRanking", "class_targets", "dense_ranking", "roi_ranking", "rpn_ranking"]
+__all__ = [
+    "HeadRanking",
+    "class_targets",
+    "dense_ranking",
+    "positive_mask_targets",
+    "roi_ranking",
+    "rpn_ranking",
+]
 
 
 def class_targets(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -77,6 +88,10 @@ class HeadRanking:
         reference_boxes: ``[R, 4]`` anchors or proposals (XYXY) the deltas apply to.
         image_index: ``[R]`` int64, the image of each row.
         box2box_transform: the head's delta encoding.
+        mask_logits: ``[P, M, M]`` mask logits of the positives at their ground-truth class
+            (with gradient to the mask branch), in label order, or None (no mask branch).
+        gt_masks: ``[P, M, M]`` their ground-truth masks (0/1, same dtype as ``mask_logits``)
+            on the same RoI grid, or None.
         targets: ``[R * K]`` int8 in {1, 0, -1} (:func:`class_targets`, flattened); derived.
         positive_rows: ``[P]`` int64 rows of the positives; derived.
         positive_index: ``[P]`` int64 indices of the positives in the ``[R * K]`` entries;
@@ -93,6 +108,8 @@ class HeadRanking:
     reference_boxes: Optional[torch.Tensor] = None
     image_index: Optional[torch.Tensor] = None
     box2box_transform: Optional[Box2BoxTransform] = None
+    mask_logits: Optional[torch.Tensor] = None
+    gt_masks: Optional[torch.Tensor] = None
     targets: torch.Tensor = field(init=False, repr=False)
     positive_rows: torch.Tensor = field(init=False, repr=False)
     positive_index: torch.Tensor = field(init=False, repr=False)
@@ -109,6 +126,17 @@ class HeadRanking:
         if rows.numel() != self.pred_boxes.shape[0]:
             raise ValueError(
                 f"{rows.numel()} positives in labels but {self.pred_boxes.shape[0]} predicted boxes"
+            )
+        if (self.mask_logits is None) != (self.gt_masks is None):
+            raise ValueError("mask_logits and gt_masks must be given together")
+        if self.mask_logits is not None and (
+            self.mask_logits.dim() != 3
+            or self.mask_logits.shape[0] != rows.numel()
+            or self.gt_masks.shape != self.mask_logits.shape
+        ):
+            raise ValueError(
+                f"mask_logits and gt_masks must be [P, M, M] with P = {rows.numel()} positives, "
+                f"got {list(self.mask_logits.shape)} and {list(self.gt_masks.shape)}"
             )
         object.__setattr__(self, "targets", class_targets(self.labels, num_classes).reshape(-1))
         object.__setattr__(self, "positive_rows", rows)
@@ -157,6 +185,11 @@ class HeadRanking:
             image_index=image_index,
             box2box_transform=box2box_transform,
         )
+
+    @property
+    def has_masks(self) -> bool:
+        """Whether the ranking carries the positives' mask predictions and ground truth."""
+        return self.mask_logits is not None
 
     @property
     def num_classes(self) -> int:
@@ -284,6 +317,7 @@ def roi_ranking(
     predictions: Tuple[torch.Tensor, torch.Tensor],
     proposals: List[Instances],
     box2box_transform: Box2BoxTransform,
+    mask_logits: Optional[torch.Tensor] = None,
 ) -> HeadRanking:
     """The ranking of a Fast R-CNN box predictor (``FastRCNNOutputLayers.losses``'s arguments).
 
@@ -291,8 +325,15 @@ def roi_ranking(
         predictions: ``(scores [R, K], proposal_deltas [R, K*4] or [R, 4])``; ``K`` sigmoid
             logits per RoI (no background logit).
         proposals: per-image labelled RoIs with ``proposal_boxes``, ``gt_classes`` and (when the
-            image has ground truth) ``gt_boxes``.
+            image has ground truth) ``gt_boxes``, and ``gt_masks`` with ``mask_logits``.
         box2box_transform: the box predictor's transform.
+        mask_logits: ``[P, K, M, M]`` (class-specific) or ``[P, 1, M, M]`` (class-agnostic)
+            mask-head logits of the positive RoIs, image after image in proposal order (what
+            Detectron2's ``select_foreground_proposals`` keeps), or None.
+
+    Returns:
+        The ranking; with ``mask_logits``, it carries each positive's logits at its class and
+        its ground-truth mask cropped and resized to its RoI (:func:`positive_mask_targets`).
     """
     scores, proposal_deltas = predictions
     num_classes = scores.shape[1]
@@ -300,7 +341,7 @@ def roi_ranking(
     if deltas.shape[1] != 4:  # class-specific regression
         deltas = deltas.view(-1, num_classes, 4)
     counts = torch.tensor([len(p) for p in proposals], device=scores.device)
-    return HeadRanking.from_deltas(
+    ranking = HeadRanking.from_deltas(
         logits=scores,
         labels=cat([p.gt_classes for p in proposals], dim=0),
         deltas=deltas,
@@ -312,3 +353,49 @@ def roi_ranking(
         image_index=torch.arange(len(proposals), device=scores.device).repeat_interleave(counts),
         box2box_transform=box2box_transform,
     )
+    if mask_logits is None:
+        return ranking
+    if mask_logits.dim() != 4 or mask_logits.shape[0] != ranking.num_positives:
+        raise ValueError(
+            f"mask_logits must be [P, K or 1, M, M] with P = {ranking.num_positives} positive "
+            f"RoIs, got {list(mask_logits.shape)}"
+        )
+    if mask_logits.shape[1] == 1:  # class-agnostic masks
+        logits = mask_logits[:, 0]
+    else:
+        classes = ranking.labels[ranking.positive_rows]
+        logits = mask_logits[torch.arange(len(classes), device=classes.device), classes]
+    gt_masks = positive_mask_targets(proposals, num_classes, logits.shape[-1])
+    return dataclasses.replace(ranking, mask_logits=logits, gt_masks=gt_masks.to(logits))
+
+
+def positive_mask_targets(proposals: List[Instances], num_classes: int, side: int) -> torch.Tensor:
+    """The ground-truth masks of the positive RoIs on their ``side × side`` RoI grid.
+
+    Args:
+        proposals: per-image labelled RoIs (``proposal_boxes``, ``gt_classes``, and
+            ``gt_masks`` where the image has positives).
+        num_classes: ``K``; a RoI is positive when its class is in ``0..K-1``.
+        side: ``M``, the side of the mask head's output.
+
+    Returns:
+        ``[P, M, M]`` bool masks (Detectron2's ``crop_and_resize``, as its mask loss), image after
+        image in proposal order.
+    """
+    targets = []
+    for p in proposals:
+        positive = (p.gt_classes >= 0) & (p.gt_classes < num_classes)
+        if not bool(positive.any()):
+            continue
+        if not p.has("gt_masks"):
+            raise ValueError(
+                "the ROI heads' mask branch needs ground-truth masks, but the training instances "
+                "have no gt_masks: annotate 'segmentation' and map the data with instance masks "
+                "(Detectron2's DatasetMapper with MODEL.MASK_ON: True)"
+            )
+        boxes = p.proposal_boxes.tensor[positive]
+        targets.append(p.gt_masks[positive].crop_and_resize(boxes, side).to(boxes.device))
+    if not targets:
+        device = proposals[0].proposal_boxes.device if proposals else None
+        return torch.zeros((0, side, side), dtype=torch.bool, device=device)
+    return cat(targets, dim=0)
