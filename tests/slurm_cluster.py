@@ -3,8 +3,9 @@
 ``slurm_cluster`` (session scope) uses the cluster that ``sinfo`` already answers for, if any;
 otherwise it starts the single-node localhost cluster of ``tools/slurm_local.sh`` (needs root)
 and points ``SLURM_CONF`` at it for the rest of the session, so that submitit's ``sbatch`` calls
-and the jobs themselves find it. The cluster is left running afterwards (it starts in about a
-second next time); stop it with ``bash tools/slurm_local.sh stop``. When the default ports are
+and the jobs themselves find it. At the end of the session it cancels the jobs left on a cluster
+it started and stops the daemons it started (munged, slurmctld, slurmd: whichever were not
+running before); a cluster that was already running stays as it was. When the default ports are
 taken by another cluster and ``PAPLOSS_SLURM_PORT`` is not set, it runs on free ports instead.
 
 A missing Slurm installation fails the tests that use the fixture instead of skipping them: CI
@@ -15,9 +16,10 @@ import os
 import shutil
 import socket
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterator, Optional
+from typing import Dict, Iterator, List, Optional
 
 import pytest
 
@@ -69,6 +71,38 @@ def _start_local_cluster() -> "subprocess.CompletedProcess[str]":
     )
 
 
+def _started_daemons(proc: "subprocess.CompletedProcess[str]") -> List[str]:
+    """The daemons a ``slurm_local.sh start`` started (its ``started:`` line)."""
+    for line in proc.stdout.splitlines():
+        _, marker, names = line.partition("[slurm_local] started:")
+        if marker:
+            return [name for name in names.split() if name != "none"]
+    return []
+
+
+def _cancel_jobs(timeout_s: float = 30.0) -> None:
+    """Cancels every job of the (local, test-owned) cluster and waits until they are gone."""
+    try:
+        subprocess.run(["scancel", "--full", "--user", str(os.getuid())], timeout=30, check=False)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            listed = subprocess.run(
+                ["squeue", "--noheader", "--format=%i"], capture_output=True, text=True, timeout=30
+            )
+            if listed.returncode != 0 or not listed.stdout.strip():
+                return
+            time.sleep(0.5)
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+
+
+def _stop_daemons(names: List[str]) -> None:
+    if names:
+        subprocess.run(
+            ["bash", str(SLURM_LOCAL), "stop", *names], capture_output=True, text=True, timeout=120
+        )
+
+
 def _free_port_pair() -> int:
     """A port ``p`` with ``p`` and ``p + 1`` free on localhost (slurmctld and slurmd)."""
     for _ in range(100):
@@ -101,27 +135,35 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
         yield SlurmCluster(os.environ.get("SLURM_CONF"), False, tuple(listed.split()))
         return
 
+    started: List[str] = []  # what this session started, and stops at its end
     with pytest.MonkeyPatch.context() as patch:
-        proc = _start_local_cluster()
-        if proc.returncode != 0 and "taken by another program" in proc.stderr + proc.stdout:
-            if "PAPLOSS_SLURM_PORT" not in os.environ:
-                # The default ports belong to another cluster (e.g. one of another checkout):
-                # this checkout's cluster takes free ones for the session.
-                patch.setenv("PAPLOSS_SLURM_PORT", str(_free_port_pair()))
-                proc = _start_local_cluster()
-        if proc.returncode != 0:
-            pytest.fail(
-                "could not start the local Slurm cluster with `bash tools/slurm_local.sh start`:\n"
-                f"{proc.stdout}{proc.stderr}",
-                pytrace=False,
-            )
-        conf = _local_conf()
-        patch.setenv("SLURM_CONF", conf)
-        listed = _sinfo()
-        if listed is None:
-            pytest.fail(
-                f"the local Slurm cluster started but sinfo does not answer with SLURM_CONF={conf};"
-                " see the logs named by `bash tools/slurm_local.sh status`",
-                pytrace=False,
-            )
-        yield SlurmCluster(conf, True, tuple(listed.split()))
+        try:
+            proc = _start_local_cluster()
+            started += _started_daemons(proc)
+            if proc.returncode != 0 and "taken by another program" in proc.stderr + proc.stdout:
+                if "PAPLOSS_SLURM_PORT" not in os.environ:
+                    # The default ports belong to another cluster (e.g. one of another checkout):
+                    # this checkout's cluster takes free ones for the session.
+                    patch.setenv("PAPLOSS_SLURM_PORT", str(_free_port_pair()))
+                    proc = _start_local_cluster()
+                    started += _started_daemons(proc)
+            if proc.returncode != 0:
+                pytest.fail(
+                    "could not start the local Slurm cluster with `bash tools/slurm_local.sh "
+                    f"start`:\n{proc.stdout}{proc.stderr}",
+                    pytrace=False,
+                )
+            conf = _local_conf()
+            patch.setenv("SLURM_CONF", conf)
+            listed = _sinfo()
+            if listed is None:
+                pytest.fail(
+                    f"the local Slurm cluster started but sinfo does not answer with "
+                    f"SLURM_CONF={conf}; see the logs named by `bash tools/slurm_local.sh status`",
+                    pytrace=False,
+                )
+            yield SlurmCluster(conf, True, tuple(listed.split()))
+        finally:
+            if "slurmctld" in started:
+                _cancel_jobs()  # a cluster of this session: its jobs are the tests' leftovers
+            _stop_daemons(started)

@@ -3,6 +3,7 @@
 #
 #   bash tools/slurm_local.sh start    # munged + slurmctld + slurmd; waits until the node is idle
 #   bash tools/slurm_local.sh stop     # stops the three daemons (state is kept for the next start)
+#   bash tools/slurm_local.sh stop slurmd slurmctld   # stops only the daemons named
 #   bash tools/slurm_local.sh status   # daemons and node state; exit code 0 only if all are up
 #   bash tools/slurm_local.sh env      # prints `export SLURM_CONF=...` for the Slurm client tools
 #
@@ -14,8 +15,10 @@
 #                       (default: .cache/slurm in the repository, which git ignores)
 #   PAPLOSS_SLURM_PORT  slurmctld port (default 6817); slurmd uses the next port
 #
-# Idempotent: `start` leaves running daemons alone and only starts what is missing; concurrent
-# calls are serialised with a lock file. Needs root (daemons run as root on 127.0.0.1 only) and
+# Idempotent: `start` leaves running daemons alone and only starts what is missing, and says which
+# it started on a line `[slurm_local] started: munged slurmctld slurmd` (or `started: none`), so
+# that a caller can stop exactly those again (the test fixture does); concurrent calls are
+# serialised with a lock file. Needs root (daemons run as root on 127.0.0.1 only) and
 # Debian's slurmctld, slurmd, slurm-client and munge packages:
 #   bash tools/setup_env.sh --with-slurm
 set -euo pipefail
@@ -38,6 +41,8 @@ CTLD_PID=$RUN_DIR/slurmctld.pid
 SLURMD_PID=$RUN_DIR/slurmd.pid
 NODE=$(hostname -s)
 PARTITION=debug
+DAEMONS=(slurmd slurmctld munged)  # stop order
+STARTED=()  # daemons this call started
 
 say() { echo "[slurm_local] $*"; }
 die() { echo "[slurm_local] error: $*" >&2; exit 1; }
@@ -158,6 +163,7 @@ start_munge() {
   fi
   chmod 0600 "$MUNGE_KEY"
   rm -f "$MUNGE_SOCKET" "$MUNGE_SOCKET.lock"
+  STARTED+=(munged)
   if ! munged --socket="$MUNGE_SOCKET" --key-file="$MUNGE_KEY" --pid-file="$MUNGE_PID" \
       --log-file="$LOG_DIR/munged.log" --seed-file="$MUNGE_DIR/munged.seed" \
       >>"$LOG_DIR/munged.log" 2>&1 9>&-; then
@@ -186,6 +192,7 @@ start_slurmctld() {
     port_free "$PORT" || die "port $PORT is taken by another program (a slurmctld not started" \
       "from $DIR?): stop it, or set PAPLOSS_SLURM_PORT"
     rm -f "$CTLD_PID"
+    STARTED+=(slurmctld)
     slurmctld -f "$CONF" >>"$LOG_DIR/slurmctld.start.log" 2>&1 9>&- || {
       show_log "$LOG_DIR/slurmctld.start.log"; show_log "$LOG_DIR/slurmctld.log"
       die "slurmctld failed to start (config: $CONF)"
@@ -211,6 +218,7 @@ start_slurmd() {
   port_free $((PORT + 1)) || die "port $((PORT + 1)) is taken by another program (a slurmd not" \
     "started from $DIR?): stop it, or set PAPLOSS_SLURM_PORT"
   rm -f "$SLURMD_PID"
+  STARTED+=(slurmd)
   slurmd -f "$CONF" -N "$NODE" >>"$LOG_DIR/slurmd.start.log" 2>&1 9>&- || {
     show_log "$LOG_DIR/slurmd.start.log"; show_log "$LOG_DIR/slurmd.log"
     die "slurmd failed to start (config: $CONF)"
@@ -263,6 +271,8 @@ cmd_start() {
   elif [ ! -f "$CONF" ]; then
     die "Slurm daemons run from $DIR but $CONF is missing: run \`$0 stop\` first"
   fi
+  # Said also when the start fails half-way: the caller may stop what did start.
+  trap 'say "started: ${STARTED[*]:-none}"' EXIT
   start_munge
   start_slurmctld
   start_slurmd
@@ -287,14 +297,27 @@ stop_daemon() {
   say "killed $name ($pid) after 10 s"
 }
 
+pidfile_of() {
+  case "$1" in
+    munged) echo "$MUNGE_PID" ;;
+    slurmctld) echo "$CTLD_PID" ;;
+    slurmd) echo "$SLURMD_PID" ;;
+    *) die "unknown daemon '$1' (expected: ${DAEMONS[*]})" ;;
+  esac
+}
+
 cmd_stop() {
+  local wanted=("$@") name
+  [ "${#wanted[@]}" -gt 0 ] || wanted=("${DAEMONS[@]}")
+  for name in "${wanted[@]}"; do pidfile_of "$name" >/dev/null; done
   [ -d "$DIR" ] || { say "nothing to stop ($DIR does not exist)"; return 0; }
   exec 9>"$DIR/.lock"
   flock -w 120 9 || die "another start/stop holds $DIR/.lock"
-  stop_daemon "$SLURMD_PID" slurmd
-  stop_daemon "$CTLD_PID" slurmctld
-  stop_daemon "$MUNGE_PID" munged
-  rm -f "$MUNGE_SOCKET" "$MUNGE_SOCKET.lock"
+  for name in "${DAEMONS[@]}"; do
+    [[ " ${wanted[*]} " == *" $name "* ]] || continue
+    stop_daemon "$(pidfile_of "$name")" "$name"
+    if [ "$name" = munged ]; then rm -f "$MUNGE_SOCKET" "$MUNGE_SOCKET.lock"; fi
+  done
 }
 
 cmd_status() {
@@ -322,7 +345,7 @@ cmd_status() {
 
 case "${1:-}" in
   start) cmd_start ;;
-  stop) cmd_stop ;;
+  stop) shift; cmd_stop "$@" ;;
   status) cmd_status ;;
   env) echo "export SLURM_CONF=$CONF" ;;
   -h|--help|help) usage ;;

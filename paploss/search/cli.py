@@ -13,8 +13,9 @@ Examples::
 
 Trailing ``section.key=value`` arguments of ``run`` override the search settings (values are
 YAML). Errors in the input (a missing or malformed settings file, an unknown launcher, a journal
-that is not a search journal or was created with other settings) end with a one-line message and
-exit code 1 (2 for command-line syntax), never with a traceback.
+that is not a search journal or was created with other settings, ``--resume`` of a folder without
+a journal, a Slurm launcher without an answering cluster) end with a one-line message and exit
+code 1 (2 for command-line syntax), never with a traceback.
 """
 
 from __future__ import annotations
@@ -170,6 +171,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _warn_export(exported: Any) -> None:
+    for warning in exported.warnings:
+        logger.warning("warning: %s", warning)
+
+
 def _write_report(output: Any) -> List[str]:
     """Export the best config and write the plots; returns lines saying where they are."""
     from paploss.search.journal import SearchJournal
@@ -186,6 +192,7 @@ def _write_report(output: Any) -> List[str]:
             )
         if journal.best_trial() is not None:
             exported = export_config(journal, output.export("best"), which="best")
+            _warn_export(exported)
             lines.append(f"  exported config: {_show(exported.path)}")
             lines.append(
                 f"  train it:        python tools/train_net.py --config-file {_show(exported.path)}"
@@ -216,6 +223,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
             exported = export_config(journal, args.to or output.export(args.which), args.which)
         except ValueError as exc:
             raise CLIError(str(exc)) from None
+    _warn_export(exported)
     what = (
         f"round {exported.trial.round} trial {exported.trial.index}, reward "
         f"{exported.trial.reward:.4f}"
@@ -270,9 +278,10 @@ def _run_settings(args: argparse.Namespace) -> Any:
     from paploss.search.settings import load_settings
 
     config = args.config
-    if config is None and args.output and args.resume:
+    if args.output and args.resume:
         output = SearchOutput(Path(args.output).absolute())
-        if output.journal.exists():
+        output.require_journal()  # never a default search in a mistyped folder
+        if config is None:
             settings = _settings_from_journal(output, args.overrides)
             return _with_launcher_flags(settings, args), str(output.root)
     if config is None:
@@ -383,7 +392,9 @@ def _setup_logging() -> None:
 
 
 def _error(message: str) -> None:
-    print(f"paploss-search: error: {message}", file=sys.stderr)
+    # One line, whatever the message: its lines joined.
+    lines = [line.strip() for line in str(message).splitlines() if line.strip()]
+    print(f"paploss-search: error: {'; '.join(lines)}", file=sys.stderr)
 
 
 if __name__ == "__main__":

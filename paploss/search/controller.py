@@ -27,7 +27,15 @@ controller is its only writer. A killed search resumes exactly: closed rounds ar
 the open round continues with its stored candidates (finished trials keep their results, pending
 and running ones are re-attached when their jobs still exist and launched again otherwise; their
 folders make both safe), and the policy restarts from the stored state, so a resumed search ends
-where an uninterrupted one with the same settings would.
+where an uninterrupted one with the same settings would. Re-attached jobs count towards
+``launcher.parallel``. A job's result is recorded only when it proves to be the trial's own (its
+trial id and spec digest, :meth:`~paploss.search.trial.TrialResult.mismatch`); any other result
+is refused and the trial runs again.
+
+A new search checks its launcher first (for Slurm: the cluster answers), then writes
+``settings.yaml`` and ``model_config.yaml``, and creates the journal last: a search killed before
+that has nothing to resume, and ``resume`` refuses a folder without a journal rather than start
+a search there.
 
 Output folder layout::
 
@@ -60,7 +68,14 @@ from paploss.search.journal import (
     SearchJournal,
     TrialRecord,
 )
-from paploss.search.launcher import LAUNCHER_KINDS, TrialHandle, TrialLauncher, TrialOutcome
+from paploss.search.launcher import (
+    LAUNCHER_KINDS,
+    TrialHandle,
+    TrialLauncher,
+    TrialOutcome,
+    check_launcher,
+    error_summary,
+)
 from paploss.search.policy import TruncatedNormalPolicy
 from paploss.search.settings import SearchSettings, settings_summary
 from paploss.search.space import SearchSpace
@@ -71,6 +86,7 @@ from paploss.search.trial import (
     torch_threads,
     trial_folder_name,
 )
+from paploss.utils.io import atomic_write
 
 __all__ = [
     "SearchError",
@@ -126,6 +142,19 @@ class SearchOutput:
     def export(self, which: str = "best") -> Path:
         """Default path of an exported config (``best.yaml`` / ``mean.yaml``)."""
         return self.root / f"{which}.yaml"
+
+    @property
+    def has_journal(self) -> bool:
+        """Whether the folder holds a journal (a file or a link of that name)."""
+        return self.journal.exists() or self.journal.is_symlink()
+
+    def require_journal(self) -> None:
+        """Raise :class:`SearchError` unless there is a search here to resume."""
+        if not self.has_journal:
+            where = "no such folder" if not self.root.is_dir() else f"no {self.journal.name}"
+            raise SearchError(
+                f"{self.root}: no search to resume ({where}); start one there without --resume"
+            )
 
 
 @dataclass(frozen=True)
@@ -193,8 +222,9 @@ class SearchController:
     Args:
         settings: the search.
         output_dir: the search's folder (created if needed).
-        resume: continue the journal in ``output_dir`` if there is one. Without it, an existing
-            journal is an error (a search is never restarted over an old one by accident).
+        resume: continue the journal in ``output_dir``; a folder without one is an error (a
+            mistyped folder never starts an unrelated search). Without it, an existing journal
+            is an error (a search is never restarted over an old one by accident).
         trial_fn: the trial function (:func:`~paploss.search.trial.run_trial`; tests may pass
             another picklable function with the same contract).
         launcher: a ready launcher; built from ``settings.launcher`` when None.
@@ -226,8 +256,9 @@ class SearchController:
         """Run (or continue) the search until its last round is closed.
 
         Raises:
-            SearchError: for an output folder that already holds a search (without ``resume``),
-                a model without PAP-loss heads, or a round in which no trial could be scored.
+            SearchError: for an output folder that already holds a search (without ``resume``)
+                or none (with ``resume``), a model without PAP-loss heads, or a round in which no
+                trial could be scored.
             JournalError: for a corrupt or foreign journal, or different settings on resume.
             LaunchError: when trials cannot be submitted.
         """
@@ -265,30 +296,36 @@ class SearchController:
     # ------------------------------------------------------------------ set-up
     def _open(self) -> None:
         output = self.output
-        exists = output.journal.exists() or output.journal.is_symlink()
+        exists = output.has_journal
         if exists and not self.resume:
             raise SearchError(
                 f"{output.root} already holds a search ({output.journal.name}); pass --resume to "
                 "continue it, or choose another output folder"
             )
+        if self.resume:
+            output.require_journal()
+        else:
+            self._check_launcher()  # before anything is written
         space, merged_config = self._build_space()
         self._space = space
         config_digest = hashlib.sha256(merged_config.encode("utf-8")).hexdigest()
         stored = journal_settings(self.settings, space, config_digest)
+        # Trials train from the copy in model_config.yaml: editing the model's config files while
+        # the search runs changes nothing (and resuming after such an edit is refused: another
+        # digest).
         if exists:
             self._journal = SearchJournal.open(str(output.journal), stored)
             logger.info("resuming the search in %s", output.root)
+            if not output.model_config.exists():
+                atomic_write(output.model_config, merged_config)
+            if self._first_round() < self.settings.search.rounds:
+                self._check_launcher()
         else:
-            if self.resume:
-                logger.info("no journal in %s yet: starting a new search", output.root)
+            # The journal comes last: it is what makes the folder a search to resume.
             output.root.mkdir(parents=True, exist_ok=True)
+            atomic_write(output.settings, yaml.safe_dump(self.settings.to_dict(), sort_keys=False))
+            atomic_write(output.model_config, merged_config)
             self._journal = SearchJournal.create(str(output.journal), stored)
-            with open(output.settings, "w") as handle:
-                yaml.safe_dump(self.settings.to_dict(), handle, sort_keys=False)
-        if not output.model_config.exists():
-            # Trials train from this copy: editing the model's config files while the search
-            # runs changes nothing (and resuming after such an edit is refused: other digest).
-            _write_text_atomic(output.model_config, merged_config)
         for line in settings_summary(self.settings):
             logger.info("%s", line)
         logger.info("search space: %d dimensions (%s)", space.dim, ", ".join(space.heads))
@@ -331,6 +368,11 @@ class SearchController:
         for name in (self.settings.proxy.train_dataset, self.settings.proxy.val_dataset):
             ensure_dataset_files(name)  # once here, not in every trial at the same time
         return space, cfg.dump()
+
+    def _check_launcher(self) -> None:
+        """Fail within seconds, naming the problem, when no trial could be submitted."""
+        kind = self._launcher.kind if self._launcher is not None else self.settings.launcher.kind
+        check_launcher(kind)
 
     def _make_launcher(self) -> TrialLauncher:
         if self._launcher is None:
@@ -443,7 +485,7 @@ class SearchController:
             last = failed[-1] if failed else None
             raise SearchError(
                 f"round {round_index + 1}/{loop.rounds}: no sample could be scored, all failed"
-                + (f"; {last.folder}: {_last_line(last.error or '')}" if last else "")
+                + (f"; {last.folder}: {error_summary(last.error or '')}" if last else "")
                 + f". Details: paploss-search status --trials --output {self.output.root}. "
                 "Fix the cause and resume the search (--resume)."
             )
@@ -700,7 +742,10 @@ class SearchController:
 
         handles: List[Tuple[TrialRecord, TrialHandle, bool]] = []
         if attach:
-            attached = launcher.attach([_job_part(t.job_id) for t in attach])
+            # Re-attached first: they count towards launcher.parallel before anything new starts.
+            attached = launcher.attach(
+                [_job_part(t.job_id) for t in attach], [t.started_at for t in attach]
+            )
             handles += [(t, h, True) for t, h in zip(attach, attached)]
             logger.info("re-attached %d running trial job(s)", len(attach))
         if launch:
@@ -713,7 +758,7 @@ class SearchController:
                     trial.index,
                     status="running",
                     job_id=self._job_label(handle),
-                    started_at=now,
+                    started_at=handle.submitted_at or now,
                 )
             handles += [(t, h, False) for t, h in zip(launch, submitted)]
             self._trials_run += len(launch)
@@ -726,10 +771,15 @@ class SearchController:
             still = []
             for trial, handle, was_attached in pending:
                 if handle.job_id != recorded_ids[id(handle)]:
-                    # A local job that started since the last poll: remember its id, so that a
-                    # restarted controller can re-attach it.
+                    # A local job that started since the last poll: remember its id (and when it
+                    # was submitted), so that a restarted controller can re-attach it.
                     recorded_ids[id(handle)] = handle.job_id
-                    journal.update_trial(round_index, trial.index, job_id=self._job_label(handle))
+                    journal.update_trial(
+                        round_index,
+                        trial.index,
+                        job_id=self._job_label(handle),
+                        started_at=handle.submitted_at,
+                    )
                 if handle.outcome is None:
                     still.append((trial, handle, was_attached))
                     continue
@@ -747,6 +797,16 @@ class SearchController:
         journal = self._journal
         assert journal is not None
         result = outcome.result if outcome.ok else None
+        foreign = result.mismatch(self._spec(trial)) if isinstance(result, TrialResult) else None
+        if foreign is not None:
+            # A result file of another trial (or of this trial with other settings) under this
+            # trial's job id: refused, the trial runs again.
+            return self._retry_or_fail(
+                round_index,
+                trial,
+                f"job {outcome.job_id} returned a result that is not this trial's: {foreign}",
+                counts=not was_attached,
+            )
         if isinstance(result, TrialResult) and result.scored:
             metrics = dict(result.metrics)
             if result.reason:
@@ -774,7 +834,17 @@ class SearchController:
         # A re-attached job that is gone without a result was most likely lost together with the
         # previous controller; launching it again does not count as another attempt.
         lost_on_restart = was_attached and not outcome.ok
-        attempts = trial.attempts + (0 if lost_on_restart else 1)
+        return self._retry_or_fail(round_index, trial, error, counts=not lost_on_restart)
+
+    def _retry_or_fail(
+        self, round_index: int, trial: TrialRecord, error: str, counts: bool = True
+    ) -> bool:
+        """Store a trial that produced no result: pending again, or failed after its last
+        attempt. ``counts``: whether this was one of its ``max_attempts``. Returns whether the
+        trial is now final."""
+        journal = self._journal
+        assert journal is not None
+        attempts = trial.attempts + (1 if counts else 0)
         max_attempts = self.settings.search.max_attempts
         final = attempts >= max_attempts
         journal.update_trial(
@@ -791,13 +861,13 @@ class SearchController:
                 trial.folder,
                 attempts,
                 max_attempts,
-                _last_line(error),
+                error_summary(error),
             )
         else:
             logger.warning(
                 "%s: %s; launching it again (%d of %d attempts used)",
                 trial.folder,
-                _last_line(error),
+                error_summary(error),
                 attempts,
                 max_attempts,
             )
@@ -863,16 +933,5 @@ def _duplicate_of(trial: TrialRecord) -> Optional[Tuple[int, int]]:
     return None
 
 
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _job_part(job_label: Optional[str]) -> str:
     return (job_label or "").split(":", 1)[-1]
-
-
-def _last_line(text: str) -> str:
-    lines = [line.strip() for line in (text or "").strip().splitlines() if line.strip()]
-    return lines[-1] if lines else ""

@@ -48,6 +48,9 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Union
 
+from paploss.utils.io import fsync_directory, fsync_file
+from paploss.utils.validation import check_int
+
 __all__ = [
     "JOURNAL_MAGIC",
     "SCHEMA_VERSION",
@@ -274,7 +277,7 @@ class SearchJournal:
                 conn.execute("COMMIT")
             finally:
                 conn.close()
-            _fsync_file(tmp_path)
+            fsync_file(tmp_path)
             try:
                 os.link(tmp_path, path)  # atomic and never replaces an existing file
             except FileExistsError:
@@ -284,7 +287,7 @@ class SearchJournal:
                 if os.path.lexists(path):
                     raise JournalError(f"{path}: already exists; refusing to overwrite it")
                 os.rename(tmp_path, path)
-            _fsync_directory(directory)
+            fsync_directory(directory)
         finally:
             if os.path.lexists(tmp_path):
                 os.unlink(tmp_path)
@@ -530,9 +533,7 @@ class SearchJournal:
         if metrics is not _UNSET:
             changes["metrics"] = _canonical_json(dict(metrics), allow_nan=True)
         if attempts is not _UNSET:
-            if int(attempts) != attempts or attempts < 0:
-                raise ValueError(f"attempts must be an int >= 0, got {attempts!r}")
-            changes["attempts"] = int(attempts)
+            changes["attempts"] = check_int(attempts, "attempts", minimum=0)
         for name, value in (
             ("error", error),
             ("job_id", job_id),
@@ -834,24 +835,3 @@ def _flatten(value: Any, prefix: str = "") -> Dict[str, Any]:
             flat.update(_flatten(item, f"{prefix}.{key}" if prefix else str(key)))
         return flat
     return {prefix or "<root>": value}
-
-
-def _fsync_file(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_directory(directory: str) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -23,7 +23,14 @@ Design notes:
   end of its log.
 * After a controller restart, :meth:`TrialLauncher.attach` rebuilds handles from the job ids the
   controller stored (Slurm jobs, and local jobs whose processes still run or left a result).
-  Anything else is simply launched again: the trial folders make a re-run safe.
+  Anything else is simply launched again: the trial folders make a re-run safe. Re-attached local
+  jobs count towards ``parallel`` like the ones this launcher started.
+* Local job ids are process ids, which the system reuses (they wrap, and restart in a fresh
+  container): a result file written before a job was submitted belongs to an earlier job with
+  the same id and is ignored. A result still has to prove whose it is to the caller (the search
+  controller compares a trial result's trial id and spec digest with the trial's).
+* :func:`check_launcher` tells within seconds, before anything is written, whether trials of a
+  kind can be submitted at all (Slurm installed and its controller answering).
 * The ``debug`` kind runs each trial in the controller's process when its outcome is collected,
   which keeps tracebacks and debuggers usable.
 """
@@ -59,6 +66,9 @@ from submitit.core.utils import DelayedSubmission, pickle_load
 __all__ = [
     "LAUNCHER_KINDS",
     "LaunchError",
+    "check_launcher",
+    "current_job_id",
+    "error_summary",
     "CheckpointableTrial",
     "TrialOutcome",
     "TrialHandle",
@@ -178,9 +188,7 @@ def make_executor(
         executor.update_parameters(**params)
         return executor
     if kind == "slurm":
-        missing = [cmd for cmd in ("sbatch", "srun", "squeue") if shutil.which(cmd) is None]
-        if missing:
-            raise LaunchError(f"{', '.join(missing)} not found: {_INSTALL_HINT}")
+        _require_slurm_tools()
         executor = submitit.SlurmExecutor(
             folder=folder, max_num_timeout=max_num_timeout, python=python
         )
@@ -206,6 +214,53 @@ def make_executor(
         executor.update_parameters(**params)
         return executor
     raise ValueError(f"unknown launcher kind {kind!r}; expected one of {', '.join(LAUNCHER_KINDS)}")
+
+
+def check_launcher(kind: str, timeout_s: float = 15.0) -> None:
+    """Checks quickly that trials of ``kind`` can be submitted now; writes nothing.
+
+    For ``"slurm"``: the client tools are installed, ``SLURM_CONF`` (when set) names a file, and
+    the Slurm controller answers ``scontrol ping`` within ``timeout_s``. The other kinds need
+    nothing.
+
+    Raises:
+        ValueError: for an unknown kind.
+        LaunchError: saying what is missing, in one line.
+    """
+    if kind not in LAUNCHER_KINDS:
+        raise ValueError(
+            f"unknown launcher kind {kind!r}; expected one of {', '.join(LAUNCHER_KINDS)}"
+        )
+    if kind != "slurm":
+        return
+    _require_slurm_tools()
+    conf = os.environ.get("SLURM_CONF")
+    if conf and not os.path.isfile(conf):
+        # The Slurm tools would retry reading it for a minute.
+        raise LaunchError(f"SLURM_CONF={conf} does not exist: {_INSTALL_HINT}")
+    try:
+        proc = subprocess.run(
+            ["scontrol", "ping"], capture_output=True, text=True, timeout=timeout_s
+        )
+    except subprocess.TimeoutExpired:
+        raise LaunchError(
+            f"the Slurm controller did not answer `scontrol ping` within {timeout_s:g} s "
+            f"({slurm_environment_summary()}): {_INSTALL_HINT}"
+        ) from None
+    except OSError as exc:
+        raise LaunchError(f"cannot run scontrol ({exc}): {_INSTALL_HINT}") from None
+    if proc.returncode != 0 or " is UP" not in proc.stdout:
+        said = error_summary(proc.stdout + "\n" + proc.stderr) or f"exit code {proc.returncode}"
+        raise LaunchError(
+            f"no Slurm controller answers (scontrol ping: {said}; {slurm_environment_summary()})"
+            f": {_INSTALL_HINT}"
+        )
+
+
+def _require_slurm_tools() -> None:
+    missing = [cmd for cmd in ("sbatch", "srun", "squeue", "scontrol") if shutil.which(cmd) is None]
+    if missing:
+        raise LaunchError(f"{', '.join(missing)} not found: {_INSTALL_HINT}")
 
 
 def _slurm_mem(mem_gb: float) -> str:
@@ -273,19 +328,30 @@ class TrialOutcome:
 
     @property
     def message(self) -> str:
-        """One line about the failure, or ``""``.
+        """One line about the failure (see :func:`error_summary`), or ``""``."""
+        return error_summary(self.error or "")
 
-        The exception line of a trial's traceback, or the first line of a crash report.
-        """
-        if not self.error:
-            return ""
-        lines = [line.strip() for line in self.error.strip().splitlines() if line.strip()]
-        if not lines[0].startswith("Traceback"):
-            return lines[0]
-        for line in reversed(lines):
-            if not line.startswith(("File ", "^", "~", "-")):
-                return line
-        return lines[-1] if lines else ""
+
+def error_summary(text: str) -> str:
+    """The one line that says why something failed, from a longer error text.
+
+    A Python traceback gives its exception line (the last line that is not source context). Any
+    other text gives its first line: a crash report of this module starts with the cause (``job 12
+    ended without a result (process ended)``), followed by the end of the job's log, whose last
+    line is usually unrelated (a warning, a progress line).
+
+    Returns:
+        The line, stripped; ``""`` for an empty text.
+    """
+    lines = [line.strip() for line in (text or "").strip().splitlines() if line.strip()]
+    if not lines:
+        return ""
+    if not lines[0].startswith("Traceback"):
+        return lines[0]
+    for line in reversed(lines):
+        if not line.startswith(("File ", "^", "~", "-")):
+            return line
+    return lines[-1]
 
 
 class TrialHandle:
@@ -305,6 +371,9 @@ class TrialHandle:
         self._trial = trial  # not yet submitted (local launcher waiting for a free slot)
         self._final_since: Optional[float] = None  # scheduler says final, result not seen yet
         self._final_state: Optional[str] = None
+        #: Wall-clock time (``time.time()``) just before the job was submitted; None while
+        #: waiting, or for an attached job whose submission time is not known.
+        self.submitted_at: Optional[float] = None
 
     @property
     def job_id(self) -> Optional[str]:
@@ -343,7 +412,8 @@ class TrialLauncher:
     Args:
         kind: ``"debug"``, ``"local"`` or ``"slurm"``.
         folder: submitit folder for pickles and logs (stable across controller restarts).
-        parallel: local launcher only: how many trials run at once.
+        parallel: local launcher only: how many trials run at once, counting every job of this
+            launcher whose outcome is not known yet (re-attached ones included).
         poll_interval_s: pause between checks for results.
         scheduler_poll_s: Slurm only: minimal pause between two ``squeue`` calls.
         result_grace_s: how long a job that the scheduler reports as ended may take to show
@@ -378,6 +448,7 @@ class TrialLauncher:
         self.executor = make_executor(kind, self.folder, **executor_options)
         self._slurm_states: Dict[str, str] = {}
         self._last_squeue = float("-inf")
+        self._live: List[TrialHandle] = []  # local jobs started or attached, outcome unknown
 
     # ---------------------------------------------------------------------------- submission
 
@@ -401,6 +472,7 @@ class TrialLauncher:
             handles = [TrialHandle(i, self.kind, trial=t) for i, t in enumerate(trials)]
             self._start_waiting(handles)
             return handles
+        submitted_at = time.time()
         try:
             jobs = self.executor.submit_array(trials)
         except Exception as e:  # sbatch's own message says what is wrong
@@ -409,18 +481,29 @@ class TrialLauncher:
                 f"submitting {len(trials)} trial(s) with the {self.kind!r} launcher failed{where}:"
                 f" {e}"
             ) from e
-        return [TrialHandle(i, self.kind, job=job) for i, job in enumerate(jobs)]
+        handles = [TrialHandle(i, self.kind, job=job) for i, job in enumerate(jobs)]
+        for handle in handles:
+            handle.submitted_at = submitted_at
+        return handles
 
-    def attach(self, job_ids: Sequence[Optional[str]]) -> List[TrialHandle]:
+    def attach(
+        self,
+        job_ids: Sequence[Optional[str]],
+        submitted_at: Optional[Sequence[Optional[float]]] = None,
+    ) -> List[TrialHandle]:
         """Rebuilds handles for jobs submitted earlier from :attr:`folder` (after a restart).
 
         Args:
             job_ids: job ids as stored by the controller, in trial order.
+            submitted_at: for each job, the :attr:`TrialHandle.submitted_at` it had (None where
+                unknown). A local job's result file older than that was left by an earlier job
+                with the same process id, and is ignored.
 
         Returns:
             One handle per id, with ``index`` the position in ``job_ids``. A job that neither
             runs any more nor left a result is reported failed by the next poll, so the
-            controller launches it again.
+            controller launches it again. Local jobs count towards ``parallel`` until their
+            outcome is known.
 
         Raises:
             ValueError: for the debug launcher, whose jobs live only in the process that ran them,
@@ -428,6 +511,8 @@ class TrialLauncher:
         """
         if self.kind == "debug":
             raise ValueError("debug jobs cannot be re-attached: launch the trials again")
+        if submitted_at is not None and len(submitted_at) != len(job_ids):
+            raise ValueError("submitted_at must give one time per job id")
         handles = []
         for index, job_id in enumerate(job_ids):
             if not job_id:
@@ -437,7 +522,11 @@ class TrialLauncher:
                 job: "submitit.Job[Any]" = submitit.SlurmJob(folder=self.folder, job_id=job_id)
             else:
                 job = submitit.LocalJob(folder=self.folder, job_id=job_id)
-            handles.append(TrialHandle(index, self.kind, job=job))
+            handle = TrialHandle(index, self.kind, job=job)
+            handle.submitted_at = None if submitted_at is None else submitted_at[index]
+            handles.append(handle)
+        if self.kind == "local":
+            self._live.extend(handles)
         return handles
 
     def cancel(self, handles: Iterable[TrialHandle]) -> None:
@@ -473,7 +562,7 @@ class TrialLauncher:
             self._start_waiting(handles)
         running = [h for h in handles if not h.done and h.job is not None]
         states: Optional[Dict[str, str]] = None
-        if self.kind == "slurm" and any(not self._has_result(h) for h in running):
+        if self.kind == "slurm" and any(not self._result_ready(h) for h in running):
             states = self._query_slurm([h.job_id for h in running if h.job_id])
         for handle in running:
             outcome = self._check(handle, states)
@@ -536,17 +625,25 @@ class TrialLauncher:
 
     # ---------------------------------------------------------------------------- internals
 
+    def running_jobs(self) -> int:
+        """Local launcher: jobs started or attached whose outcome is not known yet."""
+        self._live = [h for h in self._live if not h.done]
+        return len(self._live)
+
     def _start_waiting(self, handles: Sequence[TrialHandle]) -> None:
-        running = sum(1 for h in handles if h.job is not None and not h.done)
+        running = self.running_jobs()
         for handle in handles:
             if running >= self.parallel:
                 break
             if handle.job is None and handle._trial is not None:
+                handle.submitted_at = time.time()
                 try:
                     handle.job = self.executor.submit(handle._trial)
                 except Exception as e:
+                    handle.submitted_at = None
                     raise LaunchError(f"starting a local trial failed: {e}") from e
                 handle._trial = None
+                self._live.append(handle)
                 running += 1
 
     def _run_debug(self, handle: TrialHandle) -> TrialOutcome:
@@ -567,16 +664,30 @@ class TrialLauncher:
         handle.outcome = outcome
         return outcome
 
-    @staticmethod
-    def _has_result(handle: TrialHandle) -> bool:
-        return handle.job is not None and handle.job.paths.result_pickle.exists()
+    def _result_ready(self, handle: TrialHandle) -> bool:
+        """Whether the job's result file exists and was written by this job.
+
+        A local job's file from before its submission is an earlier job's (process ids are
+        reused). Slurm job ids do not come back soon, and a shared file system's times need not
+        match this host's clock: there only the caller's check of the result applies.
+        """
+        if handle.job is None:
+            return False
+        path = handle.job.paths.result_pickle
+        try:
+            modified = path.stat().st_mtime
+        except OSError:
+            return False
+        if self.kind == "local" and handle.submitted_at is not None:
+            return modified >= handle.submitted_at
+        return True
 
     def _check(
         self, handle: TrialHandle, slurm_states: Optional[Dict[str, str]]
     ) -> Optional[TrialOutcome]:
         job = handle.job
         assert job is not None
-        if job.paths.result_pickle.exists():
+        if self._result_ready(handle):
             return self._read_result(handle)
         if self.kind == "slurm":
             if slurm_states is None:  # squeue did not answer this time: no news
@@ -592,7 +703,7 @@ class TrialLauncher:
                 return None
             # A local job writes its result before its process exits, but the process may have
             # ended between the look for a result above and the look at the process.
-            if job.paths.result_pickle.exists():
+            if self._result_ready(handle):
                 return self._read_result(handle)
             final_state, grace_s = "process ended", 0.0
         now = time.monotonic()
@@ -686,8 +797,10 @@ def _local_job_active(job: "submitit.Job[Any]") -> bool:
     state = job.get_info().get("jobState")
     if state == "RUNNING":
         return True
-    if state == "NO PROCESS AND NO RESULT":
+    if getattr(job, "_process", None) is None:
         # Re-attached after a restart: the local job id is the pid of submitit's job controller.
+        # (submitit calls such a job finished as soon as a result file exists, which may be an
+        # earlier job's: look at the process itself.)
         try:
             proc = Path("/proc") / str(int(job.job_id))
             # "pid (comm) S ...": a zombie (Z) or dead (X) process no longer runs the job.
@@ -726,14 +839,31 @@ def _crash_report(job: "submitit.Job[Any]", state: Optional[str]) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def _current_job_key() -> Optional[str]:
-    for array_var, task_var in (
-        ("SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID"),
-        ("SUBMITIT_LOCAL_JOB_ID", None),
-        ("SLURM_JOB_ID", None),
-        ("SUBMITIT_DEBUG_JOB_ID", None),
-    ):
-        value = os.environ.get(array_var)
+#: Where :func:`current_job_id` looks, innermost job first: ``(job variable, task variable)``.
+_JOB_ID_VARIABLES = (
+    ("SUBMITIT_DEBUG_JOB_ID", None),
+    ("SUBMITIT_LOCAL_JOB_ID", None),
+    ("SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID"),
+    ("SLURM_JOB_ID", None),
+)
+
+
+def current_job_id() -> Optional[str]:
+    """The id of the job this process runs in, as the launcher names it; None outside a job.
+
+    Jobs nest: a search controller inside a Slurm allocation runs its local (or debug) trials
+    with the allocation's ``SLURM_*`` variables inherited, so the innermost job is taken first:
+
+    1. ``SUBMITIT_DEBUG_JOB_ID``: a debug trial, in the controller's own process;
+    2. ``SUBMITIT_LOCAL_JOB_ID``: a local trial (the process id of submitit's job controller);
+    3. ``SLURM_ARRAY_JOB_ID`` + ``_`` + ``SLURM_ARRAY_TASK_ID``: a task of a Slurm job array;
+    4. ``SLURM_JOB_ID``: any other Slurm job.
+
+    Trials log this id (``starts.jsonl``) and :func:`distributed_port` derives their port from it,
+    so the two always agree.
+    """
+    for job_var, task_var in _JOB_ID_VARIABLES:
+        value = os.environ.get(job_var)
         if value:
             task = os.environ.get(task_var) if task_var else None
             return f"{value}_{task}" if task else value
@@ -762,8 +892,8 @@ def distributed_port(
     different arrays get spread ones, so concurrent trials on one machine do not collide.
 
     Args:
-        job_id: ``"<job>"`` or ``"<array job>_<task>"``; default: the current job (Slurm, or
-            submitit's local and debug jobs), or this process id outside a job.
+        job_id: ``"<job>"`` or ``"<array job>_<task>"``; default: :func:`current_job_id`, or
+            this process id outside a job.
         base, span: ports are taken from ``[base, base + span)``.
         check_free: move on to the next port while the derived one is taken on this host. Leave
             it off for multi-node jobs, where every node must compute the same port.
@@ -771,7 +901,7 @@ def distributed_port(
     Returns:
         The port number.
     """
-    key = job_id if job_id is not None else (_current_job_key() or str(os.getpid()))
+    key = job_id if job_id is not None else (current_job_id() or str(os.getpid()))
     main, _, task = str(key).partition("_")
     if main.isdigit() and (task.isdigit() or not task):
         offset = int(main) * 1009 + int(task or 0)

@@ -60,6 +60,8 @@ from typing import Any, Dict, Mapping, Optional
 import numpy as np
 from scipy import special, stats
 
+from paploss.utils.validation import check_int
+
 __all__ = ["SigmaSchedule", "PPOConfig", "UpdateStats", "TruncatedNormalPolicy"]
 
 _STATE_FORMAT = "paploss.search.TruncatedNormalPolicy"
@@ -102,10 +104,7 @@ class SigmaSchedule:
             raise ValueError(
                 f"SigmaSchedule.final must be in (0, initial={self.initial}], got {self.final}"
             )
-        if int(self.num_rounds) != self.num_rounds or self.num_rounds < 1:
-            raise ValueError(
-                f"SigmaSchedule.num_rounds must be a positive int, got {self.num_rounds}"
-            )
+        check_int(self.num_rounds, "SigmaSchedule.num_rounds", minimum=1)
 
     def __call__(self, round_index: int) -> float:
         """Return σ for round ``round_index`` (0-based)."""
@@ -152,12 +151,10 @@ class PPOConfig:
         object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
         if not 0 < self.clip_epsilon < 1:
             raise ValueError(f"PPOConfig.clip_epsilon must be in (0, 1), got {self.clip_epsilon}")
-        if int(self.num_steps) != self.num_steps or self.num_steps < 0:
-            raise ValueError(f"PPOConfig.num_steps must be an int >= 0, got {self.num_steps}")
+        check_int(self.num_steps, "PPOConfig.num_steps", minimum=0)
         if not (math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"PPOConfig.lr must be positive, got {self.lr}")
-        if int(self.warmup_steps) != self.warmup_steps or self.warmup_steps < 0:
-            raise ValueError(f"PPOConfig.warmup_steps must be an int >= 0, got {self.warmup_steps}")
+        check_int(self.warmup_steps, "PPOConfig.warmup_steps", minimum=0)
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"PPOConfig.betas must be two values in [0, 1), got {self.betas}")
 

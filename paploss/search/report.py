@@ -10,6 +10,9 @@ nor a running search: the search space is rebuilt from the settings stored in th
   config file that inherits from the searched model's config (``_BASE_``), so
   ``tools/train_net.py --config-file <file>`` trains it directly.
 * :func:`plot_rewards` and :func:`plot_functions`: PNG files (matplotlib, Agg backend).
+* :func:`result_file_problem`: whether a trained trial's own ``result.json`` still backs what the
+  journal says of it. The status and the export of the best trial warn when it does not (a
+  deleted or replaced trial folder): the journal's θ and reward are then its word alone.
 """
 
 from __future__ import annotations
@@ -24,7 +27,10 @@ import yaml
 
 from paploss.losses import FUNCTION_NAMES, MIN_KNOT_SPACING, knots_to_theta
 from paploss.search.journal import RoundRecord, SearchJournal, TrialRecord
+from paploss.search.launcher import error_summary
 from paploss.search.space import SearchSpace
+from paploss.search.trial import RESULT_FILE, load_result, trial_folder_name
+from paploss.utils.io import atomic_write
 
 __all__ = [
     "RoundSummary",
@@ -32,6 +38,7 @@ __all__ = [
     "EXPORT_CHOICES",
     "round_summaries",
     "format_status",
+    "result_file_problem",
     "export_config",
     "round_overrides",
     "space_from_journal",
@@ -150,6 +157,9 @@ def format_status(journal: SearchJournal, show_trials: bool = False) -> str:
             f"best:    reward {best.reward:.4f} (round {best.round} trial {best.index}, "
             f"{best.role}) in {best.folder}"
         )
+        problem = result_file_problem(journal, best)
+        if problem:
+            lines.append(f"warning: the best trial's {problem}")
     screening = _screening_line(journal, summaries)
     if screening:
         lines.append(screening)
@@ -196,7 +206,7 @@ def format_status(journal: SearchJournal, show_trials: bool = False) -> str:
         for t in journal.trials():
             seconds = t.metrics.get("total_s")
             note = _screening_note(t, min_gain) or t.metrics.get("reason")
-            note = note or _last_line(t.error or "")
+            note = note or error_summary(t.error or "")
             trial_rows.append(
                 [
                     str(t.round),
@@ -278,9 +288,36 @@ def _fmt(value: Optional[float], digits: int = 4) -> str:
     return f"{value:.{digits}f}"
 
 
-def _last_line(text: str) -> str:
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return lines[-1] if lines else ""
+def result_file_problem(journal: SearchJournal, trial: TrialRecord) -> Optional[str]:
+    """What is wrong with a trained trial's ``result.json``, or None when it backs the journal.
+
+    The journal is the search's record; a trial's folder keeps the trial's own: its
+    ``result.json`` must exist, be readable and hold this trial's result with the journal's
+    reward. Only ``done`` and ``diverged`` trials have one.
+
+    Returns:
+        A phrase such as ``"result file trials/round001_trial02/result.json is missing ..."``.
+    """
+    if trial.folder is None or trial.status not in ("done", "diverged"):
+        return None
+    search_dir = os.path.dirname(os.path.abspath(journal.path))
+    folder = os.path.join(search_dir, trial.folder)
+    shown = os.path.join(trial.folder, RESULT_FILE)
+    alone = f"its reward {_fmt(trial.reward)} and parameters are the journal's word alone"
+    if not os.path.exists(os.path.join(folder, RESULT_FILE)):
+        return f"result file {shown} is missing (deleted?); {alone}"
+    result = load_result(folder)
+    if result is None:
+        return f"result file {shown} is unreadable; {alone}"
+    name = trial_folder_name(trial.round, trial.index)
+    if result.trial_id != name or result.reward is None or trial.reward is None:
+        return f"result file {shown} holds the result of {result.trial_id}; {alone}"
+    if not math.isclose(result.reward, trial.reward, rel_tol=1e-9, abs_tol=1e-9):
+        return (
+            f"result file {shown} says reward {_fmt(result.reward)}, the journal "
+            f"{_fmt(trial.reward)}"
+        )
+    return None
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> List[str]:
@@ -311,6 +348,8 @@ class ExportResult:
         overrides: the (rounded) config values written.
         trial: the exported trial (``best``), else None.
         round: the round after which the exported parameters were current.
+        warnings: problems the user should know of, e.g. that the exported trial's own
+            ``result.json`` is missing (see :func:`result_file_problem`).
     """
 
     path: str
@@ -318,6 +357,7 @@ class ExportResult:
     overrides: Dict[str, Any]
     trial: Optional[TrialRecord]
     round: int
+    warnings: Tuple[str, ...] = ()
 
 
 def space_from_journal(journal: SearchJournal) -> SearchSpace:
@@ -348,6 +388,10 @@ def export_config(
         output_dir: ``OUTPUT_DIR`` of the exported config; default ``train_<which>`` next to
             ``path``, written relative to the working directory when it lies below it.
 
+    The exported values come from the journal. When the best trial's own ``result.json`` no
+    longer backs them, the file is still written, and its header and
+    :attr:`ExportResult.warnings` say so.
+
     Raises:
         ValueError: for an unknown ``which``, or nothing to export yet.
     """
@@ -356,6 +400,7 @@ def export_config(
     space = space_from_journal(journal)
     settings = journal.settings
     trial: Optional[TrialRecord] = None
+    warnings: List[str] = []
     if which == "best":
         trial = journal.best_trial()
         if trial is None:
@@ -366,6 +411,9 @@ def export_config(
             f"best trial: round {trial.round}, trial {trial.index} ({trial.role}), "
             f"proxy reward {trial.reward:.4f}"
         )
+        problem = result_file_problem(journal, trial)
+        if problem:
+            warnings.append(f"the exported trial's {problem}")
     else:
         closed = [r for r in journal.rounds() if r.status == "closed"]
         if not closed:
@@ -394,16 +442,14 @@ def export_config(
         "Train it: python tools/train_net.py --config-file "
         + _relative_or_absolute(path, os.getcwd()),
     ]
+    header += [f"Warning: {warning}." for warning in warnings]
     body: Dict[str, Any] = {"_BASE_": base}
     body.update(_nest(rounded))
     body["OUTPUT_DIR"] = output_dir
     text = "".join(f"# {line}\n" for line in header)
     text += yaml.dump(body, Dumper=_ExportDumper, sort_keys=False, width=120)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as handle:
-        handle.write(text)
-    os.replace(tmp, path)
-    return ExportResult(path, which, rounded, trial, after_round)
+    atomic_write(path, text)
+    return ExportResult(path, which, rounded, trial, after_round, tuple(warnings))
 
 
 def round_overrides(overrides: Mapping[str, Any], space: SearchSpace) -> Dict[str, Any]:

@@ -36,6 +36,7 @@ from paploss.search.launcher import LAUNCHER_KINDS
 from paploss.search.policy import PPOConfig, SigmaSchedule
 from paploss.search.screening_settings import ScreeningSettings
 from paploss.search.trial import ProxySettings
+from paploss.utils.validation import check_int
 
 __all__ = [
     "SettingsError",
@@ -219,6 +220,7 @@ class SearchSettings:
         if unknown:
             _raise_unknown("", unknown, _SECTIONS)
         search = _build(SearchLoopSettings, data.get("search") or {}, "search")
+        _validate_loop(search)  # before search.rounds becomes policy.sigma.num_rounds
         policy_data = dict(data.get("policy") or {})
         unknown = sorted(set(policy_data) - {"sigma", "ppo"})
         if unknown:
@@ -263,17 +265,7 @@ class SearchSettings:
             raise SettingsError("model.config: the searched model's config file is required")
         if not os.path.isfile(self.model.config):
             raise SettingsError(f"model.config: config file '{self.model.config}' does not exist")
-        loop = self.search
-        _check_int(loop.rounds, "search.rounds", minimum=1)
-        _check_int(loop.candidates, "search.candidates", minimum=1)
-        _check_int(loop.max_attempts, "search.max_attempts", minimum=1)
-        _check_int(loop.seed, "search.seed", minimum=0)
-        if loop.baseline not in BASELINES:
-            raise SettingsError(
-                f"search.baseline must be one of {BASELINES}, got {loop.baseline!r}"
-            )
-        if loop.baseline == "policy_mean" and not loop.score_mean:
-            raise SettingsError("search.baseline 'policy_mean' needs search.score_mean: true")
+        _validate_loop(self.search)
         launcher = self.launcher
         if launcher.kind not in LAUNCHER_KINDS:
             raise SettingsError(
@@ -308,7 +300,9 @@ def parse_overrides(items: Sequence[str]) -> Dict[str, Any]:
         try:
             value = yaml.safe_load(text) if text.strip() else None
         except yaml.YAMLError as exc:
-            raise SettingsError(f"override {item!r}: value is not valid YAML ({exc})") from None
+            raise SettingsError(
+                f"override {item!r}: the value is not valid YAML: {_yaml_problem(exc)}"
+            ) from None
         parts = key.split(".")
         node = nested
         for part in parts[:-1]:
@@ -363,7 +357,11 @@ def _read_with_bases(path: str, depth: int) -> Dict[str, Any]:
     try:
         with open(path, "r") as handle:
             data = yaml.safe_load(handle)
-    except (OSError, yaml.YAMLError) as exc:
+    except yaml.YAMLError as exc:
+        raise SettingsError(
+            f"{path}{_yaml_where(exc)}: invalid YAML: {_yaml_problem(exc)}"
+        ) from None
+    except OSError as exc:
         raise SettingsError(f"{path}: cannot read search settings: {exc}") from None
     if data is None:
         data = {}
@@ -467,7 +465,13 @@ def _build(cls: Any, data: Any, section: str) -> Any:
     try:
         return cls(**values)
     except (TypeError, ValueError) as exc:
-        raise SettingsError(f"{section}: {exc}") from None
+        message = str(exc)
+        # Messages of the classes themselves name the field as "SigmaSchedule.num_rounds":
+        # name it by its key in the settings instead.
+        prefix = f"{cls.__name__}."
+        if message.startswith(prefix):
+            raise SettingsError(f"{section}.{message[len(prefix):]}") from None
+        raise SettingsError(f"{section}: {message}") from None
 
 
 def _build_screening(data: Any) -> ScreeningSettings:
@@ -483,8 +487,37 @@ def _build_screening(data: Any) -> ScreeningSettings:
 
 
 def _check_int(value: Any, name: str, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise SettingsError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    check_int(value, name, minimum=minimum, error=SettingsError)
+
+
+def _validate_loop(loop: SearchLoopSettings) -> None:
+    _check_int(loop.rounds, "search.rounds", minimum=1)
+    _check_int(loop.candidates, "search.candidates", minimum=1)
+    _check_int(loop.max_attempts, "search.max_attempts", minimum=1)
+    _check_int(loop.seed, "search.seed", minimum=0)
+    if loop.baseline not in BASELINES:
+        raise SettingsError(f"search.baseline must be one of {BASELINES}, got {loop.baseline!r}")
+    if loop.baseline == "policy_mean" and not loop.score_mean:
+        raise SettingsError("search.baseline 'policy_mean' needs search.score_mean: true")
+
+
+def _yaml_where(exc: yaml.YAMLError) -> str:
+    """``", line 3, column 7"`` for a YAML error that knows where it happened, else ``""``."""
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    if mark is None:
+        return ""
+    return f", line {mark.line + 1}, column {mark.column + 1}"
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """What is wrong, in one line (PyYAML's own text spans several, with a source excerpt)."""
+    problem = getattr(exc, "problem", None)
+    context = getattr(exc, "context", None)
+    if problem:
+        text = f"{problem} ({context})" if context else str(problem)
+    else:
+        text = str(exc)
+    return " ".join(text.split())
 
 
 def _plain(value: Any) -> Any:

@@ -56,7 +56,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
+from paploss.search.launcher import current_job_id
 from paploss.search.screening_settings import EarlyStopSettings
+from paploss.utils.io import atomic_write_json
+from paploss.utils.validation import check_int
 
 __all__ = [
     "TRIAL_RESULT_STATUSES",
@@ -125,12 +128,8 @@ class ProxySettings:
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first invalid field."""
         for name in ("iterations", "ims_per_batch", "checkpoint_period", "num_gpus"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"proxy.{name} must be an integer >= 1, got {value!r}")
-        value = self.num_threads
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ValueError(f"proxy.num_threads must be an integer >= 0, got {value!r}")
+            check_int(getattr(self, name), f"proxy.{name}", minimum=1)
+        check_int(self.num_threads, "proxy.num_threads", minimum=0)
         if self.ims_per_batch % self.num_gpus:
             raise ValueError(
                 f"proxy.ims_per_batch ({self.ims_per_batch}) must be divisible by proxy.num_gpus "
@@ -311,6 +310,25 @@ class TrialResult:
         """Whether the trial has a reward the policy may learn from (done or diverged)."""
         return self.status in ("done", "diverged")
 
+    def mismatch(self, spec: "TrialSpec") -> Optional[str]:
+        """Why this is not the result of ``spec``'s trial, or None when it is.
+
+        A result proves whose it is by its trial id and its spec digest (the digest of θ, the
+        model config's content, the seed and the proxy settings): a job result file left by
+        another trial (job ids are reused), or by this trial with other settings, is refused.
+        """
+        digest = spec.digest()
+        if self.trial_id == spec.trial_id and self.spec_digest == digest:
+            return None
+        if self.spec_digest is None:
+            other = "it carries no spec digest"
+        else:
+            other = f"spec digest {self.spec_digest[:12]}"
+        return (
+            f"the result of {self.trial_id} ({other}) is not that of {spec.trial_id} "
+            f"(spec digest {digest[:12]})"
+        )
+
     def to_dict(self) -> Dict[str, Any]:
         data = dataclasses.asdict(self)
         data.pop("reused")
@@ -490,7 +508,7 @@ def _train_and_score(spec: TrialSpec, started_at: float, rank: int = 0) -> Trial
         spec_digest=spec.digest(),
     )
     if rank == 0:
-        _write_json_atomic(Path(spec.output_dir) / RESULT_FILE, result.to_dict())
+        _write_json(Path(spec.output_dir) / RESULT_FILE, result.to_dict())
     return result
 
 
@@ -574,7 +592,7 @@ def _claim_folder(folder: Path, spec: TrialSpec) -> None:
                 f"{folder} belongs to another trial (its {SPEC_FILE} differs); use a new folder"
             )
         return
-    _write_json_atomic(path, spec.to_dict())
+    _write_json(path, spec.to_dict())
 
 
 def _record_start(folder: Path, resumed_from: int) -> None:
@@ -582,7 +600,7 @@ def _record_start(folder: Path, resumed_from: int) -> None:
         "time": time.time(),
         "host": socket.gethostname(),
         "pid": os.getpid(),
-        "job_id": _job_id(),
+        "job_id": current_job_id(),
         "resumed_from": resumed_from,
     }
     with open(folder / STARTS_FILE, "a") as handle:
@@ -591,29 +609,8 @@ def _record_start(folder: Path, resumed_from: int) -> None:
         os.fsync(handle.fileno())
 
 
-def _job_id() -> Optional[str]:
-    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
-    if array and task:
-        return f"{array}_{task}"
-    for name in ("SLURM_JOB_ID", "SUBMITIT_LOCAL_JOB_ID", "SUBMITIT_DEBUG_JOB_ID"):
-        if os.environ.get(name):
-            return os.environ[name]
-    return None
-
-
-def _write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as handle:
-        json.dump(data, handle, indent=1, sort_keys=True)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    with contextlib.suppress(OSError):
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+def _write_json(path: Path, data: Mapping[str, Any]) -> None:
+    atomic_write_json(path, data, indent=1, sort_keys=True)
 
 
 _CHECKPOINT_NAME = re.compile(r"^model_(\d+|final)\.pth$")

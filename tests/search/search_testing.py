@@ -1,10 +1,11 @@
 """Helpers shared by the search tests: tiny search settings, a small validation set, the CLI."""
 
 import json
+import subprocess
 import sys
 import zlib
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Sequence, Tuple
 
 import yaml
 
@@ -126,3 +127,20 @@ def _without_timings(value: Any) -> Any:
 def cli_command(*args: str) -> List[str]:
     """``python tools/search.py ARGS`` as an argument list."""
     return [sys.executable, str(REPO_ROOT / "tools" / "search.py"), *args]
+
+
+def peak_overlap(intervals: Sequence[Tuple[float, float]]) -> int:
+    """The largest number of ``(start, end)`` intervals that overlap at one moment."""
+    events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
+    peak = current = 0
+    for _, step in events:  # at equal times an end (-1) sorts before a start (+1)
+        current += step
+        peak = max(peak, current)
+    return peak
+
+
+def dead_pid() -> int:
+    """The id of a process that has just ended (not reused within a test's time)."""
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid

@@ -4,6 +4,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -181,6 +182,66 @@ def test_bad_input_gives_one_clear_line(
         code, out, err = _run(capsys, *args)
         assert code == 1 and "not an SQLite database" in err and "Traceback" not in err
     assert (damaged / "journal.sqlite").read_bytes() == b"\0garbage" * 64
+
+
+def test_misuse_gets_one_line_naming_the_cause_and_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    config = tmp_path / "search.yaml"
+    config.write_text(f"model: {{config: {MODEL_CONFIG}}}\nsearch:\n  rounds: 3\n proxy: [1\n")
+    fine = tmp_path / "fine.yaml"
+    fine.write_text(f"model: {{config: {MODEL_CONFIG}}}\nsearch: {{rounds: 1, candidates: 1}}\n")
+    nowhere = tmp_path / "output" / "mistyped"
+    cases = [
+        # a YAML syntax error: the file, the line and the problem
+        (["run", "--config", str(config)], f"{config}, line 4, column 2: invalid YAML: expected"),
+        # a bad value is blamed on its own key, not on one derived from it
+        (["run", "--config", str(fine), "search.rounds=-1"], "search.rounds must be an integer"),
+        (["run", "--config", str(fine), "policy.sigma.num_rounds=0"], "policy.sigma.num_rounds"),
+        # --resume of a folder without a journal never starts the default search there
+        (["run", "--resume", "--output", str(nowhere)], "no search to resume (no such folder)"),
+        (
+            ["run", "--config", str(fine), "--resume", "--output", str(nowhere)],
+            "no search to resume",
+        ),
+    ]
+    for args, message in cases:
+        code, out, err = _run(capsys, *args)
+        assert code == 1 and message in err, (args, err)
+        assert len(err.splitlines()) == 1 and err.startswith("paploss-search: error:"), err
+        assert "policy.sigma: SigmaSchedule" not in err
+    assert not nowhere.exists()
+
+    # The Slurm launcher where Slurm is missing fails at once, before anything is written.
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))
+    output = tmp_path / "output" / "slurm"
+    start = time.monotonic()
+    code, out, err = _run(capsys, "run", "--config", str(fine), "--output", str(output),
+                          "--launcher", "slurm")  # fmt: skip
+    assert code == 1 and "sbatch, srun, squeue, scontrol not found" in err, err
+    assert len(err.splitlines()) == 1 and time.monotonic() - start < 10
+    assert not output.exists()
+
+
+def test_a_missing_result_of_the_best_trial_is_reported(
+    search: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    damaged = tmp_path / "search"
+    shutil.copytree(search, damaged)
+    with SearchJournal.open(str(damaged / "journal.sqlite"), read_only=True) as journal:
+        best = journal.best_trial()
+    (damaged / best.folder / "result.json").unlink()
+    missing = f"result file {best.folder}/result.json is missing"
+
+    code, out, err = _run(capsys, "status", "--output", str(damaged))
+    assert code == 0 and f"warning: the best trial's {missing}" in out, out
+    exported = tmp_path / "best.yaml"
+    code, out, err = _run(capsys, "export", "--output", str(damaged), "--to", str(exported))
+    assert code == 0 and f"warning: the exported trial's {missing}" in err, err
+    assert f"# Warning: the exported trial's {missing}" in exported.read_text()
+    # Nothing to say about the intact search.
+    code, out, err = _run(capsys, "export", "--output", str(search), "--to", str(exported))
+    assert code == 0 and "warning" not in err.lower() and "Warning" not in exported.read_text()
 
 
 def test_console_script_and_help() -> None:

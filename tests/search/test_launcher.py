@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -10,13 +11,19 @@ from typing import Any, Dict, List
 
 import cloudpickle
 import pytest
+from search_testing import dead_pid, peak_overlap
+from submitit.core.utils import cloudpickle_dump
 
+from paploss.search import trial as trial_module
 from paploss.search.launcher import (
     CheckpointableTrial,
     LaunchError,
     TrialLauncher,
+    check_launcher,
+    current_job_id,
     distributed_port,
     distributed_url,
+    error_summary,
     make_executor,
 )
 
@@ -49,6 +56,8 @@ def counting_trial(spec: Dict[str, Any]) -> Dict[str, Any]:
         f.write(json.dumps(start) + "\n")
     if spec.get("fail"):
         raise ValueError(spec["fail"])
+    if spec.get("warn"):
+        print(spec["warn"], file=sys.stderr, flush=True)
     if spec.get("crash"):
         os.kill(os.getpid(), signal.SIGKILL)
     while step < spec["steps"]:
@@ -119,9 +128,30 @@ def test_local_round_runs_two_at_a_time(tmp_path: Path) -> None:
 
 def test_local_crash_is_reported(tmp_path: Path) -> None:
     launcher = TrialLauncher("local", tmp_path / "jobs", poll_interval_s=0.2)
-    (outcome,) = launcher.wait(launcher.submit(counting_trial, _specs(tmp_path, 1, crash=True)))
+    specs = _specs(tmp_path, 1, crash=True, warn="UserWarning: torch.meshgrid: an unrelated line")
+    (outcome,) = launcher.wait(launcher.submit(counting_trial, specs))
     assert not outcome.ok
-    assert "ended without a result" in outcome.error
+    # The one-line reason is the cause, not the last line of the job's log ...
+    assert outcome.message == f"job {outcome.job_id} ended without a result (process ended)"
+    # ... which the full report still shows.
+    assert "torch.meshgrid: an unrelated line" in outcome.error
+
+
+def test_error_summary() -> None:
+    traceback = (
+        "Traceback (most recent call last):\n"
+        '  File "trial.py", line 3, in run\n'
+        "    train()\n"
+        "    ^^^^^^^\n"
+        "FloatingPointError: Loss became infinite or NaN at iteration=4!\n"
+    )
+    assert (
+        error_summary(traceback)
+        == "FloatingPointError: Loss became infinite or NaN at iteration=4!"
+    )
+    report = "job 12 ended without a result (OUT_OF_MEMORY)\n--- end of 12_0_log.err ---\nwarning"
+    assert error_summary(report) == "job 12 ended without a result (OUT_OF_MEMORY)"
+    assert error_summary("") == ""
 
 
 def test_local_reattach(tmp_path: Path) -> None:
@@ -134,6 +164,43 @@ def test_local_reattach(tmp_path: Path) -> None:
     outcomes = resumed.wait(resumed.attach(job_ids + ["999999999"]), timeout_s=60)
     assert [o.ok for o in outcomes] == [True, True, False], [o.error for o in outcomes]
     assert [o.result["value"] for o in outcomes[:2]] == [0, 10]
+
+
+def test_parallel_counts_reattached_jobs(tmp_path: Path) -> None:
+    # Two jobs start; their launcher goes away (a killed controller) and a new one re-attaches
+    # them, then submits two more trials: with parallel=2 those wait for free slots.
+    specs = _specs(tmp_path, 4, steps=6, sleep_s=0.25)
+    first = TrialLauncher("local", tmp_path / "jobs", parallel=2)
+    job_ids = [h.job_id for h in first.submit(counting_trial, specs[:2])]
+    del first
+
+    resumed = TrialLauncher("local", tmp_path / "jobs", parallel=2, poll_interval_s=0.1)
+    attached = resumed.attach(job_ids)
+    new = resumed.submit(counting_trial, specs[2:])
+    assert [h.status for h in new] == ["waiting", "waiting"]
+    assert resumed.running_jobs() == 2
+    outcomes = resumed.wait(attached + new, timeout_s=90)
+    assert all(o.ok for o in outcomes), [o.error for o in outcomes]
+    intervals = [(_starts(spec)[0]["time"], o.result["end"]) for spec, o in zip(specs, outcomes)]
+    assert peak_overlap(intervals) == 2, intervals
+
+
+def test_local_result_from_before_the_submission_is_ignored(tmp_path: Path) -> None:
+    # Local job ids are process ids, which come back: a result file left under a job's id before
+    # the job was submitted is an earlier job's.
+    launcher = TrialLauncher("local", tmp_path / "jobs", poll_interval_s=0.1)
+    pid = dead_pid()
+    planted = launcher.folder / f"{pid}_0_result.pkl"
+    cloudpickle_dump(("success", {"value": "of another job"}), planted)
+    an_hour_ago = time.time() - 3600
+    os.utime(planted, (an_hour_ago, an_hour_ago))
+
+    (outcome,) = launcher.wait(launcher.attach([str(pid)], submitted_at=[time.time() - 60]))
+    assert not outcome.ok and outcome.message.endswith("ended without a result (process ended)")
+    # Without a submission time the file is read: whose result it is, the caller checks (the
+    # search controller compares trial ids and spec digests).
+    (outcome,) = launcher.wait(launcher.attach([str(pid)]))
+    assert outcome.ok and outcome.result == {"value": "of another job"}
 
 
 def test_make_executor_options(tmp_path: Path) -> None:
@@ -149,6 +216,44 @@ def test_distributed_port() -> None:
     assert distributed_port("5000_3", check_free=False) == ports[3]
     assert distributed_port("5001_0", check_free=False) not in ports
     assert distributed_url("77_1").startswith("tcp://127.0.0.1:")
+
+
+def test_job_id_is_the_innermost_job_and_gives_the_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("SUBMITIT_DEBUG_JOB_ID", "SUBMITIT_LOCAL_JOB_ID", "SLURM_JOB_ID"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv("SLURM_ARRAY_JOB_ID", raising=False)
+    monkeypatch.delenv("SLURM_ARRAY_TASK_ID", raising=False)
+    assert current_job_id() is None
+
+    monkeypatch.setenv("SLURM_JOB_ID", "900")
+    assert current_job_id() == "900"
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "899")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "1")
+    assert current_job_id() == "899_1"
+    # A local trial of a controller that runs inside a Slurm allocation: the local job.
+    monkeypatch.setenv("SUBMITIT_LOCAL_JOB_ID", "4242")
+    assert current_job_id() == "4242"
+    monkeypatch.setenv("SUBMITIT_DEBUG_JOB_ID", "debug-1")
+    assert current_job_id() == "debug-1"
+    monkeypatch.delenv("SUBMITIT_DEBUG_JOB_ID")
+
+    # The port comes from the same id that the trial logs.
+    assert distributed_port(check_free=False) == distributed_port("4242", check_free=False)
+    assert trial_module.current_job_id is current_job_id
+
+
+def test_check_launcher_without_slurm_fails_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    check_launcher("local")
+    check_launcher("debug")
+    with pytest.raises(ValueError, match="unknown launcher kind"):
+        check_launcher("cloud")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no Slurm tools on it
+    start = time.monotonic()
+    with pytest.raises(LaunchError, match="sbatch, srun, squeue, scontrol not found"):
+        check_launcher("slurm")
+    assert time.monotonic() - start < 1.0
 
 
 def test_checkpoint_resubmits_the_same_trial(tmp_path: Path) -> None:
@@ -253,6 +358,29 @@ def test_slurm_reattach_after_restart(slurm_cluster, tmp_path: Path) -> None:
     assert [o.result["value"] for o in outcomes[:2]] == [0, 10]
     assert "no longer known to Slurm" in outcomes[2].error
     assert all(len(_starts(spec)) == 1 for spec in specs)
+
+
+@pytest.mark.slurm
+def test_check_launcher_without_an_answering_cluster_fails_fast(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Slurm installed, no cluster behind the configuration: a controller that does not answer,
+    # or a configuration file that does not exist (the Slurm tools retry that for a minute).
+    conf = tmp_path / "slurm.conf"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    conf.write_text(
+        "ClusterName=nowhere\nSlurmctldHost=localhost(127.0.0.1)\n"
+        f"SlurmctldPort={port}\nAuthType=auth/munge\n"
+        "NodeName=localhost CPUs=1 State=UNKNOWN\nPartitionName=p Nodes=localhost State=UP\n"
+    )
+    for path, message in ((conf, "no Slurm controller answers"), (tmp_path / "no.conf", "exist")):
+        monkeypatch.setenv("SLURM_CONF", str(path))
+        start = time.monotonic()
+        with pytest.raises(LaunchError, match=message):
+            check_launcher("slurm", timeout_s=15)
+        assert time.monotonic() - start < 16
 
 
 @pytest.mark.slurm

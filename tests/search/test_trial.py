@@ -171,6 +171,22 @@ def test_result_round_trip_and_proxy_checks() -> None:
     assert opts[opts.index("SEED") + 1] == 3
 
 
+def test_a_result_proves_whose_it_is(tmp_path: Path) -> None:
+    spec = _spec(tmp_path / "round000_trial00")
+    own = TrialResult(spec.trial_id, "done", 1.5, spec_digest=spec.digest())
+    assert own.mismatch(spec) is None
+    other_trial = dataclasses.replace(own, trial_id="round000_trial01")
+    assert "round000_trial01" in other_trial.mismatch(spec)
+    other_settings = dataclasses.replace(own, spec_digest="f" * 64)
+    assert "spec digest ffffffffffff" in other_settings.mismatch(spec)
+    assert "carries no spec digest" in dataclasses.replace(own, spec_digest=None).mismatch(spec)
+    # The digest covers what the trial trains: θ, the proxy, the seed, the model config's content.
+    assert own.mismatch(dataclasses.replace(spec, seed=spec.seed + 1)) is not None
+    assert own.mismatch(dataclasses.replace(spec, output_dir=str(tmp_path / "moved"))) is None
+    with pytest.raises(ValueError, match="proxy.iterations must be an integer >= 1, got True"):
+        ProxySettings(iterations=True).validate()
+
+
 def test_random_state_round_trip(tmp_path: Path) -> None:
     state = get_random_state()
     first = (np.random.rand(), torch.rand(1).item(), random.random())
