@@ -38,7 +38,7 @@ from detectron2.utils.registry import Registry
 from fvcore.nn import smooth_l1_loss
 from torch import nn
 
-from paploss.checks import check_int, check_number
+from paploss.utils.validation import check_int, check_number
 from paploss.losses import (
     PAPFunctions,
     alrp_loss,

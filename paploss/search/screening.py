@@ -70,7 +70,7 @@ from typing import TYPE_CHECKING, Any, Dict, Hashable, List, Mapping, Optional, 
 import torch
 from detectron2.engine.train_loop import HookBase
 
-from paploss.checks import is_int, is_number
+from paploss.utils.validation import is_int, is_number
 from paploss.losses import pap_loss, scale_grad
 from paploss.modeling.config import PAP_HEADS
 

@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional
 
-from paploss.checks import is_int, is_number
+from paploss.utils.validation import is_int, is_number
 
 if TYPE_CHECKING:  # pragma: no cover
     from paploss.search.screening import InvalidTrainingHook

@@ -20,7 +20,7 @@ from detectron2.config import CfgNode as CN
 from detectron2.config import configurable
 from fvcore.nn import giou_loss, sigmoid_focal_loss
 
-from paploss.checks import check_number
+from paploss.utils.validation import check_number
 from paploss.modeling import HEAD_LOSS_REGISTRY, HeadRanking, RankingHeadLoss
 
 __all__ = ["FocalGIoUHeadLoss", "add_focal_giou_config"]
