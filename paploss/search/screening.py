@@ -72,7 +72,7 @@ from detectron2.engine.train_loop import HookBase
 
 from paploss.utils.validation import is_int, is_number
 from paploss.losses import pap_loss, scale_grad
-from paploss.modeling.config import PAP_HEADS
+from paploss.heads import PAP_HEADS
 
 from .screening_data import HeadBatch, build_screening_batches
 from .screening_settings import (

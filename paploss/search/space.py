@@ -33,7 +33,7 @@ from paploss.losses import (
     theta_from_lambda,
     theta_to_knots,
 )
-from paploss.modeling.config import PAP_HEADS
+from paploss.heads import PAP_HEADS
 
 __all__ = ["CONFIG_PREFIX", "SearchSpace", "heads_from_config"]
 
