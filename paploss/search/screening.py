@@ -15,9 +15,9 @@ Three independent checks, each switchable in :class:`ScreeningSettings`:
    steps. COCO bbox AP (pycocotools, AP@[.5:.95], as the reward) of the detections decoded from
    the predictions is measured before and after; a candidate whose gain is below a threshold is
    rejected (status ``rejected``) and never trained.
-3. **Early stop of invalid trainings** (:class:`InvalidTrainingHook`): a Detectron2 hook that
+3. **Early stop of invalid trainings** (:class:`paploss.engine.hooks.InvalidTrainingHook`): a Detectron2 hook that
    stops a proxy training as soon as its predictions or its loss become NaN/infinite, or its loss
-   stays constant over a window, by raising an :class:`InvalidTrainingError` (a
+   stays constant over a window, by raising an ``InvalidTrainingError`` (a
    ``FloatingPointError``, so the trial runner marks the trial *diverged*).
 
 :class:`Screener` combines 1 and 2 for the search controller::
@@ -28,7 +28,7 @@ Three independent checks, each switchable in :class:`ScreeningSettings`:
     decision.metrics()     # JSON-able, for the journal
 
 :class:`paploss.search.controller.SearchController` does this before each round is stored
-and installs :class:`InvalidTrainingHook` in every proxy training. The settings dataclasses live in
+and installs ``InvalidTrainingHook`` in every proxy training. The settings dataclasses live in
 :mod:`paploss.search.screening_settings` (no torch or Detectron2, so search settings load cheaply)
 and are re-exported here.
 
@@ -68,9 +68,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Dict, Hashable, List, Mapping, Optional, Sequence, Tuple
 
 import torch
-from detectron2.engine.train_loop import HookBase
 
-from paploss.utils.validation import is_int, is_number
 from paploss.losses import pap_loss, scale_grad
 from paploss.heads import PAP_HEADS
 
@@ -99,10 +97,6 @@ __all__ = [
     "EquivalenceRegistry",
     "ScreeningDecision",
     "Screener",
-    "InvalidTrainingError",
-    "NonFiniteTrainingError",
-    "ConstantLossError",
-    "InvalidTrainingHook",
 ]
 
 _CONFIG_PREFIX = "MODEL.PAPLOSS"
@@ -718,116 +712,3 @@ class Screener:
             reward=reward,
             seconds=time.perf_counter() - start,
         )
-
-
-# ------------------------------------------------------------------------------------ early stop
-
-
-class InvalidTrainingError(FloatingPointError):
-    """A proxy training was stopped because its loss is invalid (the trial *diverged*).
-
-    A ``FloatingPointError``, like Detectron2's own NaN-loss error, so trial runners that treat
-    that as divergence need no change.
-
-    Attributes:
-        iteration: the iteration at which the training was stopped.
-    """
-
-    def __init__(self, message: str, iteration: int) -> None:
-        super().__init__(message)
-        self.iteration = iteration
-
-
-class NonFiniteTrainingError(InvalidTrainingError):
-    """The loss or a weight became NaN or infinite."""
-
-
-class ConstantLossError(InvalidTrainingError):
-    """The total loss stayed constant over a window of iterations."""
-
-
-class InvalidTrainingHook(HookBase):
-    """Detectron2 hook that stops a training whose loss is invalid, at the iteration it happens.
-
-    * **Non-finite predictions** (``check_predictions``): a forward pre-hook on every PAP-loss
-      module of the model (:class:`paploss.modeling.head_loss.RankingHeadLoss`) raises
-      :class:`NonFiniteTrainingError` when the logits or boxes it receives are NaN/infinite.
-      Without it such an iteration fails inside the loss with the ``ValueError`` of its input
-      check, which a trial runner would take for a crash rather than a divergence.
-    * **Non-finite loss**: after every step, a NaN/infinite logged ``total_loss`` raises
-      :class:`NonFiniteTrainingError` (Detectron2's ``SimpleTrainer`` raises its own
-      ``FloatingPointError`` for this inside the step already; this covers trainers that only
-      log it).
-    * **Constant loss**: after every step, when the last ``window`` logged ``total_loss`` values
-      satisfy ``max - min <= tolerance * max(1, |mean|)``, raises :class:`ConstantLossError`.
-
-    Args:
-        window: iterations of the constant-loss check (0 disables it).
-        tolerance: relative tolerance of the constant-loss check.
-        check_predictions: check what the PAP-loss modules receive.
-    """
-
-    def __init__(
-        self, window: int = 50, tolerance: float = 1e-6, check_predictions: bool = True
-    ) -> None:
-        if not is_int(window, 0):
-            raise ValueError(f"window must be an integer >= 0, got {window!r}")
-        if not (is_number(tolerance) and tolerance >= 0):
-            raise ValueError(f"tolerance must be a number >= 0, got {tolerance!r}")
-        self.window = int(window)
-        self.tolerance = float(tolerance)
-        self.check_predictions = bool(check_predictions)
-        self._handles: List[Any] = []
-
-    def before_train(self) -> None:
-        if not self.check_predictions:
-            return
-        from paploss.modeling.head_loss import RankingHeadLoss
-
-        model = getattr(self.trainer, "model", None)
-        model = getattr(model, "module", model)  # unwrap DistributedDataParallel
-        if model is None:
-            return
-        for module in model.modules():
-            if isinstance(module, RankingHeadLoss):
-                self._handles.append(module.register_forward_pre_hook(self._check_inputs))
-
-    def after_train(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
-
-    def _check_inputs(self, module: torch.nn.Module, inputs: Tuple[Any, ...]) -> None:
-        ranking = inputs[0]  # the head's HeadRanking
-        finite = bool(torch.isfinite(ranking.logits).all())
-        if not (finite and bool(torch.isfinite(ranking.pred_boxes).all())):
-            iteration = int(self.trainer.iter)
-            raise NonFiniteTrainingError(
-                f"{getattr(module, 'head_name', 'head')}: predictions became NaN or infinite at "
-                f"iteration {iteration}",
-                iteration,
-            )
-
-    def after_step(self) -> None:
-        iteration = int(self.trainer.iter)
-        try:
-            history = self.trainer.storage.history("total_loss")
-        except KeyError:  # nothing logged (yet, or not the main process)
-            return
-        latest = float(history.latest())
-        if not math.isfinite(latest):
-            raise NonFiniteTrainingError(
-                f"total loss is {latest} at iteration {iteration}", iteration
-            )
-        if self.window <= 0:
-            return
-        values = [value for value, _ in history.values()[-self.window :]]
-        if len(values) < self.window:
-            return
-        spread = max(values) - min(values)
-        if spread <= self.tolerance * max(1.0, abs(sum(values) / len(values))):
-            raise ConstantLossError(
-                f"total loss constant at {latest:.6g} for {self.window} iterations "
-                f"(spread {spread:.3g}) at iteration {iteration}",
-                iteration,
-            )

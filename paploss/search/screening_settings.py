@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional
 from paploss.utils.validation import is_int, is_number
 
 if TYPE_CHECKING:  # pragma: no cover
-    from paploss.search.screening import InvalidTrainingHook
+    from paploss.engine.hooks import InvalidTrainingHook
 
 __all__ = [
     "RejectionSettings",
@@ -166,7 +166,7 @@ class EarlyStopSettings:
         """The hook to add to a proxy trainer, or None when disabled."""
         if not self.enabled:
             return None
-        from paploss.search.screening import InvalidTrainingHook
+        from paploss.engine.hooks import InvalidTrainingHook
 
         return InvalidTrainingHook(
             window=self.window, tolerance=self.tolerance, check_predictions=self.check_predictions

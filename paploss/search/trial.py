@@ -8,7 +8,7 @@ evaluates it on the proxy validation split; the reward is the bbox AP (0-100).
 **Statuses.** ``done``: trained and evaluated. ``diverged``: the training was stopped as invalid:
 the predictions or the loss became NaN/infinite, or the loss stayed constant over
 ``screening.early_stop.window`` iterations (the spec's ``early_stop`` settings, see
-:class:`~paploss.search.screening.InvalidTrainingHook`; without that hook Detectron2's own
+:class:`~paploss.engine.hooks.InvalidTrainingHook`; without that hook Detectron2's own
 ``FloatingPointError`` on a NaN loss and a loss's non-finite-input error count as well); the
 reward is the fixed penalty ``proxy.diverged_reward`` (default 0, the AP of a detector that finds
 nothing), so the policy learns to avoid such regions. ``failed``: anything else went wrong (the
@@ -452,7 +452,7 @@ def _train_and_score(spec: TrialSpec, started_at: float, rank: int = 0) -> Trial
     cfg = setup_cfg(spec.config_file, spec.config_opts())
     os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
     seed_all_rng(spec.seed + rank)
-    trainer = ProxyTrainer(cfg, sampler_seed=spec.seed, early_stop=spec.early_stop)
+    trainer = ProxyTrainer(cfg, early_stop=spec.early_stop)
     trainer.resume_or_load(resume=True)
     resumed_from = int(trainer.start_iter)
     if rank == 0:
