@@ -135,7 +135,6 @@ class Trainer(DefaultTrainer):
             self._trainer.load_state_dict(state_dict["_trainer"])
 
 
-
 def train_and_evaluate(cfg, resume: bool = False) -> Dict[str, Dict[str, float]]:
     """Train ``cfg`` (single process) and evaluate on ``cfg.DATASETS.TEST``.
 

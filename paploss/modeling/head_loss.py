@@ -38,7 +38,6 @@ from detectron2.utils.registry import Registry
 from fvcore.nn import smooth_l1_loss
 from torch import nn
 
-from paploss.utils.validation import check_int, check_number
 from paploss.losses import (
     PAPFunctions,
     alrp_loss,
@@ -48,6 +47,7 @@ from paploss.losses import (
     scale_grad,
 )
 from paploss.losses.box_quality import QUALITY_TYPES, box_quality, paired_iou_giou
+from paploss.utils.validation import check_int, check_number
 
 from .ranking import HeadRanking
 

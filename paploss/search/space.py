@@ -25,6 +25,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from paploss.heads import PAP_HEADS
 from paploss.losses import (
     FUNCTION_NAMES,
     IDENTITY_THETA,
@@ -33,7 +34,6 @@ from paploss.losses import (
     theta_from_lambda,
     theta_to_knots,
 )
-from paploss.heads import PAP_HEADS
 
 __all__ = ["CONFIG_PREFIX", "SearchSpace", "heads_from_config"]
 

@@ -7,8 +7,8 @@ import sys
 import numpy as np
 import pytest
 
-from paploss.losses import FUNCTION_NAMES, published_grad_scale, published_knots
 from paploss.heads import PAP_HEADS
+from paploss.losses import FUNCTION_NAMES, published_grad_scale, published_knots
 from paploss.search.space import SearchSpace, heads_from_config
 
 IDENTITY_KNOTS = [[0.2, 0.2], [0.4, 0.4], [0.6, 0.6], [0.8, 0.8]]

@@ -61,7 +61,9 @@ def test_check_number() -> None:
     assert check_number(np.float32(1.0), "x", low=0.0, high=1.0, high_inclusive=True) == 1.0
     assert check_number(0, "x", low=0.0, low_inclusive=True) == 0.0
     assert is_number(np.int64(3)) and not is_number(True) and not is_number(float("nan"))
-    with pytest.raises(ValueError, match=r"^MODEL.PAPLOSS.AP.DELTA must be a number in \(0.0, inf\)"):
+    with pytest.raises(
+        ValueError, match=r"^MODEL.PAPLOSS.AP.DELTA must be a number in \(0.0, inf\)"
+    ):
         check_number(0.0, "MODEL.PAPLOSS.AP.DELTA", low=0.0)
     with pytest.raises(KeyError, match=r"tau must be a number in \(0.0, 1.0\), got True"):
         check_number(True, "tau", low=0.0, high=1.0, error=KeyError)
