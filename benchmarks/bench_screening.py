@@ -158,7 +158,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     import yaml
 
     from paploss.engine import setup_cfg
-    from paploss.search.screening import Screener, ScreeningSettings
+    from paploss.search.screening import Screener
+    from paploss.search.settings import ScreeningSettings
     from paploss.search.space import SearchSpace
 
     torch.set_num_threads(args.threads)

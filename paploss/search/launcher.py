@@ -63,6 +63,8 @@ from typing import (
 import submitit
 from submitit.core.utils import DelayedSubmission, pickle_load
 
+from paploss.search.settings import LAUNCHER_KINDS
+
 __all__ = [
     "LAUNCHER_KINDS",
     "LaunchError",
@@ -80,7 +82,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-LAUNCHER_KINDS = ("debug", "local", "slurm")
 
 # Slurm job states in which a job may still produce a result. Everything else is final.
 _SLURM_ACTIVE_STATES = frozenset(

@@ -28,7 +28,7 @@ from detectron2.engine.train_loop import HookBase
 from detectron2.utils.events import CommonMetricPrinter, JSONWriter
 
 from paploss.engine import Trainer
-from paploss.search.screening_settings import EarlyStopSettings
+from paploss.search.settings import EarlyStopSettings
 
 __all__ = ["ProxyTrainer"]
 

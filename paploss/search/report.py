@@ -128,7 +128,7 @@ def _round_sigma(record: RoundRecord) -> Optional[float]:
     schedule = (state.get("config") or {}).get("sigma_schedule")
     if not schedule:
         return None
-    from paploss.search.policy import SigmaSchedule
+    from paploss.search.settings import SigmaSchedule
 
     return SigmaSchedule(**schedule)(record.round)
 

@@ -28,9 +28,9 @@ Three independent checks, each switchable in :class:`ScreeningSettings`:
     decision.metrics()     # JSON-able, for the journal
 
 :class:`paploss.search.controller.SearchController` does this before each round is stored
-and installs ``InvalidTrainingHook`` in every proxy training. The settings dataclasses live in
-:mod:`paploss.search.screening_settings` (no torch or Detectron2, so search settings load cheaply)
-and are re-exported here.
+and installs ``InvalidTrainingHook`` in every proxy training. The settings are
+:class:`~paploss.search.settings.ScreeningSettings` (in the one settings module, which loads
+without torch or Detectron2).
 
 **What the rejection score does and does not measure.** With Adam each prediction gets its own
 step size, so the score asks whether the candidate's gradient *directions* sort positives above
@@ -69,25 +69,16 @@ from typing import TYPE_CHECKING, Any, Dict, Hashable, List, Mapping, Optional, 
 
 import torch
 
-from paploss.losses import pap_loss, scale_grad
 from paploss.heads import PAP_HEADS
+from paploss.losses import pap_loss, scale_grad
+from paploss.search.settings import EquivalenceSettings, RejectionSettings, ScreeningSettings
 
 from .screening_data import HeadBatch, build_screening_batches
-from .screening_settings import (
-    EarlyStopSettings,
-    EquivalenceSettings,
-    RejectionSettings,
-    ScreeningSettings,
-)
 
 if TYPE_CHECKING:  # pragma: no cover
     from paploss.modeling.head_loss import PAPHeadLoss, RankingHeadLoss
 
 __all__ = [
-    "RejectionSettings",
-    "EquivalenceSettings",
-    "EarlyStopSettings",
-    "ScreeningSettings",
     "candidate_head_losses",
     "RejectionResult",
     "RejectionProtocol",

@@ -57,14 +57,12 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
 from paploss.search.launcher import current_job_id
-from paploss.search.screening_settings import EarlyStopSettings
+from paploss.search.settings import EarlyStopSettings, ProxySettings
 from paploss.utils.io import atomic_write_json
-from paploss.utils.validation import check_int
 
 __all__ = [
     "TRIAL_RESULT_STATUSES",
     "trial_folder_name",
-    "ProxySettings",
     "TrialSpec",
     "TrialResult",
     "TrialFolderError",
@@ -89,116 +87,6 @@ _LOGGERS = ("detectron2", "fvcore", "paploss")
 
 class TrialFolderError(RuntimeError):
     """A trial folder belongs to another trial (its ``spec.json`` differs)."""
-
-
-@dataclass(frozen=True)
-class ProxySettings:
-    """The proxy training that scores a candidate.
-
-    Attributes:
-        iterations: training iterations (``SOLVER.MAX_ITER``).
-        ims_per_batch: images per iteration, all GPUs together (``SOLVER.IMS_PER_BATCH``).
-        train_dataset: registered dataset the proxy trains on.
-        val_dataset: registered dataset whose bbox AP is the reward (disjoint from the split
-            results are reported on).
-        lr_step_fractions: learning-rate drops (``SOLVER.STEPS``) as fractions of ``iterations``;
-            ignored when ``opts`` sets ``SOLVER.STEPS``.
-        checkpoint_period: iterations between checkpoints (what a resumed trial repeats at most).
-        opts: further config overrides of the proxy training, dotted key → value
-            (``{"SOLVER.BASE_LR": 0.01}``); the candidate's ``MODEL.PAPLOSS`` values come last.
-        num_threads: torch CPU threads per trial (0: torch's default). Part of the settings
-            because CPU results depend on it.
-        num_gpus: processes (GPUs) per trial; above 1 the training uses Detectron2's ``launch``.
-        diverged_reward: reward of a diverged trial (AP units, 0-100).
-        keep_checkpoints: keep the trial's checkpoints after its result is written.
-    """
-
-    iterations: int = 300
-    ims_per_batch: int = 8
-    train_dataset: str = "synthetic_shapes_search_train"
-    val_dataset: str = "synthetic_shapes_search_val"
-    lr_step_fractions: Tuple[float, ...] = (0.75, 0.925)
-    checkpoint_period: int = 100
-    opts: Dict[str, Any] = field(default_factory=dict)
-    num_threads: int = 1
-    num_gpus: int = 1
-    diverged_reward: float = 0.0
-    keep_checkpoints: bool = False
-
-    def validate(self) -> None:
-        """Raise ``ValueError`` naming the first invalid field."""
-        for name in ("iterations", "ims_per_batch", "checkpoint_period", "num_gpus"):
-            check_int(getattr(self, name), f"proxy.{name}", minimum=1)
-        check_int(self.num_threads, "proxy.num_threads", minimum=0)
-        if self.ims_per_batch % self.num_gpus:
-            raise ValueError(
-                f"proxy.ims_per_batch ({self.ims_per_batch}) must be divisible by proxy.num_gpus "
-                f"({self.num_gpus})"
-            )
-        for name in ("train_dataset", "val_dataset"):
-            if not isinstance(getattr(self, name), str) or not getattr(self, name):
-                raise ValueError(f"proxy.{name} must be a dataset name")
-        fractions = self.lr_step_fractions
-        if not all(isinstance(f, (int, float)) and 0 < f < 1 for f in fractions) or list(
-            fractions
-        ) != sorted(fractions):
-            raise ValueError(
-                f"proxy.lr_step_fractions must be increasing fractions in (0, 1), got {fractions}"
-            )
-        if not isinstance(self.diverged_reward, (int, float)) or not math.isfinite(
-            self.diverged_reward
-        ):
-            raise ValueError("proxy.diverged_reward must be a finite number")
-        reserved = {"SOLVER.MAX_ITER", "SOLVER.IMS_PER_BATCH", "SEED", "OUTPUT_DIR"}
-        reserved |= {"DATASETS.TRAIN", "DATASETS.TEST", "SOLVER.CHECKPOINT_PERIOD"}
-        clashes = sorted(reserved & set(self.opts))
-        if clashes:
-            raise ValueError(
-                f"proxy.opts must not set {', '.join(clashes)}: the proxy settings own them"
-            )
-
-    def to_dict(self) -> Dict[str, Any]:
-        """JSON-able form (tuples as lists)."""
-        data = dataclasses.asdict(self)
-        data["lr_step_fractions"] = list(self.lr_step_fractions)
-        data["opts"] = json.loads(json.dumps(self.opts))
-        return data
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "ProxySettings":
-        data = dict(data)
-        if "lr_step_fractions" in data:
-            data["lr_step_fractions"] = tuple(data["lr_step_fractions"])
-        return cls(**data)
-
-    def config_opts(self, seed: int, output_dir: str) -> List[Any]:
-        """``[key, value, ...]`` for ``cfg.merge_from_list``: the proxy schedule and data."""
-        opts: List[Any] = [
-            "DATASETS.TRAIN",
-            (self.train_dataset,),
-            "DATASETS.TEST",
-            (self.val_dataset,),
-            "SOLVER.MAX_ITER",
-            self.iterations,
-            "SOLVER.IMS_PER_BATCH",
-            self.ims_per_batch,
-            "SOLVER.CHECKPOINT_PERIOD",
-            self.checkpoint_period,
-            "TEST.EVAL_PERIOD",
-            0,
-            "SEED",
-            int(seed),
-            "OUTPUT_DIR",
-            output_dir,
-        ]
-        if "SOLVER.STEPS" not in self.opts:
-            steps = sorted(
-                {max(1, int(round(f * self.iterations))) for f in self.lr_step_fractions}
-            )
-            opts += ["SOLVER.STEPS", tuple(s for s in steps if s < self.iterations)]
-        for key, value in self.opts.items():
-            opts += [key, value]
-        return opts
 
 
 @dataclass(frozen=True)

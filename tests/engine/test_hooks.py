@@ -25,7 +25,7 @@ from paploss.engine import (
     set_random_state,
     setup_cfg,
 )
-from paploss.search.screening_settings import EarlyStopSettings
+from paploss.search.settings import EarlyStopSettings
 
 RETINANET_CONFIG = "configs/synthetic/pap_retinanet_identity.yaml"
 SEARCH_TRAIN = "synthetic_shapes_search_train"

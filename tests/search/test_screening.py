@@ -11,11 +11,11 @@ from paploss.search.screening import (
     EquivalenceRegistry,
     GradientProbes,
     Screener,
-    ScreeningSettings,
     candidate_head_losses,
     gradient_fingerprint,
 )
 from paploss.search.screening_data import build_screening_batches
+from paploss.search.settings import ScreeningSettings
 from paploss.search.space import SearchSpace
 
 RETINANET_CONFIG = "configs/synthetic/pap_retinanet_identity.yaml"

@@ -22,7 +22,7 @@ from paploss.search.screening_data import (
     load_images,
     screening_model_config,
 )
-from paploss.search.screening_settings import RejectionSettings
+from paploss.search.settings import RejectionSettings
 
 CONFIGS = {
     "RETINANET": "configs/synthetic/pap_retinanet_identity.yaml",

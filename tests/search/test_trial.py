@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from paploss.search.screening_settings import EarlyStopSettings
+from paploss.search.settings import EarlyStopSettings, ProxySettings
 from paploss.search.space import SearchSpace
 from paploss.search.trial import (
-    ProxySettings,
     TrialResult,
     TrialSpec,
     load_result,
