@@ -29,7 +29,7 @@ and running ones are re-attached when their jobs still exist and launched again 
 folders make both safe), and the policy restarts from the stored state, so a resumed search ends
 where an uninterrupted one with the same settings would. Re-attached jobs count towards
 ``launcher.parallel``. A job's result is recorded only when it proves to be the trial's own (its
-trial id and spec digest, :meth:`~paploss.search.trial.TrialResult.mismatch`); any other result
+trial id and spec digest, :meth:`~paploss.search.trials.runner.TrialResult.mismatch`); any other result
 is refused and the trial runs again.
 
 A new search checks its launcher first (for Slurm: the cluster answers), then writes
@@ -42,7 +42,7 @@ Output folder layout::
     <output>/journal.sqlite       the journal
     <output>/settings.yaml        a readable copy of the settings the search was started with
     <output>/model_config.yaml    the searched model's merged config, which every trial trains
-    <output>/trials/round000_trial00/ ...   one folder per trial (see paploss.search.trial)
+    <output>/trials/round000_trial00/ ...   one folder per trial (see paploss.search.trials.runner)
     <output>/jobs/                submitit's pickles and job logs
 """
 
@@ -68,7 +68,7 @@ from paploss.search.journal import (
     SearchJournal,
     TrialRecord,
 )
-from paploss.search.launcher import (
+from paploss.search.launchers.trial_launcher import (
     LAUNCHER_KINDS,
     TrialHandle,
     TrialLauncher,
@@ -76,10 +76,10 @@ from paploss.search.launcher import (
     check_launcher,
     error_summary,
 )
-from paploss.search.policy import TruncatedNormalPolicy
+from paploss.search.proposers.policy import TruncatedNormalPolicy
 from paploss.search.settings import SearchSettings, settings_summary
 from paploss.search.space import SearchSpace
-from paploss.search.trial import (
+from paploss.search.trials.runner import (
     TrialResult,
     TrialSpec,
     run_trial,
@@ -225,7 +225,7 @@ class SearchController:
         resume: continue the journal in ``output_dir``; a folder without one is an error (a
             mistyped folder never starts an unrelated search). Without it, an existing journal
             is an error (a search is never restarted over an old one by accident).
-        trial_fn: the trial function (:func:`~paploss.search.trial.run_trial`; tests may pass
+        trial_fn: the trial function (:func:`~paploss.search.trials.runner.run_trial`; tests may pass
             another picklable function with the same contract).
         launcher: a ready launcher; built from ``settings.launcher`` when None.
     """
@@ -566,7 +566,7 @@ class SearchController:
         earlier: Sequence[NewTrial],
     ) -> NewTrial:
         """Screen one candidate; ``earlier``: the round's candidates decided before it."""
-        from paploss.search.screening import ScreeningDecision
+        from paploss.search.screening.screener import ScreeningDecision
 
         if trial.role == "mean":
             # Exempt (always trained), but registered: later equivalent samples reuse its reward.
@@ -642,7 +642,7 @@ class SearchController:
         assert space is not None
         if self._screener is None:
             from paploss.engine import setup_cfg
-            from paploss.search.screening import Screener
+            from paploss.search.screening.screener import Screener
 
             proxy = self.settings.proxy
             start = time.perf_counter()
@@ -663,7 +663,7 @@ class SearchController:
 
     def _registry_from_journal(self) -> Any:
         """Fingerprint registry of every stored candidate that did not fail, in trial order."""
-        from paploss.search.screening import EquivalenceRegistry
+        from paploss.search.screening.screener import EquivalenceRegistry
 
         journal = self._journal
         assert journal is not None

@@ -20,7 +20,7 @@ from paploss.search.journal import (
     SearchJournal,
     settings_digest,
 )
-from paploss.search.policy import TruncatedNormalPolicy
+from paploss.search.proposers import TruncatedNormalPolicy
 from paploss.search.settings import PPOConfig
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from paploss.search.policy import TruncatedNormalPolicy
+from paploss.search.proposers import TruncatedNormalPolicy
 from paploss.search.settings import PPOConfig, SigmaSchedule
 
 # The identity θ of one head: five identity functions and λ = 1.

@@ -14,7 +14,7 @@ from paploss.search.screening import (
     candidate_head_losses,
     gradient_fingerprint,
 )
-from paploss.search.screening_data import build_screening_batches
+from paploss.search.screening.batch import build_screening_batches
 from paploss.search.settings import ScreeningSettings
 from paploss.search.space import SearchSpace
 

@@ -12,7 +12,7 @@ import torch
 
 from paploss.search.settings import EarlyStopSettings, ProxySettings
 from paploss.search.space import SearchSpace
-from paploss.search.trial import (
+from paploss.search.trials import (
     TrialResult,
     TrialSpec,
     load_result,

@@ -29,14 +29,14 @@ round come from the loss.
         .lock           held (flock) by the process working in the folder
 
 A folder with a ``result.json`` returns it at once; a folder with checkpoints resumes from the
-last one (exactly: see :mod:`paploss.search.proxy`), which is how a requeued Slurm job (submitit
-requeues the :class:`~paploss.search.launcher.CheckpointableTrial` wrapper on time-out or
+last one (exactly: see :mod:`paploss.search.trials.proxy`), which is how a requeued Slurm job (submitit
+requeues the :class:`~paploss.search.launchers.trial_launcher.CheckpointableTrial` wrapper on time-out or
 preemption) or a re-launched trial after a controller restart continues. Checkpoints are deleted
 once the result is written unless ``proxy.keep_checkpoints``.
 
 **Several GPUs.** With ``proxy.num_gpus > 1`` the training runs through Detectron2's ``launch``
 with one process per GPU on a port derived from the job id
-(:func:`paploss.search.launcher.distributed_url`); rank 0 writes ``result.json``.
+(:func:`paploss.search.launchers.trial_launcher.distributed_url`); rank 0 writes ``result.json``.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
-from paploss.search.launcher import current_job_id
+from paploss.search.launchers.trial_launcher import current_job_id
 from paploss.search.settings import EarlyStopSettings, ProxySettings
 from paploss.utils.io import atomic_write_json
 
@@ -335,7 +335,7 @@ def _train_and_score(spec: TrialSpec, started_at: float, rank: int = 0) -> Trial
     from detectron2.utils.env import seed_all_rng
 
     from paploss.engine import setup_cfg
-    from paploss.search.proxy import ProxyTrainer
+    from paploss.search.trials.proxy import ProxyTrainer
 
     cfg = setup_cfg(spec.config_file, spec.config_opts())
     os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
@@ -441,7 +441,7 @@ def _distributed_worker(spec: TrialSpec, started_at: float) -> None:
 def _run_distributed(spec: TrialSpec, started_at: float) -> TrialResult:
     from detectron2.engine import launch
 
-    from paploss.search.launcher import distributed_url
+    from paploss.search.launchers.trial_launcher import distributed_url
 
     try:
         launch(

@@ -27,9 +27,9 @@ import yaml
 
 from paploss.losses import FUNCTION_NAMES, MIN_KNOT_SPACING, knots_to_theta
 from paploss.search.journal import RoundRecord, SearchJournal, TrialRecord
-from paploss.search.launcher import error_summary
+from paploss.search.launchers.trial_launcher import error_summary
 from paploss.search.space import SearchSpace
-from paploss.search.trial import RESULT_FILE, load_result, trial_folder_name
+from paploss.search.trials.runner import RESULT_FILE, load_result, trial_folder_name
 from paploss.utils.io import atomic_write
 
 __all__ = [

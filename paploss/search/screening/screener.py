@@ -9,7 +9,7 @@ Three independent checks, each switchable in :class:`ScreeningSettings`:
    gradient scale λ), rounded to a few significant digits. Equal fingerprints mean equivalent
    candidates: the later one reuses the reward of the first (status ``duplicate``).
 2. **Loss-rejection protocol** (:class:`RejectionProtocol`). A fixed batch of predictions of a
-   randomly initialised detector (:func:`paploss.search.screening_data.build_screening_batches`,
+   randomly initialised detector (:func:`paploss.search.screening.batch.build_screening_batches`,
    one network forward per search) is optimised directly under the candidate's PAP loss: the
    logits and the positives' box deltas are leaf tensors, updated by Adam for a fixed number of
    steps. COCO bbox AP (pycocotools, AP@[.5:.95], as the reward) of the detections decoded from
@@ -71,9 +71,8 @@ import torch
 
 from paploss.heads import PAP_HEADS
 from paploss.losses import pap_loss, scale_grad
+from paploss.search.screening.batch import HeadBatch, build_screening_batches
 from paploss.search.settings import EquivalenceSettings, RejectionSettings, ScreeningSettings
-
-from .screening_data import HeadBatch, build_screening_batches
 
 if TYPE_CHECKING:  # pragma: no cover
     from paploss.modeling.head_loss import PAPHeadLoss, RankingHeadLoss

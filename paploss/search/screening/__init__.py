@@ -1,0 +1,30 @@
+"""Screening of candidate losses before any proxy training (AutoLoss-Zero style).
+
+* :mod:`~paploss.search.screening.batch`: the fixed prediction batch, recorded once per search
+  from a randomly initialised detector.
+* :mod:`~paploss.search.screening.screener`: the loss-rejection protocol, the gradient-equivalence
+  check and the :class:`Screener` that combines them.
+
+The names below load from their modules on first access (the screening needs torch and
+Detectron2). The settings are :class:`paploss.search.settings.ScreeningSettings`; the early stop
+of invalid trainings is :class:`paploss.engine.hooks.InvalidTrainingHook`.
+"""
+
+from paploss.utils.lazy import lazy_exports
+
+_LAZY = {
+    "HeadBatch": "batch",
+    "build_screening_batches": "batch",
+    "load_images": "batch",
+    "candidate_head_losses": "screener",
+    "RejectionResult": "screener",
+    "RejectionProtocol": "screener",
+    "GradientProbes": "screener",
+    "Fingerprint": "screener",
+    "gradient_fingerprint": "screener",
+    "EquivalenceRegistry": "screener",
+    "ScreeningDecision": "screener",
+    "Screener": "screener",
+}
+__all__ = list(_LAZY)
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY)
