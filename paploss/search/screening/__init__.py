@@ -2,8 +2,12 @@
 
 * :mod:`~paploss.search.screening.batch`: the fixed prediction batch, recorded once per search
   from a randomly initialised detector.
-* :mod:`~paploss.search.screening.screener`: the loss-rejection protocol, the gradient-equivalence
-  check and the :class:`Screener` that combines them.
+* :mod:`~paploss.search.screening.rejection`: the loss-rejection protocol (does a candidate teach
+  the random detector's predictions anything?).
+* :mod:`~paploss.search.screening.equivalence`: the gradient-equivalence check (fingerprints;
+  duplicates reuse the reward of their first equivalent).
+* :mod:`~paploss.search.screening.screener`: the :class:`Screener` that combines the two, and the
+  candidate's head losses both evaluate.
 
 The names below load from their modules on first access (the screening needs torch and
 Detectron2). The settings are :class:`paploss.search.settings.ScreeningSettings`; the early stop
@@ -17,12 +21,12 @@ _LAZY = {
     "build_screening_batches": "batch",
     "load_images": "batch",
     "candidate_head_losses": "screener",
-    "RejectionResult": "screener",
-    "RejectionProtocol": "screener",
-    "GradientProbes": "screener",
-    "Fingerprint": "screener",
-    "gradient_fingerprint": "screener",
-    "EquivalenceRegistry": "screener",
+    "RejectionResult": "rejection",
+    "RejectionProtocol": "rejection",
+    "GradientProbes": "equivalence",
+    "Fingerprint": "equivalence",
+    "gradient_fingerprint": "equivalence",
+    "EquivalenceRegistry": "equivalence",
     "ScreeningDecision": "screener",
     "Screener": "screener",
 }

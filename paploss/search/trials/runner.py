@@ -36,7 +36,7 @@ once the result is written unless ``proxy.keep_checkpoints``.
 
 **Several GPUs.** With ``proxy.num_gpus > 1`` the training runs through Detectron2's ``launch``
 with one process per GPU on a port derived from the job id
-(:func:`paploss.search.launchers.trial_launcher.distributed_url`); rank 0 writes ``result.json``.
+(:func:`paploss.search.launchers.jobs.distributed_url`); rank 0 writes ``result.json``.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
-from paploss.search.launchers.trial_launcher import current_job_id
+from paploss.search.launchers.jobs import current_job_id
 from paploss.search.settings import EarlyStopSettings, ProxySettings
 from paploss.utils.io import atomic_write_json
 
@@ -441,7 +441,7 @@ def _distributed_worker(spec: TrialSpec, started_at: float) -> None:
 def _run_distributed(spec: TrialSpec, started_at: float) -> TrialResult:
     from detectron2.engine import launch
 
-    from paploss.search.launchers.trial_launcher import distributed_url
+    from paploss.search.launchers.jobs import distributed_url
 
     try:
         launch(
