@@ -19,6 +19,10 @@ from paploss.utils.lazy import lazy_exports
 
 _LAZY = {
     "SearchSpace": "space",
+    "Proposer": "proposers",
+    "Candidate": "proposers",
+    "ScoredCandidate": "proposers",
+    "PROPOSER_REGISTRY": "proposers",
     "TruncatedNormalPolicy": "proposers",
     "UpdateStats": "proposers",
     "SearchJournal": "journal",

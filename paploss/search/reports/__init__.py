@@ -16,6 +16,7 @@ _LAZY = {
     "round_summaries": "status",
     "format_status": "status",
     "result_file_problem": "status",
+    "search_method": "status",
     "EXPORT_CHOICES": "export",
     "ExportResult": "export",
     "export_config": "export",

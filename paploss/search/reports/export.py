@@ -11,12 +11,11 @@ import os
 from dataclasses import dataclass
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-import numpy as np
 import yaml
 
 from paploss.losses import MIN_KNOT_SPACING, knots_to_theta
 from paploss.search.journal import SearchJournal, TrialRecord
-from paploss.search.reports.status import result_file_problem
+from paploss.search.reports.status import result_file_problem, search_method
 from paploss.search.space import SearchSpace
 from paploss.utils.io import atomic_write
 
@@ -113,9 +112,12 @@ def export_config(
         closed = [r for r in journal.rounds() if r.status == "closed"]
         if not closed:
             raise ValueError(f"{journal.path}: no round is closed yet: no updated mean to export")
-        state = closed[-1].policy_state_end or {}
-        logits = np.asarray(state.get("logit_mean", []), dtype=np.float64)
-        mean = np.clip(1.0 / (1.0 + np.exp(-logits)), 0.0, 1.0)
+        method = search_method(journal)
+        mean = (
+            None if method is None else method.point_from_state(closed[-1].policy_state_end or {})
+        )
+        if mean is None:
+            raise ValueError(f"{journal.path}: the search method has no mean to export")
         overrides = space.to_overrides(mean)
         after_round = closed[-1].round
         provenance = f"policy mean after round {after_round}"

@@ -13,7 +13,7 @@ import numpy as np
 from paploss.losses import FUNCTION_NAMES
 from paploss.search.journal import SearchJournal
 from paploss.search.reports.export import space_from_journal
-from paploss.search.reports.status import round_summaries
+from paploss.search.reports.status import round_summaries, search_method
 
 __all__ = ["plot_rewards", "plot_functions"]
 
@@ -124,12 +124,13 @@ def plot_functions(journal: SearchJournal, path: os.PathLike) -> str:
             (f"best trial (reward {best.reward:.4f})", space.to_overrides(best.theta), "-")
         )
     closed = [r for r in journal.rounds() if r.status == "closed"]
-    if closed and closed[-1].policy_state_end:
-        logits = np.asarray(closed[-1].policy_state_end["logit_mean"], dtype=np.float64)
-        mean = np.clip(1.0 / (1.0 + np.exp(-logits)), 0.0, 1.0)
-        curves.append(
-            (f"policy mean after round {closed[-1].round}", space.to_overrides(mean), "--")
-        )
+    method = search_method(journal)
+    if closed and closed[-1].policy_state_end and method is not None:
+        mean = method.point_from_state(closed[-1].policy_state_end)
+        if mean is not None:
+            curves.append(
+                (f"policy mean after round {closed[-1].round}", space.to_overrides(mean), "--")
+            )
     heads = space.heads
     fig, axes = plt.subplots(
         len(heads),

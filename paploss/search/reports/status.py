@@ -22,11 +22,18 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from paploss.search.journal import RoundRecord, SearchJournal, TrialRecord
+from paploss.search.journal import SearchJournal, TrialRecord
 from paploss.search.launchers.trial_launcher import error_summary
+from paploss.search.proposers import journal_proposer
 from paploss.search.trials.runner import RESULT_FILE, load_result, trial_folder_name
 
-__all__ = ["RoundSummary", "round_summaries", "format_status", "result_file_problem"]
+__all__ = [
+    "RoundSummary",
+    "round_summaries",
+    "format_status",
+    "result_file_problem",
+    "search_method",
+]
 
 #: Per-round counts shown in the status table, in this order.
 _COUNTED = ("done", "diverged", "failed", "rejected", "duplicate")
@@ -39,7 +46,8 @@ class RoundSummary:
     Attributes:
         round: round index (0-based).
         status: ``open`` or ``closed``.
-        sigma: σ the round's candidates were sampled with (None if unknown).
+        sigma: σ the round's candidates were sampled with (the search method's exploration
+            radius, :meth:`~paploss.search.proposers.Proposer.round_spread`; None if unknown).
         counts: number of trials per status.
         rewards: rewards of the samples in the policy update (done, diverged, and the ones
             screening kept from training: rejected, duplicate), in trial order.
@@ -67,6 +75,7 @@ def round_summaries(journal: SearchJournal) -> List[RoundSummary]:
     trials_by_round: Dict[int, List[TrialRecord]] = {}
     for trial in journal.trials():
         trials_by_round.setdefault(trial.round, []).append(trial)
+    method = search_method(journal)
     for record in journal.rounds():
         trials = trials_by_round.get(record.round, [])
         counts: Dict[str, int] = {}
@@ -85,7 +94,7 @@ def round_summaries(journal: SearchJournal) -> List[RoundSummary]:
             RoundSummary(
                 round=record.round,
                 status=record.status,
-                sigma=_round_sigma(record),
+                sigma=None if method is None else method.round_spread(record),
                 counts=counts,
                 rewards=[float(t.reward) for t in scored],
                 statuses=[t.status for t in scored],
@@ -97,16 +106,14 @@ def round_summaries(journal: SearchJournal) -> List[RoundSummary]:
     return summaries
 
 
-def _round_sigma(record: RoundRecord) -> Optional[float]:
-    if record.update_stats and "sigma" in record.update_stats:
-        return float(record.update_stats["sigma"])
-    state = record.policy_state_start or {}
-    schedule = (state.get("config") or {}).get("sigma_schedule")
-    if not schedule:
+def search_method(journal: SearchJournal) -> Optional[Any]:
+    """The :class:`~paploss.search.proposers.Proposer` class of the journal's search method, or
+    None when this installation does not know the method (its reports then leave out what only
+    the method can read from its stored states)."""
+    try:
+        return journal_proposer(journal.settings)
+    except ValueError:
         return None
-    from paploss.search.settings import SigmaSchedule
-
-    return SigmaSchedule(**schedule)(record.round)
 
 
 def format_status(journal: SearchJournal, show_trials: bool = False) -> str:

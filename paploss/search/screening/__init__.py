@@ -8,6 +8,8 @@
   duplicates reuse the reward of their first equivalent).
 * :mod:`~paploss.search.screening.screener`: the :class:`Screener` that combines the two, and the
   candidate's head losses both evaluate.
+* :mod:`~paploss.search.screening.candidates`: the screening of a search's rounds as the
+  controller runs it, kept in the journal (duplicates, rejections, fingerprints on resume).
 
 The names below load from their modules on first access (the screening needs torch and
 Detectron2). The settings are :class:`paploss.search.settings.ScreeningSettings`; the early stop
@@ -29,6 +31,9 @@ _LAZY = {
     "EquivalenceRegistry": "equivalence",
     "ScreeningDecision": "screener",
     "Screener": "screener",
+    "CandidateScreening": "candidates",
+    "ScreeningSetupError": "candidates",
+    "duplicate_of": "candidates",
 }
 __all__ = list(_LAZY)
 __getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY)
