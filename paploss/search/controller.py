@@ -25,8 +25,8 @@ and running ones are re-attached when their jobs still exist and launched again 
 folders make both safe), and the proposer restarts from the stored state, so a resumed search ends
 where an uninterrupted one with the same settings would. Re-attached jobs count towards
 ``launcher.parallel``. A job's result is recorded only when it proves to be the trial's own (its
-trial id and spec digest, :meth:`~paploss.search.trials.runner.TrialResult.mismatch`); any other result
-is refused and the trial runs again.
+trial id and spec digest, :meth:`~paploss.search.trials.runner.TrialResult.mismatch`); any other
+result is refused and the trial runs again.
 
 A new search checks its launcher first (for Slurm: the cluster answers), then writes
 ``settings.yaml`` and ``model_config.yaml``, and creates the journal last: a search killed before
@@ -211,8 +211,8 @@ class SearchController:
         resume: continue the journal in ``output_dir``; a folder without one is an error (a
             mistyped folder never starts an unrelated search). Without it, an existing journal
             is an error (a search is never restarted over an old one by accident).
-        trial_fn: the trial function (:func:`~paploss.search.trials.runner.run_trial`; tests may pass
-            another picklable function with the same contract).
+        trial_fn: the trial function (:func:`~paploss.search.trials.runner.run_trial`; tests may
+            pass another picklable function with the same contract).
         launcher: a ready launcher; built from ``settings.launcher`` when None.
     """
 

@@ -29,9 +29,9 @@ round come from the loss.
         .lock           held (flock) by the process working in the folder
 
 A folder with a ``result.json`` returns it at once; a folder with checkpoints resumes from the
-last one (exactly: see :mod:`paploss.search.trials.proxy`), which is how a requeued Slurm job (submitit
-requeues the :class:`~paploss.search.launchers.trial_launcher.CheckpointableTrial` wrapper on time-out or
-preemption) or a re-launched trial after a controller restart continues. Checkpoints are deleted
+last one (exactly: see :mod:`paploss.search.trials.proxy`), which is how a requeued Slurm job
+(submitit requeues the :class:`~paploss.search.launchers.trial_launcher.CheckpointableTrial`
+wrapper on time-out or preemption) or a re-launched trial after a controller restart continues. Checkpoints are deleted
 once the result is written unless ``proxy.keep_checkpoints``.
 
 **Several GPUs.** With ``proxy.num_gpus > 1`` the training runs through Detectron2's ``launch``
