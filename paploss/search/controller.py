@@ -151,7 +151,8 @@ class SearchSummary:
         rounds_closed: number of closed rounds.
         trials_run: trials launched by this controller run (reused results not counted).
         best: the best ``done`` trial, if any.
-        final_mean: μ after the last closed round.
+        final_mean: the search method's current point (``ppo``: μ after the last closed
+            round), or None for a method without one.
         wall_s: duration of this controller run.
     """
 
