@@ -248,7 +248,7 @@ def main(argv: Optional[List[str]] = None) -> None:
 
     from paploss.engine import setup_cfg
     from paploss.lossgraph.screening import GraphScreener
-    from paploss.search.screening import ScreeningSettings
+    from paploss.search.settings import ScreeningSettings
 
     torch.set_num_threads(args.threads)
     cfg = setup_cfg(args.config)

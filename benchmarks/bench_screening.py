@@ -17,7 +17,7 @@ What is measured (model: ``--config``, images of ``synthetic_shapes_search_train
   other thresholds;
 * with ``--spearman N``: the first N random candidates (and the identity) are also scored by the
   proxy training of ``--search-config`` (default: the default search's), run by the search's own
-  trial runner (``paploss.search.trial.run_trial``) with the search's seed. Spearman's rank
+  trial runner (``paploss.search.trials.run_trial``) with the search's seed. Spearman's rank
   correlation between the screening scores and the rewards is printed. This takes about a
   minute per candidate on a CPU.
 
@@ -93,7 +93,7 @@ def _proxy_reward(
     name: str,
 ) -> Tuple[float, str, float]:
     """``(reward, status, seconds)`` of the search's proxy training of one candidate."""
-    from paploss.search.trial import TrialSpec, run_trial
+    from paploss.search.trials import TrialSpec, run_trial
 
     start = time.perf_counter()
     spec = TrialSpec(
@@ -158,7 +158,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     import yaml
 
     from paploss.engine import setup_cfg
-    from paploss.search.screening import Screener, ScreeningSettings
+    from paploss.search.screening import Screener
+    from paploss.search.settings import ScreeningSettings
     from paploss.search.space import SearchSpace
 
     torch.set_num_threads(args.threads)

@@ -611,7 +611,7 @@ def train_config(config_file: str, loss: str, device: torch.device, batch: int):
     set (pap keeps the published functions it holds; rs ranks all proposals in the ROI head, as
     in its paper and ``configs/synthetic/rs_faster_rcnn.yaml``)."""
     from paploss.engine.setup import load_config
-    from paploss.modeling.config import PAP_HEADS
+    from paploss.heads import PAP_HEADS
 
     opts = ["MODEL.PAPLOSS.LOSS", loss, "MODEL.DEVICE", str(device)]
     opts += ["SOLVER.IMS_PER_BATCH", batch, "MODEL.WEIGHTS", ""]

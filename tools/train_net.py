@@ -1,6 +1,10 @@
 #!/usr/bin/env python
 """Train and evaluate a detector with paploss's heads, in Detectron2's style.
 
+``--resume`` continues from the last checkpoint exactly: weights, optimizer, schedule, the random
+states and the position in the stream of training images (see ``paploss.engine.sampler``), so a
+resumed run ends with the weights of one that was never interrupted.
+
 Before any training process starts, the config is checked against its data: every dataset of
 ``DATASETS.TRAIN`` and ``DATASETS.TEST`` is loaded and validated, and the class counts of the
 model's heads are compared with the datasets' categories. Problems are printed one per line

@@ -22,6 +22,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Set
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
+from paploss.utils.validation import is_int
+
 from .synthetic import CLASS_NAMES, GENERATOR_VERSION, default_split_specs, generate_split
 
 __all__ = [
@@ -123,7 +125,7 @@ def _check_categories(categories: list, json_file: str, where: str) -> Set[int]:
     """The category ids of a COCO file's ``categories`` (each entry needs an int id and a name)."""
     ids: Set[int] = set()
     for category in categories:
-        if not isinstance(category, dict) or not isinstance(category.get("id"), int):
+        if not isinstance(category, dict) or not is_int(category.get("id")):
             raise DatasetError(
                 f"{where}: annotation file '{json_file}' has a category without an integer 'id': "
                 f"{str(category)[:200]}"

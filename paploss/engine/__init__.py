@@ -1,17 +1,33 @@
-"""Training and evaluation on top of Detectron2's ``DefaultTrainer``, config set-up and the
-start-up checks of a config against its datasets."""
+"""Training and evaluation on top of Detectron2's ``DefaultTrainer`` (exact resume, early stop of
+invalid trainings), config set-up and the start-up checks of a config against its datasets."""
 
+from .hooks import (
+    ConstantLossError,
+    InvalidTrainingError,
+    InvalidTrainingHook,
+    NonFiniteTrainingError,
+    RandomStateHook,
+)
+from .sampler import ResumableTrainingSampler, get_random_state, set_random_state
 from .setup import default_output_dir, load_config, setup_cfg, steps_from_fractions
 from .trainer import Trainer, fast_coco_eval_available, train_and_evaluate
 from .validation import ConfigDataError, heads_used, validate_config_data
 
 __all__ = [
     "ConfigDataError",
+    "ConstantLossError",
+    "InvalidTrainingError",
+    "InvalidTrainingHook",
+    "NonFiniteTrainingError",
+    "RandomStateHook",
+    "ResumableTrainingSampler",
     "Trainer",
     "default_output_dir",
     "fast_coco_eval_available",
+    "get_random_state",
     "heads_used",
     "load_config",
+    "set_random_state",
     "setup_cfg",
     "steps_from_fractions",
     "train_and_evaluate",

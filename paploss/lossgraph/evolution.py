@@ -42,7 +42,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
-from paploss.checks import is_int
+from paploss.utils.validation import is_int
 
 from .branches import BRANCHES, CE_EXPRESSION, GIOU_EXPRESSION, GRAPH_LOSS_NAME, parse_branch
 from .graph import Node, structural_hash

@@ -21,7 +21,7 @@ import random
 from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Optional, Tuple
 
-from paploss.checks import is_int, is_number
+from paploss.utils.validation import is_int, is_number
 
 from .branches import Branch
 from .graph import (

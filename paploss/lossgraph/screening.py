@@ -17,7 +17,7 @@
    predictions under its :meth:`compute` and measures the AP gain; below
    ``rejection.min_ap_gain`` the candidate is ``rejected``.
 
-Settings are the search's :class:`~paploss.search.screening.ScreeningSettings`
+Settings are the search's :class:`~paploss.search.settings.ScreeningSettings`
 (``equivalence.probe_samples``, ``equivalence.seed`` and ``significant_digits`` size the probes
 and the rounding; ``probe_entries`` / ``probe_positives`` are for PAP candidates only). The early
 stop of invalid trainings is the search's :class:`~paploss.search.screening.InvalidTrainingHook`
@@ -32,14 +32,11 @@ import time
 from dataclasses import dataclass
 from typing import Any, Dict, Hashable, Optional, Sequence
 
-from paploss.search.screening import (
-    EquivalenceRegistry,
-    RejectionProtocol,
-    RejectionResult,
-    ScreeningDecision,
-    ScreeningSettings,
-)
-from paploss.search.screening_data import HeadBatch, build_screening_batches
+from paploss.search.screening.batch import HeadBatch, build_screening_batches
+from paploss.search.screening.equivalence import EquivalenceRegistry
+from paploss.search.screening.rejection import RejectionProtocol, RejectionResult
+from paploss.search.screening.screener import ScreeningDecision
+from paploss.search.settings import ScreeningSettings
 
 from .evolution import GraphCandidate
 from .fingerprint import GraphFingerprint, GraphProbes, graph_fingerprint
@@ -143,7 +140,7 @@ class GraphScreener:
         branches: Sequence[str] = ("cls", "box"),
     ) -> "GraphScreener":
         """A screener for the model of ``cfg``: records the ROI head's batch (one forward of a
-        random detector, :func:`~paploss.search.screening_data.build_screening_batches`).
+        random detector, :func:`~paploss.search.screening.batch.build_screening_batches`).
 
         Args:
             settings: screening settings.

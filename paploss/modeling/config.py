@@ -2,13 +2,11 @@
 
 from detectron2.config import CfgNode as CN
 
+from paploss.heads import PAP_HEADS
 from paploss.lossgraph.branches import CE_EXPRESSION, GIOU_EXPRESSION
 
 __all__ = ["add_paploss_config", "PAP_HEADS", "IDENTITY_KNOTS"]
 
-#: The heads with a subtree of ``MODEL.PAPLOSS`` (their own PAP functions, gradient scale and
-#: baseline settings), in the order of the search space.
-PAP_HEADS = ("RETINANET", "RPN", "ROI_HEADS")
 #: Interior knots of the identity function (the default of every function).
 IDENTITY_KNOTS = [[0.2, 0.2], [0.4, 0.4], [0.6, 0.6], [0.8, 0.8]]
 

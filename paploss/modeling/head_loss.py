@@ -42,11 +42,9 @@ from typing import Dict, Iterator, Optional, Tuple
 import torch
 from detectron2.config import configurable
 from detectron2.utils.events import get_event_storage
-from detectron2.utils.registry import Registry
 from fvcore.nn import smooth_l1_loss
 from torch import nn
 
-from paploss.checks import check_int, check_number
 from paploss.losses import (
     PAPFunctions,
     alrp_loss,
@@ -57,6 +55,8 @@ from paploss.losses import (
 )
 from paploss.losses.box_quality import QUALITY_TYPES, box_quality, paired_iou_giou
 from paploss.losses.mask_quality import dice_loss, soft_mask_iou
+from paploss.utils.registry import NamedRegistry
+from paploss.utils.validation import check_int, check_number
 
 from .ranking import HeadRanking
 
@@ -78,19 +78,11 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-class _HeadLossRegistry(Registry):
-    """A Detectron2 :class:`Registry` whose entries are named by their ``loss_name``."""
+class _HeadLossRegistry(NamedRegistry):
+    """A Detectron2 :class:`Registry` whose entries are named by their ``loss_name`` (the value
+    of ``MODEL.PAPLOSS.LOSS`` that selects one)."""
 
-    def register(self, obj=None):
-        """Register a :class:`RankingHeadLoss` subclass under its ``loss_name`` (the value of
-        ``MODEL.PAPLOSS.LOSS`` that selects it); as a decorator or a call, like any registry."""
-        if obj is None:
-            return self.register
-        name = getattr(obj, "loss_name", "")
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"{obj.__name__} needs a loss_name to be registered")
-        self._do_register(name, obj)
-        return obj
+    NAME_ATTRIBUTE = "loss_name"
 
 
 HEAD_LOSS_REGISTRY = _HeadLossRegistry("HEAD_LOSS")

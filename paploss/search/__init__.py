@@ -1,68 +1,49 @@
-"""Search over PAP-loss parameters: search space, policy + PPO, trial journal, launchers,
-proxy trials, the search controller and its reports.
+"""Loss search over PAP-loss parameters. The flow of a search, one package or module per step::
+
+    settings      the search's settings (one module, one set of validators)
+    space         flat θ ↔ ``MODEL.PAPLOSS`` config values
+    proposers/    the search method: proposes each round's candidates, learns from rewards
+    screening/    rejects hopeless and duplicate candidates before any training
+    trials/       one proxy training per candidate, scored by COCO bbox AP
+    launchers/    runs trials in-process, as local processes or as Slurm job arrays
+    journal       the durable record of rounds, trials and the method's state
+    reports/      status tables, the exported config, plots
+    controller    the one orchestrator of the steps above
+    cli           ``paploss-search``
 
 Importing this package is cheap: the names below are loaded from their modules on first access
 (the policy needs scipy, the search space the loss functions, trials Detectron2).
 """
 
-import importlib
-from typing import Any
-
-__all__ = [
-    "SearchSpace",
-    "TruncatedNormalPolicy",
-    "SigmaSchedule",
-    "PPOConfig",
-    "UpdateStats",
-    "SearchJournal",
-    "JournalError",
-    "NewTrial",
-    "TrialRecord",
-    "RoundRecord",
-    "ProxySettings",
-    "TrialSpec",
-    "TrialResult",
-    "run_trial",
-    "SearchSettings",
-    "SettingsError",
-    "load_settings",
-    "SearchController",
-    "SearchError",
-    "export_config",
-]
+from paploss.utils.lazy import lazy_exports
 
 _LAZY = {
     "SearchSpace": "space",
-    "TruncatedNormalPolicy": "policy",
-    "SigmaSchedule": "policy",
-    "PPOConfig": "policy",
-    "UpdateStats": "policy",
+    "Proposer": "proposers",
+    "Candidate": "proposers",
+    "ScoredCandidate": "proposers",
+    "PROPOSER_REGISTRY": "proposers",
+    "TruncatedNormalPolicy": "proposers",
+    "UpdateStats": "proposers",
     "SearchJournal": "journal",
     "JournalError": "journal",
     "NewTrial": "journal",
     "TrialRecord": "journal",
     "RoundRecord": "journal",
-    "ProxySettings": "trial",
-    "TrialSpec": "trial",
-    "TrialResult": "trial",
-    "run_trial": "trial",
+    "TrialSpec": "trials",
+    "TrialResult": "trials",
+    "run_trial": "trials",
+    "TrialLauncher": "launchers",
     "SearchSettings": "settings",
     "SettingsError": "settings",
+    "ProxySettings": "settings",
+    "SigmaSchedule": "settings",
+    "PPOConfig": "settings",
+    "ScreeningSettings": "settings",
     "load_settings": "settings",
     "SearchController": "controller",
     "SearchError": "controller",
-    "export_config": "report",
+    "export_config": "reports",
 }
-
-
-def __getattr__(name: str) -> Any:
-    module_name = _LAZY.get(name)
-    if module_name is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module_name}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list:
-    return sorted(set(globals()) | set(__all__))
+__all__ = list(_LAZY)
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY)

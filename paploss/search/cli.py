@@ -45,7 +45,7 @@ class CLIError(Exception):
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``paploss-search`` (sub-commands run, status, export, plot)."""
-    from paploss.search.launcher import LAUNCHER_KINDS
+    from paploss.search.settings import LAUNCHER_KINDS
 
     parser = argparse.ArgumentParser(
         prog="paploss-search",
@@ -127,7 +127,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     _setup_logging()
     from paploss.search.controller import SearchError
     from paploss.search.journal import JournalError
-    from paploss.search.launcher import LaunchError
+    from paploss.search.launchers import LaunchError
     from paploss.search.settings import SettingsError
 
     handlers = {"run": _cmd_run, "status": _cmd_status, "export": _cmd_export, "plot": _cmd_plot}
@@ -179,7 +179,7 @@ def _warn_export(exported: Any) -> None:
 def _write_report(output: Any) -> List[str]:
     """Export the best config and write the plots; returns lines saying where they are."""
     from paploss.search.journal import SearchJournal
-    from paploss.search.report import export_config, plot_functions, plot_rewards
+    from paploss.search.reports import export_config, plot_functions, plot_rewards
 
     lines = []
     with SearchJournal.open(str(output.journal), read_only=True) as journal:
@@ -206,7 +206,7 @@ def _write_report(output: Any) -> List[str]:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from paploss.search.report import format_status
+    from paploss.search.reports import format_status
 
     with _open_journal(args.output) as journal:
         print(format_status(journal, show_trials=args.trials))
@@ -215,7 +215,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from paploss.search.controller import SearchOutput
-    from paploss.search.report import export_config
+    from paploss.search.reports import export_config
 
     output = SearchOutput(Path(args.output).absolute())
     with _open_journal(args.output) as journal:
@@ -253,7 +253,7 @@ def _warn_if_model_config_changed(journal: Any) -> None:
 
 def _cmd_plot(args: argparse.Namespace) -> int:
     from paploss.search.controller import SearchOutput
-    from paploss.search.report import plot_functions, plot_rewards
+    from paploss.search.reports import plot_functions, plot_rewards
 
     output = SearchOutput(Path(args.output).absolute())
     folder = Path(args.to).absolute() if args.to else output.plots

@@ -1,36 +1,32 @@
-"""The search loop: sample candidates, score them with proxy trainings, update the policy.
+"""The search loop, the one orchestrator of a search: propose candidates, screen them, score them
+with proxy trainings, let the search method learn from the rewards.
 
 One round::
 
-    θ_1..θ_S ~ policy            (+ μ itself when search.score_mean)
+    proposer.propose()           the round's candidates, e.g. θ_1..θ_S ~ policy (+ μ itself)
     screen the samples           rejected and duplicate candidates are decided, never trained
-    journal.begin_round(...)     candidates with their screening decisions + the policy state
-                                 *after* sampling (RNG included)
+                                 (paploss.search.screening.candidates)
+    journal.begin_round(...)     candidates with their screening decisions + the proposer's state
+                                 *after* proposing (random generators included)
     launch the trials, record each outcome as it arrives, retry failures up to max_attempts
     duplicates take the reward of their earlier equivalent candidate
-    policy.update(θ, rewards)    PPO on the scored samples (diverged ones with their penalty,
-                                 rejected ones with screening.rejection.rejected_reward)
-    journal.end_round(...)       the policy state after the update
+    proposer.observe(scored)     e.g. PPO on the scored samples (diverged ones with their
+                                 penalty, rejected ones with screening.rejection.rejected_reward)
+    journal.end_round(...)       the proposer's state after the update
 
-**Screening** (``settings.screening``, see :mod:`paploss.search.screening`). Before a round is
-stored, every sample is screened: a candidate whose gradient fingerprint equals that of an earlier
-candidate (of any round, not failed) is stored as ``duplicate`` with that candidate's reward (once
-known) and ``metrics.screening.duplicate_of``; a candidate that fails the loss-rejection protocol is
-stored as ``rejected`` with ``rejected_reward``. Neither gets a folder or a job, both count in the
-PPO update. The policy mean is exempt (always trained); its fingerprint is registered all the same.
-Fingerprints are stored in ``metrics.screening.fingerprint``, and the registry of fingerprints is
-rebuilt from the journal before each new round, so a resumed search detects duplicates of trials
-from before the restart; candidates already in the journal are never screened again.
+The proposer is the search method ``search.method`` names
+(:data:`paploss.search.proposers.PROPOSER_REGISTRY`; ``ppo`` by default); everything else here is
+the same for every method.
 
 The journal (:class:`~paploss.search.journal.SearchJournal`) is the only durable state, and the
 controller is its only writer. A killed search resumes exactly: closed rounds are never repeated,
 the open round continues with its stored candidates (finished trials keep their results, pending
 and running ones are re-attached when their jobs still exist and launched again otherwise; their
-folders make both safe), and the policy restarts from the stored state, so a resumed search ends
+folders make both safe), and the proposer restarts from the stored state, so a resumed search ends
 where an uninterrupted one with the same settings would. Re-attached jobs count towards
 ``launcher.parallel``. A job's result is recorded only when it proves to be the trial's own (its
-trial id and spec digest, :meth:`~paploss.search.trial.TrialResult.mismatch`); any other result
-is refused and the trial runs again.
+trial id and spec digest, :meth:`~paploss.search.trials.runner.TrialResult.mismatch`); any other
+result is refused and the trial runs again.
 
 A new search checks its launcher first (for Slurm: the cluster answers), then writes
 ``settings.yaml`` and ``model_config.yaml``, and creates the journal last: a search killed before
@@ -42,50 +38,40 @@ Output folder layout::
     <output>/journal.sqlite       the journal
     <output>/settings.yaml        a readable copy of the settings the search was started with
     <output>/model_config.yaml    the searched model's merged config, which every trial trains
-    <output>/trials/round000_trial00/ ...   one folder per trial (see paploss.search.trial)
+    <output>/trials/round000_trial00/ ...   one folder per trial (see paploss.search.trials.runner)
     <output>/jobs/                submitit's pickles and job logs
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import hashlib
 import logging
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import yaml
 
-from paploss.search.journal import (
-    SCORED_TRIAL_STATUSES,
-    JournalError,
-    NewTrial,
-    SearchJournal,
-    TrialRecord,
-)
-from paploss.search.launcher import (
-    LAUNCHER_KINDS,
+from paploss.search.journal import JournalError, NewTrial, SearchJournal, TrialRecord
+from paploss.search.launchers.trial_launcher import (
     TrialHandle,
     TrialLauncher,
     TrialOutcome,
     check_launcher,
     error_summary,
 )
-from paploss.search.policy import TruncatedNormalPolicy
-from paploss.search.settings import SearchSettings, settings_summary
-from paploss.search.space import SearchSpace
-from paploss.search.trial import (
-    TrialResult,
-    TrialSpec,
-    run_trial,
-    torch_threads,
-    trial_folder_name,
+from paploss.search.proposers import Proposer, ScoredCandidate, proposer_class
+from paploss.search.screening.candidates import (
+    CandidateScreening,
+    ScreeningSetupError,
+    duplicate_of,
 )
+from paploss.search.settings import LAUNCHER_KINDS, SearchSettings, settings_summary
+from paploss.search.space import SearchSpace
+from paploss.search.trials.runner import TrialResult, TrialSpec, run_trial, trial_folder_name
 from paploss.utils.io import atomic_write
 
 __all__ = [
@@ -165,7 +151,8 @@ class SearchSummary:
         rounds_closed: number of closed rounds.
         trials_run: trials launched by this controller run (reused results not counted).
         best: the best ``done`` trial, if any.
-        final_mean: μ after the last closed round.
+        final_mean: the search method's current point (``ppo``: μ after the last closed
+            round), or None for a method without one.
         wall_s: duration of this controller run.
     """
 
@@ -225,8 +212,8 @@ class SearchController:
         resume: continue the journal in ``output_dir``; a folder without one is an error (a
             mistyped folder never starts an unrelated search). Without it, an existing journal
             is an error (a search is never restarted over an old one by accident).
-        trial_fn: the trial function (:func:`~paploss.search.trial.run_trial`; tests may pass
-            another picklable function with the same contract).
+        trial_fn: the trial function (:func:`~paploss.search.trials.runner.run_trial`; tests may
+            pass another picklable function with the same contract).
         launcher: a ready launcher; built from ``settings.launcher`` when None.
     """
 
@@ -246,10 +233,10 @@ class SearchController:
         self._launcher = launcher
         self._journal: Optional[SearchJournal] = None
         self._space: Optional[SearchSpace] = None
-        self._policy: Optional[TruncatedNormalPolicy] = None
+        self._proposer: Optional[Proposer] = None
+        self._screening: Optional[CandidateScreening] = None
         self._trials_run = 0
         self._datasets_root: Optional[str] = None
-        self._screener: Optional[Any] = None  # paploss.search.screening.Screener, built lazily
 
     # ------------------------------------------------------------------ public
     def run(self) -> SearchSummary:
@@ -265,8 +252,8 @@ class SearchController:
         start = time.monotonic()
         try:
             self._open()
-            journal, policy = self._journal, self._policy
-            assert journal is not None and policy is not None
+            journal, proposer = self._journal, self._proposer
+            assert journal is not None and proposer is not None
             total = self.settings.search.rounds
             for round_index in range(self._first_round(), total):
                 self._run_round(round_index)
@@ -276,7 +263,7 @@ class SearchController:
                 rounds_closed=len(closed),
                 trials_run=self._trials_run,
                 best=journal.best_trial(),
-                final_mean=[float(v) for v in policy.mean],
+                final_mean=_optional_list(proposer.point()),
                 wall_s=time.monotonic() - start,
             )
             best = summary.best
@@ -296,6 +283,10 @@ class SearchController:
     # ------------------------------------------------------------------ set-up
     def _open(self) -> None:
         output = self.output
+        try:
+            method = proposer_class(self.settings.search.method)
+        except ValueError as exc:
+            raise SearchError(str(exc)) from None
         exists = output.has_journal
         if exists and not self.resume:
             raise SearchError(
@@ -330,22 +321,23 @@ class SearchController:
             logger.info("%s", line)
         logger.info("search space: %d dimensions (%s)", space.dim, ", ".join(space.heads))
 
-        loop, policy_settings = self.settings.search, self.settings.policy
-        policy = TruncatedNormalPolicy(
-            space.identity_theta(),
-            sigma_schedule=policy_settings.sigma,
-            ppo=policy_settings.ppo,
-            seed=loop.seed,
-        )
+        proposer = method.from_settings(self.settings, space)
         state = self._journal.latest_policy_state()
         if state is not None:
             try:
-                policy.load_state_dict(state)
+                proposer.load_state_dict(state)
             except (ValueError, KeyError, TypeError) as exc:
                 raise JournalError(
                     f"{output.journal}: its policy state does not fit this search ({exc})"
                 ) from None
-        self._policy = policy
+        self._proposer = proposer
+        self._screening = CandidateScreening(
+            self.settings,
+            self._journal,
+            model_config=str(output.model_config),
+            trials_dir=str(output.trials),
+            heads=space.heads,
+        )
 
     def _build_space(self) -> Tuple[SearchSpace, str]:
         """The search space and the fully merged model config (YAML text)."""
@@ -390,48 +382,50 @@ class SearchController:
 
     # ------------------------------------------------------------------ rounds
     def _run_round(self, round_index: int) -> None:
-        journal, policy, space = self._journal, self._policy, self._space
-        assert journal is not None and policy is not None and space is not None
+        journal, proposer, space = self._journal, self._proposer, self._space
+        assert journal is not None and proposer is not None and space is not None
+        screening = self._screening
+        assert screening is not None
         loop = self.settings.search
         total = loop.rounds
         current = journal.open_round()
         if current is None:
-            if policy.round != round_index:
+            if proposer.round != round_index:
                 raise JournalError(
-                    f"{journal.path}: the policy is at round {policy.round}, the journal at "
+                    f"{journal.path}: the policy is at round {proposer.round}, the journal at "
                     f"round {round_index}"
                 )
-            thetas = policy.sample(loop.candidates)
+            candidates = proposer.propose()
             seed = round_seed(loop.seed, round_index)
-            candidates = [(theta, "sample") for theta in thetas]
-            if loop.score_mean:
-                candidates.append((policy.mean, "mean"))
             new_trials = [
                 NewTrial(
-                    theta=[float(v) for v in theta],
-                    overrides=space.to_overrides(theta),
+                    theta=[float(v) for v in candidate.theta],
+                    overrides=space.to_overrides(candidate.theta),
                     seed=seed,
-                    role=role,
+                    role=candidate.role,
                     folder=os.path.join("trials", trial_folder_name(round_index, index)),
                 )
-                for index, (theta, role) in enumerate(candidates)
+                for index, candidate in enumerate(candidates)
             ]
-            new_trials = self._screen_candidates(round_index, new_trials)
-            journal.begin_round(round_index, policy.state_dict(), new_trials)
+            try:
+                new_trials = screening.screen_round(round_index, new_trials)
+            except ScreeningSetupError as exc:
+                raise SearchError(str(exc)) from None
+            journal.begin_round(round_index, proposer.state_dict(), new_trials)
             logger.info(
-                "round %d/%d: %d trial(s) to train of %d, sigma %.4f, seed %d",
+                "round %d/%d: %d trial(s) to train of %d%s, seed %d",
                 round_index + 1,
                 total,
                 sum(t.status == "pending" for t in new_trials),
                 len(new_trials),
-                policy.sigma,
+                _clause(proposer.describe()),
                 seed,
             )
         else:
-            if current.round != round_index or policy.round != round_index:
+            if current.round != round_index or proposer.round != round_index:
                 raise JournalError(
                     f"{journal.path}: open round {current.round} does not match the policy "
-                    f"(round {policy.round})"
+                    f"(round {proposer.round})"
                 )
             trials = journal.trials(round=round_index)
             done = sum(t.is_final for t in trials)
@@ -461,7 +455,7 @@ class SearchController:
             for trial in trials:
                 if trial.status != "failed":
                     continue
-                if trial.folder is None and _duplicate_of(trial) is not None:
+                if trial.folder is None and duplicate_of(trial) is not None:
                     # A duplicate whose original failed: it waits for the original again.
                     journal.update_trial(
                         round_index, trial.index, status="duplicate", error=None, finished_at=None
@@ -475,8 +469,8 @@ class SearchController:
             )
 
     def _close_round(self, round_index: int) -> None:
-        journal, policy = self._journal, self._policy
-        assert journal is not None and policy is not None
+        journal, proposer = self._journal, self._proposer
+        assert journal is not None and proposer is not None
         loop = self.settings.search
         trials = journal.trials(round=round_index)
         samples = [t for t in trials if t.role == "sample" and t.is_scored]
@@ -489,20 +483,14 @@ class SearchController:
                 + f". Details: paploss-search status --trials --output {self.output.root}. "
                 "Fix the cause and resume the search (--resume)."
             )
-        thetas = np.asarray([t.theta for t in samples], dtype=np.float64)
+        scored = [
+            ScoredCandidate(tuple(t.theta), t.role, float(t.reward), t.status)
+            for t in trials
+            if t.is_scored
+        ]
+        stats = dict(proposer.observe(scored))
         rewards = np.asarray([t.reward for t in samples], dtype=np.float64)
-        baseline = None
         mean_trials = [t for t in trials if t.role == "mean" and t.is_scored]
-        if loop.baseline == "policy_mean":
-            if mean_trials:
-                baseline = float(mean_trials[0].reward)
-            else:
-                logger.warning(
-                    "round %d/%d: the policy mean was not scored; using the round mean as baseline",
-                    round_index + 1,
-                    loop.rounds,
-                )
-        stats = policy.update(thetas, rewards, baseline=baseline).to_dict()
         stats.update(
             reward_mean=float(rewards.mean()),
             reward_min=float(rewards.min()),
@@ -513,11 +501,11 @@ class SearchController:
             num_rejected=sum(t.status == "rejected" for t in trials),
             num_duplicates=sum(t.status == "duplicate" for t in trials),
         )
-        journal.end_round(round_index, policy.state_dict(), stats)
+        journal.end_round(round_index, proposer.state_dict(), stats)
         best = journal.best_trial()
+        screened = self._screening is not None and self._screening.active
         logger.info(
-            "round %d/%d closed: reward mean %.4f min %.4f max %.4f%s%s | best so far %s | "
-            "mean moved %.4f",
+            "round %d/%d closed: reward mean %.4f min %.4f max %.4f%s%s | best so far %s%s",
             round_index + 1,
             loop.rounds,
             stats["reward_mean"],
@@ -526,198 +514,12 @@ class SearchController:
             "" if stats["mean_reward"] is None else f" | policy mean {stats['mean_reward']:.4f}",
             (
                 f" | {stats['num_rejected']} rejected, {stats['num_duplicates']} duplicate(s)"
-                if self._screener is not None or stats["num_rejected"] or stats["num_duplicates"]
+                if screened or stats["num_rejected"] or stats["num_duplicates"]
                 else ""
             ),
             "n/a" if best is None else f"{best.reward:.4f}",
-            stats["mean_shift_l2"],
+            _clause(proposer.describe_update(stats), " | "),
         )
-
-    # ------------------------------------------------------------------ screening
-    def _screen_candidates(self, round_index: int, trials: List[NewTrial]) -> List[NewTrial]:
-        """The round's candidates with their screening decisions (unchanged without screening)."""
-        screener = self._screener_for_round()
-        if screener is None:
-            return trials
-        start = time.perf_counter()
-        decided: List[NewTrial] = []
-        with torch_threads(self.settings.proxy.num_threads):
-            for index, trial in enumerate(trials):
-                decided.append(self._screen(screener, trial, (round_index, index), decided))
-        samples = [t for t in decided if t.role == "sample"]
-        logger.info(
-            "round %d/%d: screened %d sample(s) in %.1f s: %d rejected, %d duplicate(s), "
-            "%d to train",
-            round_index + 1,
-            self.settings.search.rounds,
-            len(samples),
-            time.perf_counter() - start,
-            sum(t.status == "rejected" for t in samples),
-            sum(t.status == "duplicate" for t in samples),
-            sum(t.status == "pending" for t in samples),
-        )
-        return decided
-
-    def _screen(
-        self,
-        screener: Any,
-        trial: NewTrial,
-        key: Tuple[int, int],
-        earlier: Sequence[NewTrial],
-    ) -> NewTrial:
-        """Screen one candidate; ``earlier``: the round's candidates decided before it."""
-        from paploss.search.screening import ScreeningDecision
-
-        if trial.role == "mean":
-            # Exempt (always trained), but registered: later equivalent samples reuse its reward.
-            start = time.perf_counter()
-            digest = None
-            if self.settings.screening.equivalence.enabled:
-                digest = screener.fingerprint(trial.overrides).digest
-                screener.registry.register(digest, key)
-            decision = ScreeningDecision(
-                "accepted", fingerprint=digest, seconds=time.perf_counter() - start
-            )
-            record = dict(decision.metrics(), exempt=True)
-            return dataclasses.replace(trial, metrics={**trial.metrics, "screening": record})
-        decision = screener.screen(trial.overrides, key=key)
-        record = decision.metrics()
-        metrics = {**trial.metrics, "screening": record}
-        if decision.status == "rejected":
-            logger.info(
-                "%s rejected: AP gain %.2f < %g",
-                trial_folder_name(*key),
-                decision.score,
-                self.settings.screening.rejection.min_ap_gain,
-            )
-            return dataclasses.replace(
-                trial, status="rejected", reward=decision.reward, metrics=metrics, folder=None
-            )
-        if decision.status == "duplicate":
-            original_key = (int(decision.duplicate_of[0]), int(decision.duplicate_of[1]))
-            original = self._original(original_key, key[0], earlier)
-            record["duplicate_of_trial"] = trial_folder_name(*original_key)
-            reward = None
-            if (
-                original is not None
-                and original[0] in SCORED_TRIAL_STATUSES
-                and original[1] is not None
-            ):
-                reward = original[1]
-                record["original_status"] = original[0]
-            logger.info(
-                "%s is a duplicate of %s%s",
-                trial_folder_name(*key),
-                record["duplicate_of_trial"],
-                "" if reward is None else f" (reward {reward:.4f})",
-            )
-            return dataclasses.replace(
-                trial, status="duplicate", reward=reward, metrics=metrics, folder=None
-            )
-        return dataclasses.replace(trial, metrics=metrics)
-
-    def _original(
-        self, key: Tuple[int, int], round_index: int, earlier: Sequence[NewTrial]
-    ) -> Optional[Tuple[str, Optional[float]]]:
-        """Status and reward of the candidate ``key`` (of this round or an earlier one)."""
-        if key[0] == round_index:
-            if key[1] >= len(earlier):
-                return None
-            return earlier[key[1]].status, earlier[key[1]].reward
-        journal = self._journal
-        assert journal is not None
-        try:
-            trial = journal.trial(*key)
-        except KeyError:
-            return None
-        return trial.status, trial.reward
-
-    def _screener_for_round(self) -> Optional[Any]:
-        """The search's screener (built on first use) with its registry rebuilt from the journal,
-        or None when screening of candidates is off."""
-        screening = self.settings.screening
-        if not screening.screens_candidates:
-            return None
-        space = self._space
-        assert space is not None
-        if self._screener is None:
-            from paploss.engine import setup_cfg
-            from paploss.search.screening import Screener
-
-            proxy = self.settings.proxy
-            start = time.perf_counter()
-            try:
-                cfg = setup_cfg(
-                    str(self.output.model_config),
-                    proxy.config_opts(self.settings.search.seed, str(self.output.trials)),
-                )
-                with torch_threads(proxy.num_threads):
-                    self._screener = Screener.build(
-                        screening, cfg, dataset=proxy.train_dataset, heads=list(space.heads)
-                    )
-            except (ValueError, RuntimeError, KeyError) as exc:
-                raise SearchError(f"cannot set up the screening of candidates: {exc}") from None
-            logger.info("screening set up in %.1f s", time.perf_counter() - start)
-        self._screener.registry = self._registry_from_journal()
-        return self._screener
-
-    def _registry_from_journal(self) -> Any:
-        """Fingerprint registry of every stored candidate that did not fail, in trial order."""
-        from paploss.search.screening import EquivalenceRegistry
-
-        journal = self._journal
-        assert journal is not None
-        registry = EquivalenceRegistry()
-        for trial in journal.trials():
-            digest = (trial.metrics.get("screening") or {}).get("fingerprint")
-            if isinstance(digest, str) and trial.status != "failed":
-                registry.register(digest, (trial.round, trial.index))
-        return registry
-
-    def _resolve_duplicates(self, round_index: int) -> None:
-        """Give the round's duplicates the reward of their original, now that it is known."""
-        journal = self._journal
-        assert journal is not None
-        for trial in journal.trials(round=round_index):
-            if trial.status != "duplicate" or trial.reward is not None:
-                continue
-            key = _duplicate_of(trial)
-            name = trial_folder_name(trial.round, trial.index)
-            original = None
-            if key is not None:
-                with contextlib.suppress(KeyError):
-                    original = journal.trial(*key)
-            record = dict(trial.metrics.get("screening") or {})
-            if original is not None:
-                record["original_status"] = original.status
-            metrics = {**trial.metrics, "screening": record}
-            if original is not None and original.is_scored:
-                journal.update_trial(
-                    round_index,
-                    trial.index,
-                    reward=original.reward,
-                    metrics=metrics,
-                    finished_at=time.time(),
-                )
-                logger.info(
-                    "%s: reward %.4f of its equivalent %s",
-                    name,
-                    original.reward,
-                    trial_folder_name(*key),
-                )
-                continue
-            if original is not None and not original.is_final:
-                continue  # cannot happen: the round's trials are all final here
-            what = "an unknown trial" if key is None else trial_folder_name(*key)
-            journal.update_trial(
-                round_index,
-                trial.index,
-                status="failed",
-                metrics=metrics,
-                error=f"not trained: equivalent to {what}, which has no reward (failed)",
-                finished_at=time.time(),
-            )
-            logger.warning("%s: its equivalent %s failed; left out", name, what)
 
     # ------------------------------------------------------------------ trials
     def _run_trials(self, round_index: int) -> None:
@@ -728,7 +530,8 @@ class SearchController:
             trials = journal.trials(round=round_index)
             unfinished = [t for t in trials if not t.is_final]
             if not unfinished:
-                self._resolve_duplicates(round_index)
+                assert self._screening is not None
+                self._screening.resolve_duplicates(round_index)
                 return
             self._run_wave(round_index, unfinished, n_total=len(trials))
 
@@ -925,12 +728,13 @@ class SearchController:
         return kind == self.settings.launcher.kind and kind in LAUNCHER_KINDS and kind != "debug"
 
 
-def _duplicate_of(trial: TrialRecord) -> Optional[Tuple[int, int]]:
-    """The ``(round, index)`` a duplicate trial reuses the result of, from its metrics."""
-    key = (trial.metrics.get("screening") or {}).get("duplicate_of")
-    if isinstance(key, (list, tuple)) and len(key) == 2:
-        return int(key[0]), int(key[1])
-    return None
+def _optional_list(theta: Optional[Sequence[float]]) -> Optional[List[float]]:
+    return None if theta is None else [float(v) for v in theta]
+
+
+def _clause(text: str, separator: str = ", ") -> str:
+    """``separator + text`` for a non-empty ``text`` (a part of a log line), else ``""``."""
+    return f"{separator}{text}" if text else ""
 
 
 def _job_part(job_label: Optional[str]) -> str:

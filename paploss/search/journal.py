@@ -12,9 +12,11 @@ Layout (schema version 1):
   the layout, ``settings`` the canonical JSON of the search settings and ``settings_sha256`` its
   digest, so a resume with different settings is detected.
 * ``rounds``: one row per round: ``open`` while its trials run, ``closed`` once the policy was
-  updated. ``policy_state_start`` is the policy state recorded when the round began (a controller
-  saves it right after sampling, so the state includes the advanced random generator),
-  ``policy_state_end`` the state after the update, plus the update statistics and timings.
+  updated. ``policy_state_start`` is the state of the search method (the policy of ``ppo``, any
+  :class:`~paploss.search.proposers.Proposer`'s ``state_dict``) recorded when the round began (a
+  controller saves it right after proposing, so the state includes the advanced random
+  generator), ``policy_state_end`` the state after the update, plus the update statistics and
+  timings.
 * ``trials``: one row per candidate, keyed by ``(round, idx)``: θ, the config overrides, the seed,
   a role (``sample`` or ``mean``: the policy mean scored as a baseline), the status, reward,
   metrics, attempts, the last error, the scheduler job id, the trial folder and timings.

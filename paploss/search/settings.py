@@ -1,13 +1,13 @@
-"""Search settings: what a loss search trains, how it samples and where its trials run.
+"""Search settings: every setting of a loss search, in one module with one set of validators.
 
 A search is described by a YAML file (``configs/search/*.yaml``) with six sections::
 
     model:     the searched detector (a Detectron2 config file) and which loss groups to search
-    proxy:     the short proxy training that scores a candidate
-    search:    rounds, candidates per round, seeds, retries
-    policy:    σ schedule and PPO hyper-parameters (see :mod:`paploss.search.policy`)
+    proxy:     the short proxy training that scores a candidate        (ProxySettings)
+    search:    method, rounds, candidates per round, seeds, retries    (SearchLoopSettings)
+    policy:    σ schedule and PPO hyper-parameters of the ``ppo`` method (SigmaSchedule, PPOConfig)
     screening: loss rejection, gradient-equivalence check and early stop of invalid trainings
-               (see :mod:`paploss.search.screening`)
+               (RejectionSettings, EquivalenceSettings, EarlyStopSettings)
     launcher:  where trials run: in-process, local processes or Slurm job arrays
 
 Every key has a default (see the dataclasses below); a file only names what it changes. A file may
@@ -16,6 +16,14 @@ start from another one with ``_BASE_: other.yaml`` (merged key by key, like Dete
 ``_BASE_``. Command-line overrides are ``dotted.key=value`` strings whose values are parsed as YAML
 (``search.rounds=3``, ``proxy.opts={SOLVER.BASE_LR: 0.01}``); a relative ``model.config`` given
 there is relative to the working directory.
+
+**Validation.** Each section is a frozen dataclass that checks its values when it is created
+(``validate``) with the checks of :mod:`paploss.utils.validation`; every problem is a
+:class:`SettingsError` (a ``ValueError``) of one line that names the key as the file writes it
+(``policy.sigma.num_rounds must be an integer >= 1, got 0``), unknown keys get a "did you mean"
+hint. Plain dataclasses rather than OmegaConf structured configs: those would turn ``initial: 1``
+into ``1.0`` (so the settings stored in existing journals would no longer compare equal) and
+report errors over several lines. Nothing here imports torch or Detectron2.
 
 The journal of a search stores :meth:`SearchSettings.journal_settings`: everything that changes
 the result (model, proxy, search, policy, screening) but not the launcher, so a search started on
@@ -26,45 +34,115 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import yaml
 
-from paploss.search.launcher import LAUNCHER_KINDS
-from paploss.search.policy import PPOConfig, SigmaSchedule
-from paploss.search.screening_settings import ScreeningSettings
-from paploss.search.trial import ProxySettings
-from paploss.utils.validation import check_int
+from paploss.utils.validation import check_int, check_number, is_int, is_number
+
+if TYPE_CHECKING:  # pragma: no cover
+    from paploss.engine.hooks import InvalidTrainingHook
 
 __all__ = [
     "SettingsError",
+    "LAUNCHER_KINDS",
+    "BASELINES",
+    "DEFAULT_METHOD",
     "ModelSettings",
+    "ProxySettings",
     "SearchLoopSettings",
+    "SigmaSchedule",
+    "PPOConfig",
     "PolicySettings",
+    "RejectionSettings",
+    "EquivalenceSettings",
+    "EarlyStopSettings",
+    "ScreeningSettings",
     "LauncherSettings",
     "SearchSettings",
     "load_settings",
     "parse_overrides",
     "settings_summary",
     "screening_summary",
-    "BASELINES",
 ]
 
+#: Where trials run: in the controller's process, local processes, or Slurm job arrays.
+LAUNCHER_KINDS = ("debug", "local", "slurm")
 #: Advantage baselines: the mean reward of the round's samples, or the reward of the policy mean.
 BASELINES = ("round_mean", "policy_mean")
+#: The search method (proposer) of a search that names none.
+DEFAULT_METHOD = "ppo"
+SIGMA_KINDS = ("exponential", "linear", "cosine", "constant")
+REJECTION_OPTIMIZERS = ("adam", "sgd")
 _BASE_KEY = "_BASE_"
 _MAX_BASE_DEPTH = 16
-_SECTIONS = ("model", "proxy", "search", "policy", "screening", "launcher")
 
 
 class SettingsError(ValueError):
     """Search settings are malformed: unknown keys, wrong types, missing files, bad values."""
 
 
+# ------------------------------------------------------------------------------------ validators
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise SettingsError(message)
+
+
+def _int(value: Any, key: str, minimum: Optional[int] = None) -> int:
+    return check_int(value, key, minimum=minimum, error=SettingsError)
+
+
+def _bool(value: Any, key: str) -> None:
+    _require(isinstance(value, bool), f"{key} must be true or false")
+
+
+def _choice(value: Any, key: str, choices: Sequence[str], show: Optional[str] = None) -> None:
+    _require(value in choices, f"{key} must be one of {show or choices}, got {value!r}")
+
+
+class _Section:
+    """A section of the settings: a frozen dataclass that validates itself when created.
+
+    ``KEY`` is the section's dotted key in a settings file (``"policy.sigma"``); messages name
+    fields as ``<KEY>.<field>``.
+    """
+
+    KEY: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`SettingsError` naming the first invalid field."""
+
+    def key(self, name: str) -> str:
+        """The dotted key of field ``name``."""
+        return f"{self.KEY}.{name}" if self.KEY else name
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Nested plain data (tuples as lists; JSON/YAML-able)."""
+        return _plain(dataclasses.asdict(self))
+
+    @classmethod
+    def from_dict(cls, data: Optional[Mapping[str, Any]]) -> Any:
+        """Build and validate from nested plain data; missing keys keep their defaults.
+
+        Raises:
+            SettingsError: naming an unknown key or an invalid value.
+        """
+        return _build(cls, data, cls.KEY)
+
+
+# ------------------------------------------------------------------------------------ sections
+
+
 @dataclass(frozen=True)
-class ModelSettings:
+class ModelSettings(_Section):
     """The searched detector.
 
     Attributes:
@@ -76,28 +154,136 @@ class ModelSettings:
             ``"RETINANET.H1": [[x, y], ...]``), see :class:`paploss.search.SearchSpace`.
     """
 
+    KEY: ClassVar[str] = "model"
+
     config: str = ""
     heads: Tuple[str, ...] = ()
     fixed: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
-class SearchLoopSettings:
-    """Rounds and candidates.
+class ProxySettings(_Section):
+    """The proxy training that scores a candidate.
 
     Attributes:
-        rounds: number of rounds (each ends with one PPO update).
-        candidates: policy samples per round.
+        iterations: training iterations (``SOLVER.MAX_ITER``).
+        ims_per_batch: images per iteration, all GPUs together (``SOLVER.IMS_PER_BATCH``).
+        train_dataset: registered dataset the proxy trains on.
+        val_dataset: registered dataset whose bbox AP is the reward (disjoint from the split
+            results are reported on).
+        lr_step_fractions: learning-rate drops (``SOLVER.STEPS``) as fractions of ``iterations``;
+            ignored when ``opts`` sets ``SOLVER.STEPS``.
+        checkpoint_period: iterations between checkpoints (what a resumed trial repeats at most).
+        opts: further config overrides of the proxy training, dotted key → value
+            (``{"SOLVER.BASE_LR": 0.01}``); the candidate's ``MODEL.PAPLOSS`` values come last.
+        num_threads: torch CPU threads per trial (0: torch's default). Part of the settings
+            because CPU results depend on it.
+        num_gpus: processes (GPUs) per trial; above 1 the training uses Detectron2's ``launch``.
+        diverged_reward: reward of a diverged trial (AP units, 0-100).
+        keep_checkpoints: keep the trial's checkpoints after its result is written.
+    """
+
+    KEY: ClassVar[str] = "proxy"
+    #: Config keys the proxy settings own (``opts`` must not set them).
+    RESERVED_OPTS: ClassVar[Tuple[str, ...]] = (
+        "DATASETS.TEST",
+        "DATASETS.TRAIN",
+        "OUTPUT_DIR",
+        "SEED",
+        "SOLVER.CHECKPOINT_PERIOD",
+        "SOLVER.IMS_PER_BATCH",
+        "SOLVER.MAX_ITER",
+    )
+
+    iterations: int = 300
+    ims_per_batch: int = 8
+    train_dataset: str = "synthetic_shapes_search_train"
+    val_dataset: str = "synthetic_shapes_search_val"
+    lr_step_fractions: Tuple[float, ...] = (0.75, 0.925)
+    checkpoint_period: int = 100
+    opts: Dict[str, Any] = field(default_factory=dict)
+    num_threads: int = 1
+    num_gpus: int = 1
+    diverged_reward: float = 0.0
+    keep_checkpoints: bool = False
+
+    def validate(self) -> None:
+        for name in ("iterations", "ims_per_batch", "checkpoint_period", "num_gpus"):
+            _int(getattr(self, name), self.key(name), minimum=1)
+        _int(self.num_threads, self.key("num_threads"), minimum=0)
+        _require(
+            self.ims_per_batch % self.num_gpus == 0,
+            f"proxy.ims_per_batch ({self.ims_per_batch}) must be divisible by proxy.num_gpus "
+            f"({self.num_gpus})",
+        )
+        for name in ("train_dataset", "val_dataset"):
+            value = getattr(self, name)
+            _require(isinstance(value, str) and bool(value), f"proxy.{name} must be a dataset name")
+        fractions = self.lr_step_fractions
+        _require(
+            all(is_number(f) and 0 < f < 1 for f in fractions)
+            and list(fractions) == sorted(fractions),
+            f"proxy.lr_step_fractions must be increasing fractions in (0, 1), got {fractions}",
+        )
+        _require(is_number(self.diverged_reward), "proxy.diverged_reward must be a finite number")
+        clashes = sorted(set(self.RESERVED_OPTS) & set(self.opts))
+        _require(
+            not clashes,
+            f"proxy.opts must not set {', '.join(clashes)}: the proxy settings own them",
+        )
+
+    def config_opts(self, seed: int, output_dir: str) -> List[Any]:
+        """``[key, value, ...]`` for ``cfg.merge_from_list``: the proxy schedule and data."""
+        opts: List[Any] = [
+            "DATASETS.TRAIN",
+            (self.train_dataset,),
+            "DATASETS.TEST",
+            (self.val_dataset,),
+            "SOLVER.MAX_ITER",
+            self.iterations,
+            "SOLVER.IMS_PER_BATCH",
+            self.ims_per_batch,
+            "SOLVER.CHECKPOINT_PERIOD",
+            self.checkpoint_period,
+            "TEST.EVAL_PERIOD",
+            0,
+            "SEED",
+            int(seed),
+            "OUTPUT_DIR",
+            output_dir,
+        ]
+        if "SOLVER.STEPS" not in self.opts:
+            steps = sorted(
+                {max(1, int(round(f * self.iterations))) for f in self.lr_step_fractions}
+            )
+            opts += ["SOLVER.STEPS", tuple(s for s in steps if s < self.iterations)]
+        for key, value in self.opts.items():
+            opts += [key, value]
+        return opts
+
+
+@dataclass(frozen=True)
+class SearchLoopSettings(_Section):
+    """The search method, its rounds and candidates.
+
+    Attributes:
+        method: the search method, a name in :data:`paploss.search.proposers.PROPOSER_REGISTRY`
+            (``ppo``: the truncated-normal policy trained with PPO, configured by ``policy``).
+        rounds: number of rounds (each ends with one update of the method).
+        candidates: candidates the method proposes per round.
         score_mean: also train the policy mean μ as one extra candidate per round; its reward is
             reported (and is the advantage baseline with ``baseline: policy_mean``), it is not
             part of the PPO update.
         baseline: ``round_mean`` (mean reward of the round's samples) or ``policy_mean``
             (reward of μ; needs ``score_mean``).
-        seed: seed of the policy's sampling and of the per-round training seeds.
+        seed: seed of the method's sampling and of the per-round training seeds.
         max_attempts: a trial that fails (raises or crashes) is launched at most this often;
             then it is marked ``failed`` and left out of the update.
     """
 
+    KEY: ClassVar[str] = "search"
+
+    method: str = DEFAULT_METHOD
     rounds: int = 5
     candidates: int = 8
     score_mean: bool = True
@@ -105,23 +291,336 @@ class SearchLoopSettings:
     seed: int = 0
     max_attempts: int = 2
 
+    def validate(self) -> None:
+        _require(
+            isinstance(self.method, str) and bool(self.method),
+            f"search.method must be the name of a search method, got {self.method!r}",
+        )
+        _int(self.rounds, "search.rounds", minimum=1)
+        _int(self.candidates, "search.candidates", minimum=1)
+        _int(self.max_attempts, "search.max_attempts", minimum=1)
+        _int(self.seed, "search.seed", minimum=0)
+        _choice(self.baseline, "search.baseline", BASELINES)
+        _require(
+            self.baseline != "policy_mean" or self.score_mean,
+            "search.baseline 'policy_mean' needs search.score_mean: true",
+        )
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Plain data; ``method`` is left out while it is the default, so that journals written
+        before the key existed keep their settings (and resume)."""
+        data = super().to_dict()
+        if data["method"] == DEFAULT_METHOD:
+            del data["method"]
+        return data
+
 
 @dataclass(frozen=True)
-class PolicySettings:
-    """Sampling distribution and its update (see :mod:`paploss.search.policy`).
+class SigmaSchedule(_Section):
+    """Standard deviation of the sampling distribution as a function of the round index.
+
+    ``σ(0) = initial`` and ``σ(r) = final`` for every ``r >= num_rounds - 1``; in between the
+    value follows ``kind``:
+
+    * ``"exponential"``: ``initial · (final / initial)^(r / (num_rounds - 1))`` (geometric);
+    * ``"linear"``: straight line from ``initial`` to ``final``;
+    * ``"cosine"``: half cosine from ``initial`` to ``final``;
+    * ``"constant"``: always ``initial`` (``final`` is ignored).
+
+    Attributes:
+        initial: σ of the first round, in θ units.
+        final: σ reached at round ``num_rounds - 1``; must be positive and at most ``initial``.
+        num_rounds: number of rounds the annealing is spread over (the planned search length;
+            in a settings file it defaults to ``search.rounds``).
+        kind: one of ``"exponential"``, ``"linear"``, ``"cosine"``, ``"constant"``.
+    """
+
+    KEY: ClassVar[str] = "policy.sigma"
+
+    initial: float = 0.2
+    final: float = 0.02
+    num_rounds: int = 40
+    kind: str = "exponential"
+
+    def validate(self) -> None:
+        _choice(self.kind, self.key("kind"), SIGMA_KINDS)
+        _require(
+            is_number(self.initial) and self.initial > 0,
+            f"{self.key('initial')} must be positive, got {self.initial}",
+        )
+        _require(
+            is_number(self.final) and 0 < self.final <= self.initial,
+            f"{self.key('final')} must be in (0, initial={self.initial}], got {self.final}",
+        )
+        _int(self.num_rounds, self.key("num_rounds"), minimum=1)
+
+    def __call__(self, round_index: int) -> float:
+        """Return σ for round ``round_index`` (0-based)."""
+        if round_index < 0:
+            raise ValueError(f"round index must be >= 0, got {round_index}")
+        if self.kind == "constant":
+            return float(self.initial)
+        span = self.num_rounds - 1
+        progress = 1.0 if span == 0 else min(round_index / span, 1.0)
+        if self.kind == "exponential":
+            return float(self.initial * (self.final / self.initial) ** progress)
+        if self.kind == "linear":
+            return float(self.initial + (self.final - self.initial) * progress)
+        # cosine
+        cosine = 0.5 * (1 + math.cos(math.pi * progress))
+        return float(self.final + (self.initial - self.final) * cosine)
+
+
+@dataclass(frozen=True)
+class PPOConfig(_Section):
+    """Hyper-parameters of one PPO update (one call of
+    :meth:`~paploss.search.proposers.policy.TruncatedNormalPolicy.update`).
+
+    Attributes:
+        clip_epsilon: ε of the clipped ratio objective (per-dimension ratios).
+        num_steps: Adam steps per round, on the full batch of the round's candidates.
+        lr: Adam step size on ``logit(μ)`` at ``σ = SigmaSchedule.initial``; the step size of a
+            round is ``lr · σ_r / σ_0``.
+        warmup_steps: linear warm-up of the step size over the first steps of each round; the rest
+            of the round follows a cosine decay to zero.
+        betas: Adam's moment decay rates.
+        adam_eps: Adam's denominator epsilon.
+        normalize_advantages: divide the advantages by their root mean square.
+    """
+
+    KEY: ClassVar[str] = "policy.ppo"
+
+    clip_epsilon: float = 0.1
+    num_steps: int = 100
+    lr: float = 0.02
+    warmup_steps: int = 10
+    betas: tuple = (0.9, 0.999)
+    adam_eps: float = 1e-8
+    normalize_advantages: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.betas, (list, tuple)) and all(is_number(b) for b in self.betas):
+            object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        super().__post_init__()
+
+    def validate(self) -> None:
+        _require(
+            is_number(self.clip_epsilon) and 0 < self.clip_epsilon < 1,
+            f"{self.key('clip_epsilon')} must be in (0, 1), got {self.clip_epsilon}",
+        )
+        _int(self.num_steps, self.key("num_steps"), minimum=0)
+        _require(
+            is_number(self.lr) and self.lr > 0,
+            f"{self.key('lr')} must be positive, got {self.lr}",
+        )
+        _int(self.warmup_steps, self.key("warmup_steps"), minimum=0)
+        betas = self.betas
+        _require(
+            isinstance(betas, tuple)
+            and len(betas) == 2
+            and all(is_number(b) and 0 <= b < 1 for b in betas),
+            f"{self.key('betas')} must be two values in [0, 1), got {betas}",
+        )
+
+    def step_size(self, step: int, base_lr: float) -> float:
+        """Step size of Adam step ``step`` (0-based) within a round whose peak is ``base_lr``."""
+        if step < self.warmup_steps:
+            return base_lr * (step + 1) / self.warmup_steps
+        decay_steps = self.num_steps - self.warmup_steps
+        if decay_steps <= 0:
+            return base_lr
+        progress = (step - self.warmup_steps) / decay_steps
+        return base_lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+@dataclass(frozen=True)
+class PolicySettings(_Section):
+    """Sampling distribution and its update of the ``ppo`` method (see
+    :mod:`paploss.search.proposers.policy`).
 
     Attributes:
         sigma: σ schedule; ``num_rounds`` defaults to ``search.rounds``.
         ppo: PPO hyper-parameters.
     """
 
+    KEY: ClassVar[str] = "policy"
+
     sigma: SigmaSchedule = SigmaSchedule()
     ppo: PPOConfig = PPOConfig()
 
 
 @dataclass(frozen=True)
-class LauncherSettings:
-    """Where trials run (see :class:`paploss.search.launcher.TrialLauncher`).
+class RejectionSettings(_Section):
+    """The loss-rejection protocol (:class:`paploss.search.screening.RejectionProtocol`).
+
+    Attributes:
+        enabled: run the protocol (a rejected candidate is not trained).
+        min_ap_gain: reject when ``AP(after) - AP(before)`` is below this, in AP points (0-100),
+            for any screened head.
+        steps: optimisation steps on the predictions.
+        optimizer: ``"adam"`` (per-prediction step sizes, the default) or ``"sgd"`` (momentum
+            0.9; sensitive to the gradient scale and λ, needs much larger learning rates).
+        logit_lr: learning rate of the logits.
+        box_lr: learning rate of the positives' box deltas.
+        num_images: images in the fixed batch.
+        seed: seeds the image choice and the random network.
+        dataset: registered dataset of the images; None: the proxy training split.
+        eval_every: also measure AP every this many steps (the curve is reported; 0: only at the
+            end). Each measurement costs about as much as a few optimisation steps.
+        candidates_per_image: top-scoring (anchor, class) pairs per image decoded before NMS.
+        nms_threshold: IoU threshold of the per-class NMS.
+        detections_per_image: detections kept per image after NMS (COCO's maxDets).
+        rejected_reward: reward a rejected candidate gets for the policy update (AP units).
+    """
+
+    KEY: ClassVar[str] = "screening.rejection"
+
+    enabled: bool = True
+    min_ap_gain: float = 5.0
+    steps: int = 100
+    optimizer: str = "adam"
+    logit_lr: float = 0.1
+    box_lr: float = 0.02
+    num_images: int = 8
+    seed: int = 0
+    dataset: Optional[str] = None
+    eval_every: int = 0
+    candidates_per_image: int = 1000
+    nms_threshold: float = 0.5
+    detections_per_image: int = 100
+    rejected_reward: float = 0.0
+
+    def validate(self) -> None:
+        _bool(self.enabled, self.key("enabled"))
+        for name in ("min_ap_gain", "rejected_reward"):
+            _require(is_number(getattr(self, name)), f"{self.key(name)} must be a finite number")
+        for name in ("steps", "num_images", "candidates_per_image", "detections_per_image"):
+            _int(getattr(self, name), self.key(name), minimum=1)
+        for name in ("seed", "eval_every"):
+            _int(getattr(self, name), self.key(name), minimum=0)
+        _choice(self.optimizer, self.key("optimizer"), REJECTION_OPTIMIZERS)
+        for name in ("logit_lr", "box_lr"):
+            value = getattr(self, name)
+            _require(is_number(value) and value > 0, f"{self.key(name)} must be > 0, got {value!r}")
+        check_number(
+            self.nms_threshold,
+            self.key("nms_threshold"),
+            low=0.0,
+            high=1.0,
+            high_inclusive=True,
+            error=SettingsError,
+        )
+        _require(
+            self.dataset is None or (isinstance(self.dataset, str) and bool(self.dataset)),
+            f"{self.key('dataset')} must be a dataset name or null",
+        )
+
+
+@dataclass(frozen=True)
+class EquivalenceSettings(_Section):
+    """The gradient-equivalence check (:func:`paploss.search.screening.gradient_fingerprint`).
+
+    Attributes:
+        enabled: fingerprint candidates; an equivalent one reuses the first one's reward.
+        significant_digits: digits each gradient norm is rounded to.
+        probe_samples: probe rankings ``B`` (each gives two norms per head).
+        probe_entries: entries per probe ranking.
+        probe_positives: positives per probe ranking (a few more are ignored entries).
+        seed: seed of the probes.
+    """
+
+    KEY: ClassVar[str] = "screening.equivalence"
+
+    enabled: bool = True
+    significant_digits: int = 2
+    probe_samples: int = 16
+    probe_entries: int = 64
+    probe_positives: int = 8
+    seed: int = 0
+
+    def validate(self) -> None:
+        _bool(self.enabled, self.key("enabled"))
+        for name, minimum in (
+            ("significant_digits", 1),
+            ("probe_samples", 1),
+            ("probe_positives", 1),
+            ("seed", 0),
+        ):
+            _int(getattr(self, name), self.key(name), minimum=minimum)
+        _require(
+            is_int(self.probe_entries, 2 * self.probe_positives + 1),
+            f"{self.key('probe_entries')} must be an integer > 2 * probe_positives, "
+            f"got {self.probe_entries!r}",
+        )
+
+
+@dataclass(frozen=True)
+class EarlyStopSettings(_Section):
+    """Stopping proxy trainings whose loss is invalid
+    (:class:`paploss.engine.hooks.InvalidTrainingHook`).
+
+    Attributes:
+        enabled: install the hook in proxy trainings.
+        window: iterations over which an unchanged ``total_loss`` counts as constant (0: off).
+        tolerance: relative tolerance of that check.
+        check_predictions: also stop as soon as a PAP-loss head receives NaN/infinite
+            predictions.
+    """
+
+    KEY: ClassVar[str] = "screening.early_stop"
+
+    enabled: bool = True
+    window: int = 50
+    tolerance: float = 1e-6
+    check_predictions: bool = True
+
+    def validate(self) -> None:
+        _bool(self.enabled, self.key("enabled"))
+        _bool(self.check_predictions, self.key("check_predictions"))
+        _int(self.window, self.key("window"), minimum=0)
+        _require(
+            is_number(self.tolerance) and self.tolerance >= 0,
+            f"{self.key('tolerance')} must be >= 0, got {self.tolerance!r}",
+        )
+
+    def build_hook(self) -> Optional["InvalidTrainingHook"]:
+        """The hook to add to a proxy trainer, or None when disabled."""
+        if not self.enabled:
+            return None
+        from paploss.engine.hooks import InvalidTrainingHook
+
+        return InvalidTrainingHook(
+            window=self.window, tolerance=self.tolerance, check_predictions=self.check_predictions
+        )
+
+
+@dataclass(frozen=True)
+class ScreeningSettings(_Section):
+    """All screening settings: the ``screening:`` section of a search settings file.
+
+    Example (every key optional)::
+
+        screening:
+          rejection: {enabled: true, min_ap_gain: 5.0, steps: 100, num_images: 8}
+          equivalence: {enabled: true, significant_digits: 2}
+          early_stop: {enabled: true, window: 50}
+    """
+
+    KEY: ClassVar[str] = "screening"
+
+    rejection: RejectionSettings = RejectionSettings()
+    equivalence: EquivalenceSettings = EquivalenceSettings()
+    early_stop: EarlyStopSettings = EarlyStopSettings()
+
+    @property
+    def screens_candidates(self) -> bool:
+        """Whether :class:`~paploss.search.screening.Screener` has anything to do."""
+        return self.rejection.enabled or self.equivalence.enabled
+
+
+@dataclass(frozen=True)
+class LauncherSettings(_Section):
+    """Where trials run (see :class:`paploss.search.launchers.TrialLauncher`).
 
     Attributes:
         kind: ``debug`` (in this process), ``local`` (processes on this machine) or ``slurm``.
@@ -138,6 +637,8 @@ class LauncherSettings:
         poll_interval_s: pause between checks for finished trials.
     """
 
+    KEY: ClassVar[str] = "launcher"
+
     kind: str = "local"
     parallel: int = 1
     timeout_min: Optional[float] = None
@@ -153,8 +654,14 @@ class LauncherSettings:
     max_num_timeout: int = 3
     poll_interval_s: float = 1.0
 
+    def validate(self) -> None:
+        _choice(self.kind, "launcher.kind", LAUNCHER_KINDS, show=", ".join(LAUNCHER_KINDS))
+        _int(self.parallel, "launcher.parallel", minimum=1)
+        _int(self.gpus_per_node, "launcher.gpus_per_node", minimum=0)
+
     def launcher_options(self) -> Dict[str, Any]:
-        """Keyword arguments of :class:`~paploss.search.launcher.TrialLauncher` but kind, folder."""
+        """Keyword arguments of :class:`~paploss.search.launchers.TrialLauncher` but kind,
+        folder."""
         options: Dict[str, Any] = {
             "parallel": self.parallel,
             "poll_interval_s": self.poll_interval_s,
@@ -177,70 +684,59 @@ class LauncherSettings:
         return options
 
 
-@dataclass(frozen=True)
-class SearchSettings:
-    """All settings of a search (see the module docstring for the file format)."""
+#: Sections whose settings determine a search's result (stored in its journal), in the order
+#: their values are checked.
+_JOURNAL_SECTIONS = ("model", "proxy", "search", "policy", "screening")
 
-    model: ModelSettings
+
+@dataclass(frozen=True)
+class SearchSettings(_Section):
+    """All settings of a search (see the module docstring for the file format).
+
+    Attributes:
+        source: the file the settings came from (not part of the journal).
+    """
+
+    model: ModelSettings = ModelSettings()
     proxy: ProxySettings = ProxySettings()
     search: SearchLoopSettings = SearchLoopSettings()
     policy: PolicySettings = PolicySettings()
     screening: ScreeningSettings = ScreeningSettings()
     launcher: LauncherSettings = LauncherSettings()
-    source: Optional[str] = None  # the file the settings came from (not part of the journal)
+    source: Optional[str] = None
+
+    def validate(self) -> None:
+        """Check what the sections cannot check alone (the model's config file exists)."""
+        _require(
+            bool(self.model.config), "model.config: the searched model's config file is required"
+        )
+        _require(
+            os.path.isfile(self.model.config),
+            f"model.config: config file '{self.model.config}' does not exist",
+        )
 
     def journal_settings(self) -> Dict[str, Any]:
         """JSON-able settings that determine the search's result (stored in its journal)."""
-        return {
-            "model": _plain(dataclasses.asdict(self.model)),
-            "proxy": self.proxy.to_dict(),
-            "search": _plain(dataclasses.asdict(self.search)),
-            "policy": {
-                "sigma": _plain(dataclasses.asdict(self.policy.sigma)),
-                "ppo": _plain(dataclasses.asdict(self.policy.ppo)),
-            },
-            "screening": _plain(self.screening.to_dict()),
-        }
+        return {name: getattr(self, name).to_dict() for name in _JOURNAL_SECTIONS}
 
     def to_dict(self) -> Dict[str, Any]:
         """Everything, launcher included, as plain data (e.g. to save a copy next to a search)."""
         data = self.journal_settings()
-        data["launcher"] = _plain(dataclasses.asdict(self.launcher))
+        data["search"] = _plain(dataclasses.asdict(self.search))  # the method too
+        data["launcher"] = self.launcher.to_dict()
         return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: Optional[str] = None) -> "SearchSettings":
         """Build and validate settings from nested plain data (paths must already be resolved).
 
+        ``policy.sigma.num_rounds`` defaults to ``search.rounds``.
+
         Raises:
             SettingsError: naming the offending key.
         """
-        data = dict(data)
-        unknown = sorted(set(data) - set(_SECTIONS))
-        if unknown:
-            _raise_unknown("", unknown, _SECTIONS)
-        search = _build(SearchLoopSettings, data.get("search") or {}, "search")
-        _validate_loop(search)  # before search.rounds becomes policy.sigma.num_rounds
-        policy_data = dict(data.get("policy") or {})
-        unknown = sorted(set(policy_data) - {"sigma", "ppo"})
-        if unknown:
-            _raise_unknown("policy.", unknown, ("sigma", "ppo"))
-        sigma_data = dict(policy_data.get("sigma") or {})
-        sigma_data.setdefault("num_rounds", search.rounds)
-        policy = PolicySettings(
-            sigma=_build(SigmaSchedule, sigma_data, "policy.sigma"),
-            ppo=_build(PPOConfig, policy_data.get("ppo") or {}, "policy.ppo"),
-        )
-        settings = cls(
-            model=_build(ModelSettings, data.get("model") or {}, "model"),
-            proxy=_build(ProxySettings, data.get("proxy") or {}, "proxy"),
-            search=search,
-            policy=policy,
-            screening=_build_screening(data.get("screening")),
-            launcher=_build(LauncherSettings, data.get("launcher") or {}, "launcher"),
-            source=source,
-        )
-        settings.validate()
+        data = _with_sigma_rounds(data)
+        settings = _build(cls, data, "", extra={"source": source})
         return settings
 
     def replace_launcher(self, **changes: Any) -> "SearchSettings":
@@ -251,38 +747,7 @@ class SearchSettings:
         launcher = _build(
             LauncherSettings, {**dataclasses.asdict(self.launcher), **changes}, "launcher"
         )
-        updated = dataclasses.replace(self, launcher=launcher)
-        updated.validate()
-        return updated
-
-    def validate(self) -> None:
-        """Check values that the dataclasses do not check themselves.
-
-        Raises:
-            SettingsError: naming the offending key.
-        """
-        if not self.model.config:
-            raise SettingsError("model.config: the searched model's config file is required")
-        if not os.path.isfile(self.model.config):
-            raise SettingsError(f"model.config: config file '{self.model.config}' does not exist")
-        _validate_loop(self.search)
-        launcher = self.launcher
-        if launcher.kind not in LAUNCHER_KINDS:
-            raise SettingsError(
-                f"launcher.kind must be one of {', '.join(LAUNCHER_KINDS)}, got {launcher.kind!r}"
-            )
-        _check_int(launcher.parallel, "launcher.parallel", minimum=1)
-        _check_int(launcher.gpus_per_node, "launcher.gpus_per_node", minimum=0)
-        try:
-            self.proxy.validate()
-        except ValueError as exc:
-            raise SettingsError(str(exc)) from None
-        if not isinstance(self.screening, ScreeningSettings):
-            raise SettingsError("screening must be ScreeningSettings")
-        try:
-            self.screening.validate()
-        except ValueError as exc:
-            raise SettingsError(str(exc)) from None
+        return dataclasses.replace(self, launcher=launcher)
 
 
 def parse_overrides(items: Sequence[str]) -> Dict[str, Any]:
@@ -346,7 +811,122 @@ def load_settings(
     return SearchSettings.from_dict(data, source=None if path is None else os.path.abspath(path))
 
 
-# ------------------------------------------------------------------------------------ internals
+def settings_summary(settings: SearchSettings) -> List[str]:
+    """A few human-readable lines describing the search (for logs)."""
+    loop, proxy = settings.search, settings.proxy
+    per_round = loop.candidates + (1 if loop.score_mean else 0)
+    return [
+        f"model: {settings.model.config}",
+        f"rounds: {loop.rounds} x {per_round} trials ({loop.candidates} samples"
+        + (" + the policy mean)" if loop.score_mean else ")"),
+        f"proxy: {proxy.iterations} iterations x {proxy.ims_per_batch} images on "
+        f"{proxy.train_dataset}, reward = bbox AP on {proxy.val_dataset}",
+        f"screening: {screening_summary(settings.screening)}",
+        f"launcher: {settings.launcher.kind}"
+        + (
+            f" ({settings.launcher.parallel} at a time)"
+            if settings.launcher.kind == "local"
+            else ""
+        ),
+    ]
+
+
+def screening_summary(screening: ScreeningSettings) -> str:
+    """One line saying which screening techniques are on, e.g. for :func:`settings_summary`."""
+    parts = []
+    rejection, equivalence, early_stop = (
+        screening.rejection,
+        screening.equivalence,
+        screening.early_stop,
+    )
+    if rejection.enabled:
+        parts.append(
+            f"rejection below an AP gain of {rejection.min_ap_gain:g} after {rejection.steps} "
+            f"steps on {rejection.num_images} images (reward {rejection.rejected_reward:g})"
+        )
+    if equivalence.enabled:
+        parts.append(f"duplicates by gradients to {equivalence.significant_digits} digits")
+    if early_stop.enabled:
+        stop = "early stop on NaN/inf"
+        if early_stop.window:
+            stop += f" or a loss constant over {early_stop.window} iterations"
+        parts.append(stop)
+    return "; ".join(parts) if parts else "off"
+
+
+# ------------------------------------------------------------------------------------ building
+
+
+def _build(cls: Any, data: Any, key: str, extra: Optional[Mapping[str, Any]] = None) -> Any:
+    """Instantiate section ``cls`` from a mapping (None: all defaults), recursing into nested
+    sections, with one-line errors for unknown keys, wrong types and bad values."""
+    if data is None:
+        data = {}
+    if not isinstance(data, Mapping):
+        raise SettingsError(f"{key} must be a mapping, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    settable = [name for name in fields if not (extra and name in extra)]
+    unknown = sorted(set(data) - set(settable))
+    if unknown:
+        _raise_unknown(key, unknown, settable)
+    values: Dict[str, Any] = dict(extra or {})
+    for name in settable:  # in field order: a bad value is blamed on the first section holding one
+        if name not in data:
+            continue
+        value, default = data[name], fields[name].default
+        child = f"{key}.{name}" if key else name
+        if isinstance(default, _Section):
+            value = _build(type(default), value, child)
+        elif isinstance(default, tuple) and value is not None:
+            if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+                value = [value]
+            value = tuple(value)
+        elif fields[name].default_factory is dict:
+            value = {} if value is None else value
+            if not isinstance(value, Mapping):
+                raise SettingsError(f"{child} must be a mapping, got {value!r}")
+            value = dict(value)
+        values[name] = value
+    try:
+        return cls(**values)
+    except TypeError as exc:  # e.g. a comparison of a value of the wrong type
+        raise SettingsError(f"{key or 'settings'}: {exc}") from None
+
+
+def _with_sigma_rounds(data: Mapping[str, Any]) -> Dict[str, Any]:
+    """``data`` with ``policy.sigma.num_rounds`` set to ``search.rounds`` where it is not given."""
+    data = dict(data)
+    search = data.get("search")
+    rounds = search.get("rounds") if isinstance(search, Mapping) else None
+    policy = data.get("policy")
+    if policy is None:
+        policy = {}
+    if not isinstance(policy, Mapping):
+        return data
+    sigma = policy.get("sigma")
+    if sigma is None:
+        sigma = {}
+    if not isinstance(sigma, Mapping):
+        return data
+    sigma = dict(sigma)
+    sigma.setdefault("num_rounds", SearchLoopSettings.rounds if rounds is None else rounds)
+    data["policy"] = {**policy, "sigma": sigma}
+    return data
+
+
+def _raise_unknown(key: str, unknown: Sequence[str], known: Sequence[str]) -> None:
+    prefix = f"{key}." if key else ""
+    hints = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, known, n=1)
+        hints.append(f"{prefix}{name}" + (f" (did you mean {prefix}{close[0]}?)" if close else ""))
+    raise SettingsError(
+        f"unknown {key or 'search'} setting(s): {', '.join(hints)}; known keys here: "
+        f"{', '.join(prefix + k for k in known)}"
+    )
+
+
+# ------------------------------------------------------------------------------------ files
 
 
 def _read_with_bases(path: str, depth: int) -> Dict[str, Any]:
@@ -426,81 +1006,6 @@ def _deep_copy(value: Any) -> Any:
     return value
 
 
-def _raise_unknown(prefix: str, unknown: Sequence[str], known: Sequence[str]) -> None:
-    hints = []
-    for key in unknown:
-        close = difflib.get_close_matches(key, known, n=1)
-        hints.append(f"{prefix}{key}" + (f" (did you mean {prefix}{close[0]}?)" if close else ""))
-    raise SettingsError(
-        f"unknown search setting(s): {', '.join(hints)}; known keys here: "
-        f"{', '.join(prefix + k for k in known)}"
-    )
-
-
-_TUPLE_FIELDS = {"heads", "setup", "lr_step_fractions", "betas"}
-_DICT_FIELDS = {"fixed", "opts", "additional_parameters"}
-
-
-def _build(cls: Any, data: Any, section: str) -> Any:
-    """Instantiate dataclass ``cls`` from a mapping, with clear errors for unknown/bad keys."""
-    if not isinstance(data, Mapping):
-        raise SettingsError(f"{section} must be a mapping, got {data!r}")
-    known = [f.name for f in dataclasses.fields(cls)]
-    unknown = sorted(set(data) - set(known))
-    if unknown:
-        _raise_unknown(f"{section}.", unknown, known)
-    values: Dict[str, Any] = {}
-    for name, value in data.items():
-        if name in _TUPLE_FIELDS and value is not None:
-            if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
-                value = [value]
-            value = tuple(value)
-        if name in _DICT_FIELDS:
-            if value is None:
-                value = {}
-            if not isinstance(value, Mapping):
-                raise SettingsError(f"{section}.{name} must be a mapping, got {value!r}")
-            value = dict(value)
-        values[name] = value
-    try:
-        return cls(**values)
-    except (TypeError, ValueError) as exc:
-        message = str(exc)
-        # Messages of the classes themselves name the field as "SigmaSchedule.num_rounds":
-        # name it by its key in the settings instead.
-        prefix = f"{cls.__name__}."
-        if message.startswith(prefix):
-            raise SettingsError(f"{section}.{message[len(prefix):]}") from None
-        raise SettingsError(f"{section}: {message}") from None
-
-
-def _build_screening(data: Any) -> ScreeningSettings:
-    """The ``screening`` section (missing keys keep their defaults)."""
-    if data is None:
-        data = {}
-    if not isinstance(data, Mapping):
-        raise SettingsError(f"screening must be a mapping, got {data!r}")
-    try:
-        return ScreeningSettings.from_dict(data)
-    except (TypeError, ValueError) as exc:
-        raise SettingsError(str(exc)) from None
-
-
-def _check_int(value: Any, name: str, minimum: int) -> None:
-    check_int(value, name, minimum=minimum, error=SettingsError)
-
-
-def _validate_loop(loop: SearchLoopSettings) -> None:
-    _check_int(loop.rounds, "search.rounds", minimum=1)
-    _check_int(loop.candidates, "search.candidates", minimum=1)
-    _check_int(loop.max_attempts, "search.max_attempts", minimum=1)
-    _check_int(loop.seed, "search.seed", minimum=0)
-    if loop.baseline not in BASELINES:
-        raise SettingsError(f"search.baseline must be one of {BASELINES}, got {loop.baseline!r}")
-    if loop.baseline == "policy_mean" and not loop.score_mean:
-        raise SettingsError("search.baseline 'policy_mean' needs search.score_mean: true")
-
-
 def _yaml_where(exc: yaml.YAMLError) -> str:
     """``", line 3, column 7"`` for a YAML error that knows where it happened, else ``""``."""
     mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
@@ -527,46 +1032,3 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [_plain(item) for item in value]
     return value
-
-
-def settings_summary(settings: SearchSettings) -> List[str]:
-    """A few human-readable lines describing the search (for logs)."""
-    loop, proxy = settings.search, settings.proxy
-    per_round = loop.candidates + (1 if loop.score_mean else 0)
-    return [
-        f"model: {settings.model.config}",
-        f"rounds: {loop.rounds} x {per_round} trials ({loop.candidates} samples"
-        + (" + the policy mean)" if loop.score_mean else ")"),
-        f"proxy: {proxy.iterations} iterations x {proxy.ims_per_batch} images on "
-        f"{proxy.train_dataset}, reward = bbox AP on {proxy.val_dataset}",
-        f"screening: {screening_summary(settings.screening)}",
-        f"launcher: {settings.launcher.kind}"
-        + (
-            f" ({settings.launcher.parallel} at a time)"
-            if settings.launcher.kind == "local"
-            else ""
-        ),
-    ]
-
-
-def screening_summary(screening: ScreeningSettings) -> str:
-    """One line saying which screening techniques are on, e.g. for :func:`settings_summary`."""
-    parts = []
-    rejection, equivalence, early_stop = (
-        screening.rejection,
-        screening.equivalence,
-        screening.early_stop,
-    )
-    if rejection.enabled:
-        parts.append(
-            f"rejection below an AP gain of {rejection.min_ap_gain:g} after {rejection.steps} "
-            f"steps on {rejection.num_images} images (reward {rejection.rejected_reward:g})"
-        )
-    if equivalence.enabled:
-        parts.append(f"duplicates by gradients to {equivalence.significant_digits} digits")
-    if early_stop.enabled:
-        stop = "early stop on NaN/inf"
-        if early_stop.window:
-            stop += f" or a loss constant over {early_stop.window} iterations"
-        parts.append(stop)
-    return "; ".join(parts) if parts else "off"

@@ -4,10 +4,11 @@ A head (``RETINANET``, ``RPN`` or ``ROI_HEADS``) has five monotone functions, ea
 8 θ values in [0, 1] that stick-breaking turns into four interior knots
 (:func:`paploss.losses.theta_to_knots`), and one θ for the gradient scale of its box branch,
 ``λ = 10^(2θ - 1)`` (:func:`paploss.losses.lambda_from_theta`). The flat θ of a search space
-concatenates, head after head in the order of :data:`paploss.modeling.config.PAP_HEADS`, the
-functions in the order of :data:`paploss.losses.FUNCTION_NAMES` and then λ: 41 dimensions for one
-head, 82 for the RPN and the ROI heads of a Faster R-CNN. Dimensions are named ``<HEAD>.<FUNCTION>.theta<m><x|y>`` and
-``<HEAD>.lambda``, e.g. ``RETINANET.H2.theta1x`` or ``RPN.lambda``.
+concatenates, head after head in the order of :data:`paploss.heads.PAP_HEADS`, the functions
+in the order of :data:`paploss.losses.FUNCTION_NAMES` and then λ: 41 dimensions for one head, 82
+for the RPN and the ROI heads of a Faster R-CNN. Dimensions are named
+``<HEAD>.<FUNCTION>.theta<m><x|y>`` and ``<HEAD>.lambda``, e.g. ``RETINANET.H2.theta1x`` or
+``RPN.lambda``.
 
 Parameter *groups* are ``<HEAD>.<FUNCTION>`` (8 dimensions) and ``<HEAD>.lambda`` (1 dimension).
 A group can be fixed: it is then left out of θ and its value (interior knots, or λ) is written into
@@ -25,6 +26,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
+from paploss.heads import PAP_HEADS
 from paploss.losses import (
     FUNCTION_NAMES,
     IDENTITY_THETA,
@@ -33,7 +35,6 @@ from paploss.losses import (
     theta_from_lambda,
     theta_to_knots,
 )
-from paploss.modeling.config import PAP_HEADS
 
 __all__ = ["CONFIG_PREFIX", "SearchSpace", "heads_from_config"]
 

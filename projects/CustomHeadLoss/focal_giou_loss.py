@@ -20,8 +20,8 @@ from detectron2.config import CfgNode as CN
 from detectron2.config import configurable
 from fvcore.nn import giou_loss, sigmoid_focal_loss
 
-from paploss.checks import check_number
 from paploss.modeling import HEAD_LOSS_REGISTRY, HeadRanking, RankingHeadLoss
+from paploss.utils.validation import check_number
 
 __all__ = ["FocalGIoUHeadLoss", "add_focal_giou_config"]
 

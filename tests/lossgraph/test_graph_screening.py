@@ -10,7 +10,8 @@ from paploss.engine import Trainer, setup_cfg
 from paploss.lossgraph import CE_EXPRESSION, GIOU_EXPRESSION, GraphCandidate, parse
 from paploss.lossgraph.screening import GraphScreener, graph_head_loss
 from paploss.modeling.graph_loss import GraphHeadLoss
-from paploss.search.screening import RejectionProtocol, ScreeningSettings
+from paploss.search.screening import RejectionProtocol
+from paploss.search.settings import ScreeningSettings
 
 CONFIG = "configs/synthetic/graph_faster_rcnn.yaml"
 SEARCH_TRAIN = "synthetic_shapes_search_train"

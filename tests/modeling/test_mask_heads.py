@@ -324,7 +324,7 @@ def test_screening_scores_the_ranking_heads_of_a_pap_mask_rcnn():
     """The screening records and scores the ranking heads of the Mask R-CNN; its masks enter
     as fixed predictions."""
     from paploss.search.screening import RejectionProtocol, candidate_head_losses
-    from paploss.search.screening_data import build_screening_batches
+    from paploss.search.screening import build_screening_batches
     from paploss.search.screening_settings import RejectionSettings
     from paploss.search.space import SearchSpace
 

@@ -30,7 +30,7 @@ from paploss.search.controller import SearchController, SearchError, round_seed
 from paploss.search.journal import JournalError, SearchJournal
 from paploss.search.settings import load_settings
 from paploss.search.space import SearchSpace
-from paploss.search.trial import TrialResult, TrialSpec, load_result, read_starts
+from paploss.search.trials import TrialResult, TrialSpec, load_result, read_starts
 
 # Local jobs unpickle the trial functions in a fresh interpreter where this test module is not
 # importable: ship its functions by value.

@@ -20,7 +20,8 @@ from paploss.search.journal import (
     SearchJournal,
     settings_digest,
 )
-from paploss.search.policy import PPOConfig, TruncatedNormalPolicy
+from paploss.search.proposers import TruncatedNormalPolicy
+from paploss.search.settings import PPOConfig
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SETTINGS = {"space": {"heads": ["RETINANET"], "dim": 41}, "policy": {"seed": 0, "sigma": 0.2}}

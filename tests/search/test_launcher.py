@@ -14,8 +14,7 @@ import pytest
 from search_testing import dead_pid, peak_overlap
 from submitit.core.utils import cloudpickle_dump
 
-from paploss.search import trial as trial_module
-from paploss.search.launcher import (
+from paploss.search.launchers import (
     CheckpointableTrial,
     LaunchError,
     TrialLauncher,
@@ -26,6 +25,7 @@ from paploss.search.launcher import (
     error_summary,
     make_executor,
 )
+from paploss.search.trials import runner as trial_module
 
 # Jobs unpickle the trial function in a fresh interpreter where this test module is not
 # importable: ship its functions by value.

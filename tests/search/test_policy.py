@@ -6,7 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from paploss.search.policy import PPOConfig, SigmaSchedule, TruncatedNormalPolicy
+from paploss.search.proposers import TruncatedNormalPolicy
+from paploss.search.settings import PPOConfig, SigmaSchedule
 
 # The identity θ of one head: five identity functions and λ = 1.
 IDENTITY_41 = np.array([0.2, 0.2, 0.25, 0.25, 1 / 3, 1 / 3, 0.5, 0.5] * 5 + [0.5])

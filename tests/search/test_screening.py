@@ -1,27 +1,21 @@
-"""Tests of the screening: loss-rejection protocol, gradient-equivalence check, early stop."""
-
-import itertools
+"""Tests of the screening: loss-rejection protocol, gradient-equivalence check."""
 
 import numpy as np
 import pytest
 import torch
-from detectron2.engine import SimpleTrainer
 
-from paploss.engine import Trainer, setup_cfg
+from paploss.engine import setup_cfg
 from paploss.losses import PAPFunctions, published_grad_scale
 from paploss.modeling import PAPHeadLoss
 from paploss.search.screening import (
-    ConstantLossError,
     EquivalenceRegistry,
     GradientProbes,
-    InvalidTrainingHook,
-    NonFiniteTrainingError,
     Screener,
-    ScreeningSettings,
     candidate_head_losses,
     gradient_fingerprint,
 )
-from paploss.search.screening_data import build_screening_batches
+from paploss.search.screening.batch import build_screening_batches
+from paploss.search.settings import ScreeningSettings
 from paploss.search.space import SearchSpace
 
 RETINANET_CONFIG = "configs/synthetic/pap_retinanet_identity.yaml"
@@ -261,80 +255,6 @@ def test_fingerprint_rounds_to_significant_digits():
         for value in pair:
             assert value > 0 and float(f"{value:.1e}") == value
     assert gradient_fingerprint(params, probes, significant_digits=2) == fingerprint
-
-
-# ---------------------------------------------------------------------------- early stop
-
-
-def test_early_stop_fires_on_nan_in_a_real_training(tmp_path):
-    """An absurd learning rate: the weights explode after the first step and the predictions of
-    the second forward overflow to NaN/inf. The hook stops the training there with a
-    FloatingPointError (a diverged trial), before the PAP loss rejects its inputs with a
-    ValueError (which would count as a crash)."""
-    cfg = setup_cfg(
-        RETINANET_CONFIG,
-        [
-            "SOLVER.IMS_PER_BATCH", 2,
-            "SOLVER.BASE_LR", 1e30,
-            "SOLVER.WARMUP_ITERS", 0,
-            "SOLVER.MAX_ITER", 5,
-            "DATASETS.TRAIN", (SEARCH_TRAIN,),
-            "DATASETS.TEST", (),
-            "OUTPUT_DIR", str(tmp_path),
-        ],
-    )  # fmt: skip
-    trainer = Trainer(cfg)
-    trainer.register_hooks([ScreeningSettings().early_stop.build_hook()])
-    trainer.resume_or_load(resume=False)
-    with pytest.raises(NonFiniteTrainingError, match="NaN or infinite") as info:
-        trainer.train()
-    assert isinstance(info.value, FloatingPointError)
-    assert info.value.iteration == 1 == trainer.iter
-
-
-class _ToyModel(torch.nn.Module):
-    """Returns a loss that is constant (or varies, with ``varying``) whatever the weights."""
-
-    def __init__(self, varying: bool = False):
-        super().__init__()
-        self.weight = torch.nn.Parameter(torch.ones(1))
-        self.varying = varying
-        self.calls = 0
-
-    def forward(self, data):
-        self.calls += 1
-        offset = 0.1 * (self.calls % 3) if self.varying else 0.0
-        return {"loss": 0.0 * self.weight.sum() + 1.0 + offset}
-
-
-def _train_toy(model, hook, iterations=20):
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    trainer = SimpleTrainer(model, itertools.repeat([{}]), optimizer)
-    trainer.register_hooks([hook])
-    trainer.train(0, iterations)
-    return trainer
-
-
-def test_early_stop_fires_on_a_constant_loss():
-    with pytest.raises(ConstantLossError, match="constant") as info:
-        _train_toy(_ToyModel(), InvalidTrainingHook(window=5))
-    assert isinstance(info.value, FloatingPointError) and info.value.iteration == 4
-
-
-def test_early_stop_lets_a_varying_loss_train():
-    trainer = _train_toy(_ToyModel(varying=True), InvalidTrainingHook(window=5), iterations=12)
-    assert trainer.iter == 12  # finished
-
-
-def test_early_stop_hook_settings():
-    assert (
-        ScreeningSettings.from_dict({"early_stop": {"enabled": False}}).early_stop.build_hook()
-        is None
-    )
-    hook = ScreeningSettings.from_dict({"early_stop": {"window": 7}}).early_stop.build_hook()
-    assert isinstance(hook, InvalidTrainingHook) and hook.window == 7
-    with pytest.raises(ValueError, match="window"):
-        InvalidTrainingHook(window=-2)
 
 
 def test_rejection_protocol_requires_batches():

@@ -11,11 +11,16 @@ from search_testing import REPO_ROOT, tiny_search_overrides
 
 from paploss.search.controller import SearchController
 from paploss.search.journal import JournalError, NewTrial, SearchJournal
-from paploss.search.policy import TruncatedNormalPolicy
-from paploss.search.report import format_status, plot_rewards, round_summaries
-from paploss.search.screening import Screener, ScreeningSettings
-from paploss.search.settings import SettingsError, load_settings, settings_summary
-from paploss.search.trial import TrialResult, TrialSpec
+from paploss.search.proposers import TruncatedNormalPolicy
+from paploss.search.reports import format_status, plot_rewards, round_summaries
+from paploss.search.screening import Screener
+from paploss.search.settings import (
+    ScreeningSettings,
+    SettingsError,
+    load_settings,
+    settings_summary,
+)
+from paploss.search.trials import TrialResult, TrialSpec
 
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "search" / "default.yaml"
 #: The tiny searches screen with the equivalence check only (see search_testing.TINY_SCREENING):

@@ -17,12 +17,12 @@ from paploss.engine import setup_cfg
 from paploss.losses import PAPFunctions
 from paploss.modeling import PAP_HEADS, build_head_loss, record_rankings
 from paploss.search.screening import RejectionProtocol, candidate_head_losses
-from paploss.search.screening_data import (
+from paploss.search.screening.batch import (
     build_screening_batches,
     load_images,
     screening_model_config,
 )
-from paploss.search.screening_settings import RejectionSettings
+from paploss.search.settings import RejectionSettings
 
 CONFIGS = {
     "RETINANET": "configs/synthetic/pap_retinanet_identity.yaml",

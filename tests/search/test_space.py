@@ -1,12 +1,14 @@
 """Search space: θ layout, identity, config overrides and their inverse, fixed groups, errors."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
+from paploss.heads import PAP_HEADS
 from paploss.losses import FUNCTION_NAMES, published_grad_scale, published_knots
-from paploss.modeling.config import PAP_HEADS
 from paploss.search.space import SearchSpace, heads_from_config
 
 IDENTITY_KNOTS = [[0.2, 0.2], [0.4, 0.4], [0.6, 0.6], [0.8, 0.8]]
@@ -198,3 +200,14 @@ def test_theta_errors():
     overrides["MODEL.PAPLOSS.RETINANET.FUNCTIONS.I3"] = unsorted
     with pytest.raises(ValueError, match="FUNCTIONS.I3: knots must be"):
         space.from_overrides(overrides)
+
+
+def test_the_space_imports_without_detectron2() -> None:
+    """The heads' names come from paploss.heads: the space does not load Detectron2's models."""
+    code = (
+        "import sys, paploss.search.space\n"
+        "print(sorted(m for m in sys.modules if m.startswith(('detectron2', 'paploss.modeling'))))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip() == "[]"

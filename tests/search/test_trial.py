@@ -2,7 +2,6 @@
 
 import dataclasses
 import json
-import random
 import shutil
 import threading
 from pathlib import Path
@@ -11,11 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from paploss.search.proxy import get_random_state, set_random_state
-from paploss.search.screening_settings import EarlyStopSettings
+from paploss.search.settings import EarlyStopSettings, ProxySettings
 from paploss.search.space import SearchSpace
-from paploss.search.trial import (
-    ProxySettings,
+from paploss.search.trials import (
     TrialResult,
     TrialSpec,
     load_result,
@@ -185,17 +182,6 @@ def test_a_result_proves_whose_it_is(tmp_path: Path) -> None:
     assert own.mismatch(dataclasses.replace(spec, output_dir=str(tmp_path / "moved"))) is None
     with pytest.raises(ValueError, match="proxy.iterations must be an integer >= 1, got True"):
         ProxySettings(iterations=True).validate()
-
-
-def test_random_state_round_trip(tmp_path: Path) -> None:
-    state = get_random_state()
-    first = (np.random.rand(), torch.rand(1).item(), random.random())
-    set_random_state(state)
-    assert (np.random.rand(), torch.rand(1).item(), random.random()) == first
-    # Checkpoints hold it: only types that torch.load(weights_only=True) accepts.
-    torch.save(state, tmp_path / "state.pt")
-    set_random_state(torch.load(tmp_path / "state.pt", weights_only=True))
-    assert (np.random.rand(), torch.rand(1).item(), random.random()) == first
 
 
 def test_concurrent_runs_of_one_trial_train_once(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Shared helpers: atomic writes and the integer check of settings."""
+"""Shared helpers: atomic writes and the integer and number checks of settings."""
 
 import json
 import os
@@ -9,7 +9,7 @@ import pytest
 
 from paploss.utils import io as io_module
 from paploss.utils.io import atomic_write, atomic_write_json
-from paploss.utils.validation import check_int, is_int
+from paploss.utils.validation import check_int, check_number, is_int, is_number
 
 
 def test_atomic_write_replaces_the_file_and_leaves_nothing_else(tmp_path: Path) -> None:
@@ -54,3 +54,16 @@ def test_check_int() -> None:
         check_int(-1, "proxy.num_threads", minimum=0, error=KeyError)
     with pytest.raises(ValueError, match=r"^seed must be an integer, got 1.5$"):
         check_int(1.5, "seed")
+
+
+def test_check_number() -> None:
+    assert check_number(0.5, "MODEL.PAPLOSS.RS.DELTA", low=0.0) == 0.5
+    assert check_number(np.float32(1.0), "x", low=0.0, high=1.0, high_inclusive=True) == 1.0
+    assert check_number(0, "x", low=0.0, low_inclusive=True) == 0.0
+    assert is_number(np.int64(3)) and not is_number(True) and not is_number(float("nan"))
+    with pytest.raises(
+        ValueError, match=r"^MODEL.PAPLOSS.AP.DELTA must be a number in \(0.0, inf\)"
+    ):
+        check_number(0.0, "MODEL.PAPLOSS.AP.DELTA", low=0.0)
+    with pytest.raises(KeyError, match=r"tau must be a number in \(0.0, 1.0\), got True"):
+        check_number(True, "tau", low=0.0, high=1.0, error=KeyError)

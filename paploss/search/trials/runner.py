@@ -8,7 +8,7 @@ evaluates it on the proxy validation split; the reward is the bbox AP (0-100).
 **Statuses.** ``done``: trained and evaluated. ``diverged``: the training was stopped as invalid:
 the predictions or the loss became NaN/infinite, or the loss stayed constant over
 ``screening.early_stop.window`` iterations (the spec's ``early_stop`` settings, see
-:class:`~paploss.search.screening.InvalidTrainingHook`; without that hook Detectron2's own
+:class:`~paploss.engine.hooks.InvalidTrainingHook`; without that hook Detectron2's own
 ``FloatingPointError`` on a NaN loss and a loss's non-finite-input error count as well); the
 reward is the fixed penalty ``proxy.diverged_reward`` (default 0, the AP of a detector that finds
 nothing), so the policy learns to avoid such regions. ``failed``: anything else went wrong (the
@@ -29,14 +29,14 @@ round come from the loss.
         .lock           held (flock) by the process working in the folder
 
 A folder with a ``result.json`` returns it at once; a folder with checkpoints resumes from the
-last one (exactly: see :mod:`paploss.search.proxy`), which is how a requeued Slurm job (submitit
-requeues the :class:`~paploss.search.launcher.CheckpointableTrial` wrapper on time-out or
-preemption) or a re-launched trial after a controller restart continues. Checkpoints are deleted
+last one (exactly: see :mod:`paploss.search.trials.proxy`), which is how a requeued Slurm job
+(submitit requeues the :class:`~paploss.search.launchers.trial_launcher.CheckpointableTrial`
+wrapper on time-out or preemption) or a re-launched trial after a controller restart continues. Checkpoints are deleted
 once the result is written unless ``proxy.keep_checkpoints``.
 
 **Several GPUs.** With ``proxy.num_gpus > 1`` the training runs through Detectron2's ``launch``
 with one process per GPU on a port derived from the job id
-(:func:`paploss.search.launcher.distributed_url`); rank 0 writes ``result.json``.
+(:func:`paploss.search.launchers.jobs.distributed_url`); rank 0 writes ``result.json``.
 """
 
 from __future__ import annotations
@@ -56,15 +56,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
-from paploss.search.launcher import current_job_id
-from paploss.search.screening_settings import EarlyStopSettings
+from paploss.search.launchers.jobs import current_job_id
+from paploss.search.settings import EarlyStopSettings, ProxySettings
 from paploss.utils.io import atomic_write_json
-from paploss.utils.validation import check_int
 
 __all__ = [
     "TRIAL_RESULT_STATUSES",
     "trial_folder_name",
-    "ProxySettings",
     "TrialSpec",
     "TrialResult",
     "TrialFolderError",
@@ -89,116 +87,6 @@ _LOGGERS = ("detectron2", "fvcore", "paploss")
 
 class TrialFolderError(RuntimeError):
     """A trial folder belongs to another trial (its ``spec.json`` differs)."""
-
-
-@dataclass(frozen=True)
-class ProxySettings:
-    """The proxy training that scores a candidate.
-
-    Attributes:
-        iterations: training iterations (``SOLVER.MAX_ITER``).
-        ims_per_batch: images per iteration, all GPUs together (``SOLVER.IMS_PER_BATCH``).
-        train_dataset: registered dataset the proxy trains on.
-        val_dataset: registered dataset whose bbox AP is the reward (disjoint from the split
-            results are reported on).
-        lr_step_fractions: learning-rate drops (``SOLVER.STEPS``) as fractions of ``iterations``;
-            ignored when ``opts`` sets ``SOLVER.STEPS``.
-        checkpoint_period: iterations between checkpoints (what a resumed trial repeats at most).
-        opts: further config overrides of the proxy training, dotted key → value
-            (``{"SOLVER.BASE_LR": 0.01}``); the candidate's ``MODEL.PAPLOSS`` values come last.
-        num_threads: torch CPU threads per trial (0: torch's default). Part of the settings
-            because CPU results depend on it.
-        num_gpus: processes (GPUs) per trial; above 1 the training uses Detectron2's ``launch``.
-        diverged_reward: reward of a diverged trial (AP units, 0-100).
-        keep_checkpoints: keep the trial's checkpoints after its result is written.
-    """
-
-    iterations: int = 300
-    ims_per_batch: int = 8
-    train_dataset: str = "synthetic_shapes_search_train"
-    val_dataset: str = "synthetic_shapes_search_val"
-    lr_step_fractions: Tuple[float, ...] = (0.75, 0.925)
-    checkpoint_period: int = 100
-    opts: Dict[str, Any] = field(default_factory=dict)
-    num_threads: int = 1
-    num_gpus: int = 1
-    diverged_reward: float = 0.0
-    keep_checkpoints: bool = False
-
-    def validate(self) -> None:
-        """Raise ``ValueError`` naming the first invalid field."""
-        for name in ("iterations", "ims_per_batch", "checkpoint_period", "num_gpus"):
-            check_int(getattr(self, name), f"proxy.{name}", minimum=1)
-        check_int(self.num_threads, "proxy.num_threads", minimum=0)
-        if self.ims_per_batch % self.num_gpus:
-            raise ValueError(
-                f"proxy.ims_per_batch ({self.ims_per_batch}) must be divisible by proxy.num_gpus "
-                f"({self.num_gpus})"
-            )
-        for name in ("train_dataset", "val_dataset"):
-            if not isinstance(getattr(self, name), str) or not getattr(self, name):
-                raise ValueError(f"proxy.{name} must be a dataset name")
-        fractions = self.lr_step_fractions
-        if not all(isinstance(f, (int, float)) and 0 < f < 1 for f in fractions) or list(
-            fractions
-        ) != sorted(fractions):
-            raise ValueError(
-                f"proxy.lr_step_fractions must be increasing fractions in (0, 1), got {fractions}"
-            )
-        if not isinstance(self.diverged_reward, (int, float)) or not math.isfinite(
-            self.diverged_reward
-        ):
-            raise ValueError("proxy.diverged_reward must be a finite number")
-        reserved = {"SOLVER.MAX_ITER", "SOLVER.IMS_PER_BATCH", "SEED", "OUTPUT_DIR"}
-        reserved |= {"DATASETS.TRAIN", "DATASETS.TEST", "SOLVER.CHECKPOINT_PERIOD"}
-        clashes = sorted(reserved & set(self.opts))
-        if clashes:
-            raise ValueError(
-                f"proxy.opts must not set {', '.join(clashes)}: the proxy settings own them"
-            )
-
-    def to_dict(self) -> Dict[str, Any]:
-        """JSON-able form (tuples as lists)."""
-        data = dataclasses.asdict(self)
-        data["lr_step_fractions"] = list(self.lr_step_fractions)
-        data["opts"] = json.loads(json.dumps(self.opts))
-        return data
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "ProxySettings":
-        data = dict(data)
-        if "lr_step_fractions" in data:
-            data["lr_step_fractions"] = tuple(data["lr_step_fractions"])
-        return cls(**data)
-
-    def config_opts(self, seed: int, output_dir: str) -> List[Any]:
-        """``[key, value, ...]`` for ``cfg.merge_from_list``: the proxy schedule and data."""
-        opts: List[Any] = [
-            "DATASETS.TRAIN",
-            (self.train_dataset,),
-            "DATASETS.TEST",
-            (self.val_dataset,),
-            "SOLVER.MAX_ITER",
-            self.iterations,
-            "SOLVER.IMS_PER_BATCH",
-            self.ims_per_batch,
-            "SOLVER.CHECKPOINT_PERIOD",
-            self.checkpoint_period,
-            "TEST.EVAL_PERIOD",
-            0,
-            "SEED",
-            int(seed),
-            "OUTPUT_DIR",
-            output_dir,
-        ]
-        if "SOLVER.STEPS" not in self.opts:
-            steps = sorted(
-                {max(1, int(round(f * self.iterations))) for f in self.lr_step_fractions}
-            )
-            opts += ["SOLVER.STEPS", tuple(s for s in steps if s < self.iterations)]
-        for key, value in self.opts.items():
-            opts += [key, value]
-        return opts
 
 
 @dataclass(frozen=True)
@@ -447,12 +335,12 @@ def _train_and_score(spec: TrialSpec, started_at: float, rank: int = 0) -> Trial
     from detectron2.utils.env import seed_all_rng
 
     from paploss.engine import setup_cfg
-    from paploss.search.proxy import ProxyTrainer
+    from paploss.search.trials.proxy import ProxyTrainer
 
     cfg = setup_cfg(spec.config_file, spec.config_opts())
     os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
     seed_all_rng(spec.seed + rank)
-    trainer = ProxyTrainer(cfg, sampler_seed=spec.seed, early_stop=spec.early_stop)
+    trainer = ProxyTrainer(cfg, early_stop=spec.early_stop)
     trainer.resume_or_load(resume=True)
     resumed_from = int(trainer.start_iter)
     if rank == 0:
@@ -553,7 +441,7 @@ def _distributed_worker(spec: TrialSpec, started_at: float) -> None:
 def _run_distributed(spec: TrialSpec, started_at: float) -> TrialResult:
     from detectron2.engine import launch
 
-    from paploss.search.launcher import distributed_url
+    from paploss.search.launchers.jobs import distributed_url
 
     try:
         launch(

@@ -16,9 +16,9 @@ Design notes:
   the stored result when the folder already holds a final one. Every trial is wrapped in a
   :class:`CheckpointableTrial`, so on Slurm a timed-out or preempted job is requeued by submitit
   and the re-run resumes from that checkpoint.
-* Job states are read from the job's result file first and from ``squeue`` otherwise. ``sacct``
-  is not needed (clusters without accounting storage have none); submitit's own state watcher,
-  which relies on it, is not used for Slurm jobs. A job that leaves the queue without a result
+* Job states are read from the job's result file first and from ``squeue`` otherwise
+  (:mod:`paploss.search.launchers.slurm`); submitit's own state watcher, which relies on
+  ``sacct``, is not used for Slurm jobs. A job that leaves the queue without a result
   (killed, out of memory, node failure) is reported as failed with the scheduler's state and the
   end of its log.
 * After a controller restart, :meth:`TrialLauncher.attach` rebuilds handles from the job ids the
@@ -37,14 +37,9 @@ Design notes:
 
 import logging
 import os
-import shlex
-import shutil
-import socket
 import subprocess
-import sys
 import time
 import traceback
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import (
@@ -63,49 +58,29 @@ from typing import (
 import submitit
 from submitit.core.utils import DelayedSubmission, pickle_load
 
+from paploss.search.launchers.slurm import (
+    SLURM_ACTIVE_STATES,
+    SLURM_INSTALL_HINT,
+    missing_slurm_tools,
+    slurm_environment_summary,
+    slurm_mem,
+    squeue_states,
+)
+from paploss.search.settings import LAUNCHER_KINDS
+
 __all__ = [
     "LAUNCHER_KINDS",
     "LaunchError",
     "check_launcher",
-    "current_job_id",
     "error_summary",
     "CheckpointableTrial",
     "TrialOutcome",
     "TrialHandle",
     "TrialLauncher",
     "make_executor",
-    "distributed_port",
-    "distributed_url",
 ]
 
 logger = logging.getLogger(__name__)
-
-LAUNCHER_KINDS = ("debug", "local", "slurm")
-
-# Slurm job states in which a job may still produce a result. Everything else is final.
-_SLURM_ACTIVE_STATES = frozenset(
-    {
-        "PENDING",
-        "CONFIGURING",
-        "RUNNING",
-        "COMPLETING",
-        "REQUEUED",
-        "REQUEUE_FED",
-        "REQUEUE_HOLD",
-        "RESIZING",
-        "SUSPENDED",
-        "STOPPED",
-        "SIGNALING",
-        "STAGE_OUT",
-        "SPECIAL_EXIT",
-        "RESV_DEL_HOLD",
-    }
-)
-
-_INSTALL_HINT = (
-    "install Slurm with `bash tools/setup_env.sh --with-slurm` and start a local cluster with "
-    "`bash tools/slurm_local.sh start`, or use the 'local' launcher"
-)
 
 
 class LaunchError(RuntimeError):
@@ -188,7 +163,9 @@ def make_executor(
         executor.update_parameters(**params)
         return executor
     if kind == "slurm":
-        _require_slurm_tools()
+        missing = missing_slurm_tools()
+        if missing:
+            raise LaunchError(missing)
         executor = submitit.SlurmExecutor(
             folder=folder, max_num_timeout=max_num_timeout, python=python
         )
@@ -203,7 +180,7 @@ def make_executor(
             "partition": partition,
             "cpus_per_task": cpus_per_task,
             "gpus_per_node": gpus_per_node or None,
-            "mem": None if mem_gb is None else _slurm_mem(mem_gb),
+            "mem": None if mem_gb is None else slurm_mem(mem_gb),
             "account": account,
             "qos": qos,
             "array_parallelism": array_parallelism,
@@ -233,11 +210,13 @@ def check_launcher(kind: str, timeout_s: float = 15.0) -> None:
         )
     if kind != "slurm":
         return
-    _require_slurm_tools()
+    missing = missing_slurm_tools()
+    if missing:
+        raise LaunchError(missing)
     conf = os.environ.get("SLURM_CONF")
     if conf and not os.path.isfile(conf):
         # The Slurm tools would retry reading it for a minute.
-        raise LaunchError(f"SLURM_CONF={conf} does not exist: {_INSTALL_HINT}")
+        raise LaunchError(f"SLURM_CONF={conf} does not exist: {SLURM_INSTALL_HINT}")
     try:
         proc = subprocess.run(
             ["scontrol", "ping"], capture_output=True, text=True, timeout=timeout_s
@@ -245,28 +224,16 @@ def check_launcher(kind: str, timeout_s: float = 15.0) -> None:
     except subprocess.TimeoutExpired:
         raise LaunchError(
             f"the Slurm controller did not answer `scontrol ping` within {timeout_s:g} s "
-            f"({slurm_environment_summary()}): {_INSTALL_HINT}"
+            f"({slurm_environment_summary()}): {SLURM_INSTALL_HINT}"
         ) from None
     except OSError as exc:
-        raise LaunchError(f"cannot run scontrol ({exc}): {_INSTALL_HINT}") from None
+        raise LaunchError(f"cannot run scontrol ({exc}): {SLURM_INSTALL_HINT}") from None
     if proc.returncode != 0 or " is UP" not in proc.stdout:
         said = error_summary(proc.stdout + "\n" + proc.stderr) or f"exit code {proc.returncode}"
         raise LaunchError(
             f"no Slurm controller answers (scontrol ping: {said}; {slurm_environment_summary()})"
-            f": {_INSTALL_HINT}"
+            f": {SLURM_INSTALL_HINT}"
         )
-
-
-def _require_slurm_tools() -> None:
-    missing = [cmd for cmd in ("sbatch", "srun", "squeue", "scontrol") if shutil.which(cmd) is None]
-    if missing:
-        raise LaunchError(f"{', '.join(missing)} not found: {_INSTALL_HINT}")
-
-
-def _slurm_mem(mem_gb: float) -> str:
-    if mem_gb <= 0:
-        raise ValueError(f"mem_gb must be positive, got {mem_gb}")
-    return f"{int(mem_gb)}G" if float(mem_gb).is_integer() else f"{int(mem_gb * 1024)}M"
 
 
 # --------------------------------------------------------------------------------------------
@@ -693,7 +660,7 @@ class TrialLauncher:
             if slurm_states is None:  # squeue did not answer this time: no news
                 return None
             state = slurm_states.get(job.job_id)
-            if state is not None and state.split()[0] in _SLURM_ACTIVE_STATES:
+            if state is not None and state.split()[0] in SLURM_ACTIVE_STATES:
                 handle._final_since = None
                 return None
             final_state = state or "no longer known to Slurm"
@@ -743,54 +710,11 @@ class TrialLauncher:
             jid in self._slurm_states for jid in job_ids
         ):
             return self._slurm_states
-        states = _squeue_states(job_ids)
+        states = squeue_states(job_ids)
         if states is not None:
             self._slurm_states = states
             self._last_squeue = now
         return states
-
-
-def _squeue_states(job_ids: Iterable[str]) -> Optional[Dict[str, str]]:
-    """Maps job ids (``"123"``, ``"123_4"``) to Slurm states; None if squeue did not answer.
-
-    Finished jobs stay visible for the cluster's ``MinJobAge`` (300 s by default); jobs purged
-    since are absent from the map.
-    """
-    main_ids = sorted({str(jid).split("_")[0] for jid in job_ids})
-    if not main_ids:
-        return {}
-    cmd = ["squeue", "--states=all", "--array", "--noheader", "--format=%i|%T"]
-    cmd.append("--jobs=" + ",".join(main_ids))
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    except (OSError, subprocess.TimeoutExpired) as e:
-        logger.warning("squeue failed (%s); job states unknown for now", e)
-        return None
-    if proc.returncode != 0:
-        if "Invalid job id" in proc.stderr:  # all of them were purged
-            return {}
-        logger.warning("squeue failed (%s): %s", proc.returncode, proc.stderr.strip())
-        return None
-    states: Dict[str, str] = {}
-    for line in proc.stdout.splitlines():
-        job_id, _, state = line.strip().partition("|")
-        if not job_id:
-            continue
-        for expanded in _expand_array_id(job_id):
-            states[expanded] = state.strip().upper()
-    return states
-
-
-def _expand_array_id(job_id: str) -> List[str]:
-    """``"12_[0-2%1]"`` -> ``["12_0", "12_1", "12_2"]``; other ids unchanged."""
-    if "[" not in job_id:
-        return [job_id]
-    main, _, ranges = job_id.partition("_[")
-    ids = []
-    for part in ranges.rstrip("]").split("%")[0].split(","):
-        low, _, high = part.partition("-")
-        ids.extend(f"{main}_{i}" for i in range(int(low), int(high or low) + 1))
-    return ids
 
 
 def _local_job_active(job: "submitit.Job[Any]") -> bool:
@@ -832,97 +756,3 @@ def _crash_report(job: "submitit.Job[Any]", state: Optional[str]) -> str:
     else:
         lines.append(f"no log at {job.paths.stdout}")
     return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------------------------
-# Distributed training inside a job
-# --------------------------------------------------------------------------------------------
-
-
-#: Where :func:`current_job_id` looks, innermost job first: ``(job variable, task variable)``.
-_JOB_ID_VARIABLES = (
-    ("SUBMITIT_DEBUG_JOB_ID", None),
-    ("SUBMITIT_LOCAL_JOB_ID", None),
-    ("SLURM_ARRAY_JOB_ID", "SLURM_ARRAY_TASK_ID"),
-    ("SLURM_JOB_ID", None),
-)
-
-
-def current_job_id() -> Optional[str]:
-    """The id of the job this process runs in, as the launcher names it; None outside a job.
-
-    Jobs nest: a search controller inside a Slurm allocation runs its local (or debug) trials
-    with the allocation's ``SLURM_*`` variables inherited, so the innermost job is taken first:
-
-    1. ``SUBMITIT_DEBUG_JOB_ID``: a debug trial, in the controller's own process;
-    2. ``SUBMITIT_LOCAL_JOB_ID``: a local trial (the process id of submitit's job controller);
-    3. ``SLURM_ARRAY_JOB_ID`` + ``_`` + ``SLURM_ARRAY_TASK_ID``: a task of a Slurm job array;
-    4. ``SLURM_JOB_ID``: any other Slurm job.
-
-    Trials log this id (``starts.jsonl``) and :func:`distributed_port` derives their port from it,
-    so the two always agree.
-    """
-    for job_var, task_var in _JOB_ID_VARIABLES:
-        value = os.environ.get(job_var)
-        if value:
-            task = os.environ.get(task_var) if task_var else None
-            return f"{value}_{task}" if task else value
-    return None
-
-
-def _port_is_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind(("", port))
-        except OSError:
-            return False
-    return True
-
-
-def distributed_port(
-    job_id: Optional[str] = None,
-    *,
-    base: int = 20000,
-    span: int = 20000,
-    check_free: bool = True,
-) -> int:
-    """A TCP port for the job's distributed rendezvous, distinct for jobs sharing a node.
-
-    The port is derived from the job id: the tasks of one array get consecutive ports and
-    different arrays get spread ones, so concurrent trials on one machine do not collide.
-
-    Args:
-        job_id: ``"<job>"`` or ``"<array job>_<task>"``; default: :func:`current_job_id`, or
-            this process id outside a job.
-        base, span: ports are taken from ``[base, base + span)``.
-        check_free: move on to the next port while the derived one is taken on this host. Leave
-            it off for multi-node jobs, where every node must compute the same port.
-
-    Returns:
-        The port number.
-    """
-    key = job_id if job_id is not None else (current_job_id() or str(os.getpid()))
-    main, _, task = str(key).partition("_")
-    if main.isdigit() and (task.isdigit() or not task):
-        offset = int(main) * 1009 + int(task or 0)
-    else:
-        offset = zlib.crc32(str(key).encode())
-    port = base + offset % span
-    if check_free:
-        for step in range(64):
-            candidate = base + (offset + step) % span
-            if _port_is_free(candidate):
-                return candidate
-    return port
-
-
-def distributed_url(job_id: Optional[str] = None, host: str = "127.0.0.1", **kwargs: Any) -> str:
-    """``tcp://host:port`` for Detectron2's ``launch(..., dist_url=...)``; see distributed_port."""
-    return f"tcp://{host}:{distributed_port(job_id, **kwargs)}"
-
-
-def slurm_environment_summary() -> str:
-    """One line about the Slurm client setup, for error messages and logs."""
-    conf = os.environ.get("SLURM_CONF", "(default /etc/slurm/slurm.conf)")
-    sbatch = shutil.which("sbatch") or "not installed"
-    return f"sbatch: {sbatch}; SLURM_CONF: {conf}; python: {shlex.quote(sys.executable)}"

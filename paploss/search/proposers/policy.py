@@ -32,7 +32,7 @@ alternatives were rejected on purpose:
 Per-dimension clipping gives each coordinate a trust region of roughly ``ε σ`` per round in θ
 units, whatever the dimension of the space.
 
-**σ schedule.** ``σ_r`` for round ``r`` follows :class:`SigmaSchedule`; the default decays
+**σ schedule.** ``σ_r`` for round ``r`` follows :class:`~paploss.search.settings.SigmaSchedule`; the default decays
 geometrically from 0.2 to 0.02 over 40 rounds (``σ_r = 0.2 · 0.1^(r / 39)``) and stays at 0.02
 afterwards. A geometric decay shrinks the exploration radius by the same factor every round, which
 matches the per-round trust region of about ``ε σ_r``. Linear, cosine and constant schedules are
@@ -60,113 +60,14 @@ from typing import Any, Dict, Mapping, Optional
 import numpy as np
 from scipy import special, stats
 
-from paploss.utils.validation import check_int
+from paploss.search.settings import PPOConfig, SigmaSchedule
 
-__all__ = ["SigmaSchedule", "PPOConfig", "UpdateStats", "TruncatedNormalPolicy"]
+__all__ = ["UpdateStats", "TruncatedNormalPolicy"]
 
 _STATE_FORMAT = "paploss.search.TruncatedNormalPolicy"
 _STATE_VERSION = 1
 # Bound on |logit(μ)|: keeps μ within about [4.5e-5, 1 - 4.5e-5].
 _MAX_ABS_LOGIT = 10.0
-_SIGMA_KINDS = ("exponential", "linear", "cosine", "constant")
-
-
-@dataclass(frozen=True)
-class SigmaSchedule:
-    """Standard deviation of the sampling distribution as a function of the round index.
-
-    ``σ(0) = initial`` and ``σ(r) = final`` for every ``r >= num_rounds - 1``; in between the
-    value follows ``kind``:
-
-    * ``"exponential"``: ``initial · (final / initial)^(r / (num_rounds - 1))`` (geometric);
-    * ``"linear"``: straight line from ``initial`` to ``final``;
-    * ``"cosine"``: half cosine from ``initial`` to ``final``;
-    * ``"constant"``: always ``initial`` (``final`` is ignored).
-
-    Attributes:
-        initial: σ of the first round, in θ units.
-        final: σ reached at round ``num_rounds - 1``; must be positive and at most ``initial``.
-        num_rounds: number of rounds the annealing is spread over (the planned search length).
-        kind: one of ``"exponential"``, ``"linear"``, ``"cosine"``, ``"constant"``.
-    """
-
-    initial: float = 0.2
-    final: float = 0.02
-    num_rounds: int = 40
-    kind: str = "exponential"
-
-    def __post_init__(self) -> None:
-        if self.kind not in _SIGMA_KINDS:
-            raise ValueError(f"SigmaSchedule.kind must be one of {_SIGMA_KINDS}, got {self.kind!r}")
-        if not (math.isfinite(self.initial) and self.initial > 0):
-            raise ValueError(f"SigmaSchedule.initial must be positive, got {self.initial}")
-        if not (math.isfinite(self.final) and 0 < self.final <= self.initial):
-            raise ValueError(
-                f"SigmaSchedule.final must be in (0, initial={self.initial}], got {self.final}"
-            )
-        check_int(self.num_rounds, "SigmaSchedule.num_rounds", minimum=1)
-
-    def __call__(self, round_index: int) -> float:
-        """Return σ for round ``round_index`` (0-based)."""
-        if round_index < 0:
-            raise ValueError(f"round index must be >= 0, got {round_index}")
-        if self.kind == "constant":
-            return float(self.initial)
-        span = self.num_rounds - 1
-        progress = 1.0 if span == 0 else min(round_index / span, 1.0)
-        if self.kind == "exponential":
-            return float(self.initial * (self.final / self.initial) ** progress)
-        if self.kind == "linear":
-            return float(self.initial + (self.final - self.initial) * progress)
-        # cosine
-        cosine = 0.5 * (1 + math.cos(math.pi * progress))
-        return float(self.final + (self.initial - self.final) * cosine)
-
-
-@dataclass(frozen=True)
-class PPOConfig:
-    """Hyper-parameters of one PPO update (one call of :meth:`TruncatedNormalPolicy.update`).
-
-    Attributes:
-        clip_epsilon: ε of the clipped ratio objective (per-dimension ratios).
-        num_steps: Adam steps per round, on the full batch of the round's candidates.
-        lr: Adam step size on ``logit(μ)`` at ``σ = SigmaSchedule.initial``; the step size of a
-            round is ``lr · σ_r / σ_0``.
-        warmup_steps: linear warm-up of the step size over the first steps of each round; the rest
-            of the round follows a cosine decay to zero.
-        betas: Adam's moment decay rates.
-        adam_eps: Adam's denominator epsilon.
-        normalize_advantages: divide the advantages by their root mean square.
-    """
-
-    clip_epsilon: float = 0.1
-    num_steps: int = 100
-    lr: float = 0.02
-    warmup_steps: int = 10
-    betas: tuple = (0.9, 0.999)
-    adam_eps: float = 1e-8
-    normalize_advantages: bool = True
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
-        if not 0 < self.clip_epsilon < 1:
-            raise ValueError(f"PPOConfig.clip_epsilon must be in (0, 1), got {self.clip_epsilon}")
-        check_int(self.num_steps, "PPOConfig.num_steps", minimum=0)
-        if not (math.isfinite(self.lr) and self.lr > 0):
-            raise ValueError(f"PPOConfig.lr must be positive, got {self.lr}")
-        check_int(self.warmup_steps, "PPOConfig.warmup_steps", minimum=0)
-        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-            raise ValueError(f"PPOConfig.betas must be two values in [0, 1), got {self.betas}")
-
-    def step_size(self, step: int, base_lr: float) -> float:
-        """Step size of Adam step ``step`` (0-based) within a round whose peak is ``base_lr``."""
-        if step < self.warmup_steps:
-            return base_lr * (step + 1) / self.warmup_steps
-        decay_steps = self.num_steps - self.warmup_steps
-        if decay_steps <= 0:
-            return base_lr
-        progress = (step - self.warmup_steps) / decay_steps
-        return base_lr * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,37 @@
+"""Search methods (*proposers*): what puts forward each round's candidates and learns from their
+rewards. The controller, screening, trials, launchers, journal and reports are the same for every
+method; ``search.method`` selects one by its registered name.
+
+* :mod:`~paploss.search.proposers.base`: the :class:`Proposer` interface, the candidates it
+  proposes and observes, and :data:`PROPOSER_REGISTRY`.
+* :mod:`~paploss.search.proposers.policy`: the truncated-normal policy over θ and its PPO update.
+* :mod:`~paploss.search.proposers.ppo`: the ``ppo`` method built on it.
+
+Importing this package registers the built-in methods.
+"""
+
+from . import ppo  # noqa: F401  (registers "ppo")
+from .base import (
+    PROPOSER_REGISTRY,
+    Candidate,
+    Proposer,
+    ScoredCandidate,
+    build_proposer,
+    journal_proposer,
+    proposer_class,
+)
+from .policy import TruncatedNormalPolicy, UpdateStats
+from .ppo import PPOProposer
+
+__all__ = [
+    "PROPOSER_REGISTRY",
+    "Candidate",
+    "PPOProposer",
+    "Proposer",
+    "ScoredCandidate",
+    "TruncatedNormalPolicy",
+    "UpdateStats",
+    "build_proposer",
+    "journal_proposer",
+    "proposer_class",
+]

@@ -1,0 +1,39 @@
+"""Screening of candidate losses before any proxy training (AutoLoss-Zero style).
+
+* :mod:`~paploss.search.screening.batch`: the fixed prediction batch, recorded once per search
+  from a randomly initialised detector.
+* :mod:`~paploss.search.screening.rejection`: the loss-rejection protocol (does a candidate teach
+  the random detector's predictions anything?).
+* :mod:`~paploss.search.screening.equivalence`: the gradient-equivalence check (fingerprints;
+  duplicates reuse the reward of their first equivalent).
+* :mod:`~paploss.search.screening.screener`: the :class:`Screener` that combines the two, and the
+  candidate's head losses both evaluate.
+* :mod:`~paploss.search.screening.candidates`: the screening of a search's rounds as the
+  controller runs it, kept in the journal (duplicates, rejections, fingerprints on resume).
+
+The names below load from their modules on first access (the screening needs torch and
+Detectron2). The settings are :class:`paploss.search.settings.ScreeningSettings`; the early stop
+of invalid trainings is :class:`paploss.engine.hooks.InvalidTrainingHook`.
+"""
+
+from paploss.utils.lazy import lazy_exports
+
+_LAZY = {
+    "HeadBatch": "batch",
+    "build_screening_batches": "batch",
+    "load_images": "batch",
+    "candidate_head_losses": "screener",
+    "RejectionResult": "rejection",
+    "RejectionProtocol": "rejection",
+    "GradientProbes": "equivalence",
+    "Fingerprint": "equivalence",
+    "gradient_fingerprint": "equivalence",
+    "EquivalenceRegistry": "equivalence",
+    "ScreeningDecision": "screener",
+    "Screener": "screener",
+    "CandidateScreening": "candidates",
+    "ScreeningSetupError": "candidates",
+    "duplicate_of": "candidates",
+}
+__all__ = list(_LAZY)
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY)

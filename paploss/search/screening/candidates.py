@@ -1,0 +1,268 @@
+"""The screening of a search's candidates, as the controller runs it and the journal keeps it.
+
+Before a round is stored, every sample is screened (:class:`~paploss.search.screening.screener.
+Screener`): a candidate whose gradient fingerprint equals that of an earlier candidate (of any
+round, not failed) is stored as ``duplicate`` with that candidate's reward (once known) and
+``metrics.screening.duplicate_of``; a candidate that fails the loss-rejection protocol is stored
+as ``rejected`` with ``screening.rejection.rejected_reward``. Neither gets a folder or a job, both
+count in the method's update. The policy mean (role ``mean``) is exempt (always trained); its
+fingerprint is registered all the same. Fingerprints are stored in
+``metrics.screening.fingerprint``, and the registry of fingerprints is rebuilt from the journal
+before each new round, so a resumed search detects duplicates of trials from before the restart;
+candidates already in the journal are never screened again. Once a round's trials are final,
+:meth:`CandidateScreening.resolve_duplicates` gives its duplicates the reward of their originals.
+
+The screener (one network forward to record the batch, the probe rankings) is built on first
+use, so a search without screening never loads it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import time
+from typing import TYPE_CHECKING, Any, List, Optional, Sequence, Tuple
+
+from paploss.search.journal import SCORED_TRIAL_STATUSES, NewTrial, SearchJournal, TrialRecord
+from paploss.search.trials.runner import torch_threads, trial_folder_name
+
+if TYPE_CHECKING:  # pragma: no cover
+    from paploss.search.settings import SearchSettings
+
+__all__ = ["ScreeningSetupError", "CandidateScreening", "duplicate_of"]
+
+logger = logging.getLogger(__name__)
+
+
+class ScreeningSetupError(RuntimeError):
+    """The screening of candidates cannot be set up (the model or its data do not load)."""
+
+
+class CandidateScreening:
+    """Screens the candidates of a search's rounds and keeps the outcome in its journal.
+
+    Args:
+        settings: the search's settings (``screening``, and the proxy training the screening
+            batch is recorded like).
+        journal: the search's journal (read for earlier fingerprints and originals; written for
+            the duplicates' rewards).
+        model_config: the searched model's merged config file (what trials train).
+        trials_dir: the search's trial folder (the proxy config's ``OUTPUT_DIR``).
+        heads: the searched heads.
+    """
+
+    def __init__(
+        self,
+        settings: "SearchSettings",
+        journal: SearchJournal,
+        *,
+        model_config: str,
+        trials_dir: str,
+        heads: Sequence[str],
+    ) -> None:
+        self.settings = settings
+        self.journal = journal
+        self._model_config = model_config
+        self._trials_dir = trials_dir
+        self._heads = tuple(heads)
+        self._screener: Optional[Any] = None  # Screener, built on first use
+
+    @property
+    def active(self) -> bool:
+        """Whether candidates have been screened by this object (its screener is built)."""
+        return self._screener is not None
+
+    def screen_round(self, round_index: int, trials: List[NewTrial]) -> List[NewTrial]:
+        """The round's candidates with their screening decisions (unchanged without screening).
+
+        Raises:
+            ScreeningSetupError: when the screening cannot be set up (first round only).
+        """
+        screener = self._screener_for_round()
+        if screener is None:
+            return trials
+        start = time.perf_counter()
+        decided: List[NewTrial] = []
+        with torch_threads(self.settings.proxy.num_threads):
+            for index, trial in enumerate(trials):
+                decided.append(self._screen(screener, trial, (round_index, index), decided))
+        samples = [t for t in decided if t.role == "sample"]
+        logger.info(
+            "round %d/%d: screened %d sample(s) in %.1f s: %d rejected, %d duplicate(s), "
+            "%d to train",
+            round_index + 1,
+            self.settings.search.rounds,
+            len(samples),
+            time.perf_counter() - start,
+            sum(t.status == "rejected" for t in samples),
+            sum(t.status == "duplicate" for t in samples),
+            sum(t.status == "pending" for t in samples),
+        )
+        return decided
+
+    def _screen(
+        self,
+        screener: Any,
+        trial: NewTrial,
+        key: Tuple[int, int],
+        earlier: Sequence[NewTrial],
+    ) -> NewTrial:
+        """Screen one candidate; ``earlier``: the round's candidates decided before it."""
+        from paploss.search.screening.screener import ScreeningDecision
+
+        if trial.role == "mean":
+            # Exempt (always trained), but registered: later equivalent samples reuse its reward.
+            start = time.perf_counter()
+            digest = None
+            if self.settings.screening.equivalence.enabled:
+                digest = screener.fingerprint(trial.overrides).digest
+                screener.registry.register(digest, key)
+            decision = ScreeningDecision(
+                "accepted", fingerprint=digest, seconds=time.perf_counter() - start
+            )
+            record = dict(decision.metrics(), exempt=True)
+            return dataclasses.replace(trial, metrics={**trial.metrics, "screening": record})
+        decision = screener.screen(trial.overrides, key=key)
+        record = decision.metrics()
+        metrics = {**trial.metrics, "screening": record}
+        if decision.status == "rejected":
+            logger.info(
+                "%s rejected: AP gain %.2f < %g",
+                trial_folder_name(*key),
+                decision.score,
+                self.settings.screening.rejection.min_ap_gain,
+            )
+            return dataclasses.replace(
+                trial, status="rejected", reward=decision.reward, metrics=metrics, folder=None
+            )
+        if decision.status == "duplicate":
+            original_key = (int(decision.duplicate_of[0]), int(decision.duplicate_of[1]))
+            original = self._original(original_key, key[0], earlier)
+            record["duplicate_of_trial"] = trial_folder_name(*original_key)
+            reward = None
+            if (
+                original is not None
+                and original[0] in SCORED_TRIAL_STATUSES
+                and original[1] is not None
+            ):
+                reward = original[1]
+                record["original_status"] = original[0]
+            logger.info(
+                "%s is a duplicate of %s%s",
+                trial_folder_name(*key),
+                record["duplicate_of_trial"],
+                "" if reward is None else f" (reward {reward:.4f})",
+            )
+            return dataclasses.replace(
+                trial, status="duplicate", reward=reward, metrics=metrics, folder=None
+            )
+        return dataclasses.replace(trial, metrics=metrics)
+
+    def _original(
+        self, key: Tuple[int, int], round_index: int, earlier: Sequence[NewTrial]
+    ) -> Optional[Tuple[str, Optional[float]]]:
+        """Status and reward of the candidate ``key`` (of this round or an earlier one)."""
+        if key[0] == round_index:
+            if key[1] >= len(earlier):
+                return None
+            return earlier[key[1]].status, earlier[key[1]].reward
+        journal = self.journal
+        try:
+            trial = journal.trial(*key)
+        except KeyError:
+            return None
+        return trial.status, trial.reward
+
+    def _screener_for_round(self) -> Optional[Any]:
+        """The search's screener (built on first use) with its registry rebuilt from the journal,
+        or None when screening of candidates is off."""
+        screening = self.settings.screening
+        if not screening.screens_candidates:
+            return None
+        if self._screener is None:
+            from paploss.engine import setup_cfg
+            from paploss.search.screening.screener import Screener
+
+            proxy = self.settings.proxy
+            start = time.perf_counter()
+            try:
+                cfg = setup_cfg(
+                    self._model_config,
+                    proxy.config_opts(self.settings.search.seed, self._trials_dir),
+                )
+                with torch_threads(proxy.num_threads):
+                    self._screener = Screener.build(
+                        screening, cfg, dataset=proxy.train_dataset, heads=list(self._heads)
+                    )
+            except (ValueError, RuntimeError, KeyError) as exc:
+                raise ScreeningSetupError(
+                    f"cannot set up the screening of candidates: {exc}"
+                ) from None
+            logger.info("screening set up in %.1f s", time.perf_counter() - start)
+        self._screener.registry = self._registry_from_journal()
+        return self._screener
+
+    def _registry_from_journal(self) -> Any:
+        """Fingerprint registry of every stored candidate that did not fail, in trial order."""
+        from paploss.search.screening.equivalence import EquivalenceRegistry
+
+        journal = self.journal
+        registry = EquivalenceRegistry()
+        for trial in journal.trials():
+            digest = (trial.metrics.get("screening") or {}).get("fingerprint")
+            if isinstance(digest, str) and trial.status != "failed":
+                registry.register(digest, (trial.round, trial.index))
+        return registry
+
+    def resolve_duplicates(self, round_index: int) -> None:
+        """Give the round's duplicates the reward of their original, now that it is known."""
+        journal = self.journal
+        for trial in journal.trials(round=round_index):
+            if trial.status != "duplicate" or trial.reward is not None:
+                continue
+            key = duplicate_of(trial)
+            name = trial_folder_name(trial.round, trial.index)
+            original = None
+            if key is not None:
+                with contextlib.suppress(KeyError):
+                    original = journal.trial(*key)
+            record = dict(trial.metrics.get("screening") or {})
+            if original is not None:
+                record["original_status"] = original.status
+            metrics = {**trial.metrics, "screening": record}
+            if original is not None and original.is_scored:
+                journal.update_trial(
+                    round_index,
+                    trial.index,
+                    reward=original.reward,
+                    metrics=metrics,
+                    finished_at=time.time(),
+                )
+                logger.info(
+                    "%s: reward %.4f of its equivalent %s",
+                    name,
+                    original.reward,
+                    trial_folder_name(*key),
+                )
+                continue
+            if original is not None and not original.is_final:
+                continue  # cannot happen: the round's trials are all final here
+            what = "an unknown trial" if key is None else trial_folder_name(*key)
+            journal.update_trial(
+                round_index,
+                trial.index,
+                status="failed",
+                metrics=metrics,
+                error=f"not trained: equivalent to {what}, which has no reward (failed)",
+                finished_at=time.time(),
+            )
+            logger.warning("%s: its equivalent %s failed; left out", name, what)
+
+
+def duplicate_of(trial: TrialRecord) -> Optional[Tuple[int, int]]:
+    """The ``(round, index)`` a duplicate trial reuses the result of, from its metrics."""
+    key = (trial.metrics.get("screening") or {}).get("duplicate_of")
+    if isinstance(key, (list, tuple)) and len(key) == 2:
+        return int(key[0]), int(key[1])
+    return None

@@ -1,0 +1,26 @@
+"""Trials: one short proxy training of a candidate loss, scored by COCO bbox AP.
+
+* :mod:`~paploss.search.trials.runner`: the picklable trial spec, its result and
+  :func:`run_trial`, which a launcher runs in a job (idempotent: resumes, reuses, never trains a
+  folder twice).
+* :mod:`~paploss.search.trials.proxy`: the Detectron2 trainer of a proxy training.
+
+The names below load from their modules on first access.
+"""
+
+from paploss.utils.lazy import lazy_exports
+
+_LAZY = {
+    "TRIAL_RESULT_STATUSES": "runner",
+    "TrialSpec": "runner",
+    "TrialResult": "runner",
+    "TrialFolderError": "runner",
+    "run_trial": "runner",
+    "load_result": "runner",
+    "read_starts": "runner",
+    "torch_threads": "runner",
+    "trial_folder_name": "runner",
+    "ProxyTrainer": "proxy",
+}
+__all__ = list(_LAZY)
+__getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY)
