@@ -25,8 +25,8 @@ from typing import Dict, Tuple, Union
 import torch
 from detectron2.config import configurable
 
-from paploss.utils.validation import check_number
 from paploss.lossgraph import BOX, CLS, GRAPH_LOSS_NAME, Node, box_loss, cls_loss, parse_branch
+from paploss.utils.validation import check_number
 
 from .head_loss import HEAD_LOSS_REGISTRY, RankingHeadLoss
 from .ranking import HeadRanking

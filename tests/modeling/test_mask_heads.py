@@ -323,9 +323,12 @@ def test_search_space_of_a_pap_mask_rcnn_is_its_pap_heads():
 def test_screening_scores_the_ranking_heads_of_a_pap_mask_rcnn():
     """The screening records and scores the ranking heads of the Mask R-CNN; its masks enter
     as fixed predictions."""
-    from paploss.search.screening import RejectionProtocol, candidate_head_losses
-    from paploss.search.screening import build_screening_batches
-    from paploss.search.screening_settings import RejectionSettings
+    from paploss.search.screening import (
+        RejectionProtocol,
+        build_screening_batches,
+        candidate_head_losses,
+    )
+    from paploss.search.settings import RejectionSettings
     from paploss.search.space import SearchSpace
 
     cfg = load_config(PAP_MASK_IOU)
