@@ -416,7 +416,8 @@ def test_search_killed_at_random_points_ends_as_an_uninterrupted_one(tmp_path: P
     more than ``launcher.parallel`` trainings may run at once.
     """
     parallel = 2
-    overrides = tiny_search_overrides(tmp_path, rounds=3, candidates=2, launcher="local")
+    # Eight rounds: enough phases after the last planned kill that the search cannot end first.
+    overrides = tiny_search_overrides(tmp_path, rounds=8, candidates=2, launcher="local")
     overrides += [f"launcher.parallel={parallel}", "proxy.iterations=20"]
     overrides += ["proxy.checkpoint_period=5"]
     config = write_settings(tmp_path, overrides)
