@@ -31,6 +31,26 @@ def paired_iou_giou(
             f"boxes and other must both have shape [N, 4], got {list(boxes.shape)} "
             f"and {list(other.shape)}"
         )
+    _, _, inter, union, hull = paired_box_areas(boxes, other)
+    iou = inter / (union + eps)
+    giou = iou - (hull - union) / (hull + eps)
+    return iou, giou
+
+
+def paired_box_areas(
+    boxes: torch.Tensor, other: torch.Tensor
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Areas of matched box pairs, differentiable in both inputs.
+
+    Args:
+        boxes: ``[N, 4]`` XYXY.
+        other: ``[N, 4]`` XYXY.
+
+    Returns:
+        ``(area, other_area, intersection, union, enclosing)``, each ``[N]``. The areas of the
+        boxes and of their intersection are clamped at 0; the enclosing box's is not (it is
+        non-negative for well-formed boxes).
+    """
     x1, y1, x2, y2 = boxes.unbind(dim=1)
     ox1, oy1, ox2, oy2 = other.unbind(dim=1)
     area = (x2 - x1).clamp_min(0) * (y2 - y1).clamp_min(0)
@@ -39,10 +59,10 @@ def paired_iou_giou(
         torch.min(y2, oy2) - torch.max(y1, oy1)
     ).clamp_min(0)
     union = area + other_area - inter
-    iou = inter / (union + eps)
-    hull = (torch.max(x2, ox2) - torch.min(x1, ox1)) * (torch.max(y2, oy2) - torch.min(y1, oy1))
-    giou = iou - (hull - union) / (hull + eps)
-    return iou, giou
+    enclosing = (torch.max(x2, ox2) - torch.min(x1, ox1)) * (
+        torch.max(y2, oy2) - torch.min(y1, oy1)
+    )
+    return area, other_area, inter, union, enclosing
 
 
 def box_quality(boxes: torch.Tensor, other: torch.Tensor, kind: str = "giou") -> torch.Tensor:

@@ -37,6 +37,8 @@ from typing import Dict, Optional, Tuple
 
 import torch
 
+from paploss.losses.box_quality import paired_box_areas as box_areas
+
 from .graph import EPS, Node, evaluate, input_names, parse
 
 __all__ = [
@@ -149,14 +151,10 @@ def paired_box_areas(
     Returns:
         ``(pred, gt, intersection, union, enclosing)``, each ``[P]``; differentiable.
     """
+    pred, gt, inter, union, enclosing = box_areas(pred_boxes, gt_boxes)
+    # Clamped here (not in box_areas): an inverted predicted box must not give a negative hull.
     x1, y1, x2, y2 = pred_boxes.unbind(dim=1)
     gx1, gy1, gx2, gy2 = gt_boxes.unbind(dim=1)
-    pred = (x2 - x1).clamp_min(0) * (y2 - y1).clamp_min(0)
-    gt = (gx2 - gx1).clamp_min(0) * (gy2 - gy1).clamp_min(0)
-    inter = (torch.min(x2, gx2) - torch.max(x1, gx1)).clamp_min(0) * (
-        torch.min(y2, gy2) - torch.max(y1, gy1)
-    ).clamp_min(0)
-    union = pred + gt - inter
     enclosing = (torch.max(x2, gx2) - torch.min(x1, gx1)).clamp_min(0) * (
         torch.max(y2, gy2) - torch.min(y1, gy1)
     ).clamp_min(0)
