@@ -38,6 +38,8 @@ Output folder layout::
     <output>/journal.sqlite       the journal
     <output>/settings.yaml        a readable copy of the settings the search was started with
     <output>/model_config.yaml    the searched model's merged config, which every trial trains
+    <output>/warm_start/          with proxy.warm_start: the checkpoint every trial starts from,
+                                  trained once before the first round (a trial of its own)
     <output>/trials/round000_trial00/ ...   one folder per trial (see paploss.search.trials.runner)
     <output>/jobs/                submitit's pickles and job logs
 """
@@ -72,6 +74,7 @@ from paploss.search.screening.candidates import (
 from paploss.search.settings import LAUNCHER_KINDS, SearchSettings, settings_summary
 from paploss.search.space import SearchSpace
 from paploss.search.trials.runner import TrialResult, TrialSpec, run_trial, trial_folder_name
+from paploss.search.trials.warm_start import WARM_START_FOLDER, warm_start_spec, warm_start_weights
 from paploss.utils.io import atomic_write
 
 __all__ = [
@@ -237,6 +240,7 @@ class SearchController:
         self._screening: Optional[CandidateScreening] = None
         self._trials_run = 0
         self._datasets_root: Optional[str] = None
+        self._init_weights: Optional[str] = None
 
     # ------------------------------------------------------------------ public
     def run(self) -> SearchSummary:
@@ -255,6 +259,8 @@ class SearchController:
             journal, proposer = self._journal, self._proposer
             assert journal is not None and proposer is not None
             total = self.settings.search.rounds
+            if self._first_round() < total:
+                self._init_weights = self._prepare_warm_start()
             for round_index in range(self._first_round(), total):
                 self._run_round(round_index)
             rounds = journal.rounds()
@@ -715,7 +721,43 @@ class SearchController:
             output_dir=str(self.output.root / trial.folder),
             datasets_root=self._datasets_root,
             early_stop=early_stop if early_stop.enabled else None,
+            init_weights=self._init_weights,
         )
+
+    def _prepare_warm_start(self) -> Optional[str]:
+        """Train (or reuse) the warm-start checkpoint of ``proxy.warm_start``; its path or None.
+
+        Raises:
+            SearchError: when the warm-start training fails.
+        """
+        spec = warm_start_spec(
+            self.settings.proxy,
+            str(self.output.model_config),
+            str(self.output.root / WARM_START_FOLDER),
+            self._datasets_root,
+        )
+        if spec is None:
+            return None
+        weights = warm_start_weights(spec)
+        logger.info(
+            "warm start: training the searched model with the %s loss for %d iterations "
+            "(once; every proxy training starts from it)",
+            self.settings.proxy.warm_start.loss,
+            spec.proxy.iterations,
+        )
+        launcher = self._make_launcher()
+        (outcome,) = launcher.wait(launcher.submit(self.trial_fn, [spec]))
+        result = outcome.result if outcome.ok else None
+        if result is None or result.status != "done" or not os.path.isfile(weights):
+            why = outcome.message if result is None else (result.reason or result.status)
+            raise SearchError(f"the warm start in {spec.output_dir} did not finish: {why}")
+        logger.info(
+            "warm start: bbox AP %.2f on %s%s",
+            result.reward,
+            self.settings.proxy.val_dataset,
+            " (reused)" if result.reused else "",
+        )
+        return weights
 
     def _job_label(self, handle: TrialHandle) -> Optional[str]:
         """``"<launcher kind>:<job id>"``: only jobs of the same kind can be re-attached."""

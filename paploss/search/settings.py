@@ -53,6 +53,7 @@ __all__ = [
     "DEFAULT_METHOD",
     "ModelSettings",
     "ProxySettings",
+    "WarmStartSettings",
     "SearchLoopSettings",
     "SigmaSchedule",
     "PPOConfig",
@@ -161,6 +162,67 @@ class ModelSettings(_Section):
     fixed: Dict[str, Any] = field(default_factory=dict)
 
 
+#: Config keys the proxy settings own (``proxy.opts`` must not set them).
+_PROXY_RESERVED_OPTS = (
+    "DATASETS.TEST",
+    "DATASETS.TRAIN",
+    "OUTPUT_DIR",
+    "SEED",
+    "SOLVER.CHECKPOINT_PERIOD",
+    "SOLVER.IMS_PER_BATCH",
+    "SOLVER.MAX_ITER",
+)
+
+
+@dataclass(frozen=True)
+class WarmStartSettings(_Section):
+    """The checkpoint every proxy training starts from (``proxy.warm_start``).
+
+    With ``iterations > 0`` the search first trains the searched model once, with the proxy's
+    data and schedule but these values, and every proxy training then starts from its final
+    weights (``MODEL.WEIGHTS``) instead of the model config's: a candidate loss is scored by how
+    well it fine-tunes a detector that already detects, not by whether it gets a random one off
+    the ground within the proxy's few iterations. The checkpoint is a trial of its own
+    (``<search>/warm_start``): trained once, kept, reused on resume.
+
+    Attributes:
+        iterations: its training iterations (0: no warm start; trials start from the model
+            config's ``MODEL.WEIGHTS``).
+        ims_per_batch: its images per iteration.
+        loss: its head loss (``MODEL.PAPLOSS.LOSS``): the stock losses of the searched heads by
+            default.
+        opts: its further config overrides, on top of ``proxy.opts``.
+        seed: its training seed.
+    """
+
+    KEY: ClassVar[str] = "proxy.warm_start"
+
+    iterations: int = 0
+    ims_per_batch: int = 8
+    loss: str = "stock"
+    opts: Dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+
+    def validate(self) -> None:
+        _int(self.iterations, self.key("iterations"), minimum=0)
+        _require(
+            isinstance(self.loss, str) and bool(self.loss),
+            f"{self.key('loss')} must be a head loss name, got {self.loss!r}",
+        )
+        _int(self.ims_per_batch, self.key("ims_per_batch"), minimum=1)
+        _int(self.seed, self.key("seed"), minimum=0)
+        reserved = _PROXY_RESERVED_OPTS + ("MODEL.WEIGHTS", "MODEL.PAPLOSS.LOSS")
+        clashes = sorted(set(reserved) & set(self.opts))
+        _require(
+            not clashes,
+            f"{self.key('opts')} must not set {', '.join(clashes)}: the proxy settings own them",
+        )
+
+    @property
+    def enabled(self) -> bool:
+        return self.iterations > 0
+
+
 @dataclass(frozen=True)
 class ProxySettings(_Section):
     """The proxy training that scores a candidate.
@@ -181,19 +243,13 @@ class ProxySettings(_Section):
         num_gpus: processes (GPUs) per trial; above 1 the training uses Detectron2's ``launch``.
         diverged_reward: reward of a diverged trial (AP units, 0-100).
         keep_checkpoints: keep the trial's checkpoints after its result is written.
+        warm_start: the checkpoint every proxy training starts from (off by default; see
+            :class:`WarmStartSettings`).
     """
 
     KEY: ClassVar[str] = "proxy"
     #: Config keys the proxy settings own (``opts`` must not set them).
-    RESERVED_OPTS: ClassVar[Tuple[str, ...]] = (
-        "DATASETS.TEST",
-        "DATASETS.TRAIN",
-        "OUTPUT_DIR",
-        "SEED",
-        "SOLVER.CHECKPOINT_PERIOD",
-        "SOLVER.IMS_PER_BATCH",
-        "SOLVER.MAX_ITER",
-    )
+    RESERVED_OPTS: ClassVar[Tuple[str, ...]] = _PROXY_RESERVED_OPTS
 
     iterations: int = 300
     ims_per_batch: int = 8
@@ -206,6 +262,7 @@ class ProxySettings(_Section):
     num_gpus: int = 1
     diverged_reward: float = 0.0
     keep_checkpoints: bool = False
+    warm_start: WarmStartSettings = WarmStartSettings()
 
     def validate(self) -> None:
         for name in ("iterations", "ims_per_batch", "checkpoint_period", "num_gpus"):
@@ -226,7 +283,8 @@ class ProxySettings(_Section):
             f"proxy.lr_step_fractions must be increasing fractions in (0, 1), got {fractions}",
         )
         _require(is_number(self.diverged_reward), "proxy.diverged_reward must be a finite number")
-        clashes = sorted(set(self.RESERVED_OPTS) & set(self.opts))
+        reserved = self.RESERVED_OPTS + (("MODEL.WEIGHTS",) if self.warm_start.enabled else ())
+        clashes = sorted(set(reserved) & set(self.opts))
         _require(
             not clashes,
             f"proxy.opts must not set {', '.join(clashes)}: the proxy settings own them",
@@ -961,13 +1019,20 @@ def _read_with_bases(path: str, depth: int) -> Dict[str, Any]:
 
 
 # Mappings whose keys are dotted names themselves: never merged key by key, replaced as a whole.
-_OPAQUE_MAPS = (("proxy", "opts"), ("model", "fixed"), ("launcher", "additional_parameters"))
+_OPAQUE_MAPS = (
+    ("proxy", "opts"),
+    ("proxy", "warm_start", "opts"),
+    ("model", "fixed"),
+    ("launcher", "additional_parameters"),
+)
 
 
 def _regroup_dotted_maps(data: Dict[str, Any]) -> Dict[str, Any]:
     """Turn ``{"proxy": {"opts": {"SOLVER": {"BASE_LR": x}}}}`` back into dotted keys."""
-    for section, key in _OPAQUE_MAPS:
-        node = data.get(section)
+    for *parents, key in _OPAQUE_MAPS:
+        node: Any = data
+        for parent in parents:
+            node = node.get(parent) if isinstance(node, dict) else None
         if isinstance(node, dict) and isinstance(node.get(key), dict):
             node[key] = _flatten_keys(node[key])
     return data

@@ -309,6 +309,18 @@ class SearchSpace:
                     )
         return theta
 
+    def theta_from_config(self, cfg: Any) -> np.ndarray:
+        """θ of the PAP-loss values a model config holds (e.g. one with the published functions).
+
+        Args:
+            cfg: a Detectron2 ``CfgNode`` or a nested dict with the same keys.
+
+        Raises:
+            ValueError: as :meth:`from_overrides`.
+        """
+        keys = [_group_key(group) for group in self._groups]
+        return self.from_overrides({key: _config_get(cfg, key) for key in keys})
+
     def to_opts_list(self, theta: Any, as_strings: bool = False) -> List[Any]:
         """``[key, value, key, value, ...]`` for Detectron2's ``cfg.merge_from_list``.
 

@@ -4,6 +4,8 @@
   :func:`run_trial`, which a launcher runs in a job (idempotent: resumes, reuses, never trains a
   folder twice).
 * :mod:`~paploss.search.trials.proxy`: the Detectron2 trainer of a proxy training.
+* :mod:`~paploss.search.trials.warm_start`: the checkpoint every proxy training of a search can
+  start from (``proxy.warm_start``).
 
 The names below load from their modules on first access.
 """
@@ -21,6 +23,9 @@ _LAZY = {
     "torch_threads": "runner",
     "trial_folder_name": "runner",
     "ProxyTrainer": "proxy",
+    "WARM_START_FOLDER": "warm_start",
+    "warm_start_spec": "warm_start",
+    "warm_start_weights": "warm_start",
 }
 __all__ = list(_LAZY)
 __getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY)

@@ -107,6 +107,9 @@ class TrialSpec:
         datasets_root: where datasets are generated/cached (``$PAPLOSS_DATASETS`` for the job).
         early_stop: stopping of invalid trainings (``screening.early_stop``; None: no such hook,
             only Detectron2's own NaN-loss check).
+        init_weights: checkpoint the training starts from (``MODEL.WEIGHTS``; the search's
+            warm start, see :mod:`paploss.search.trials.warm_start`); None: the model config's.
+            Not part of the trial's identity: the warm start's settings (in ``proxy``) are.
     """
 
     trial_id: str
@@ -120,6 +123,7 @@ class TrialSpec:
     output_dir: str
     datasets_root: Optional[str] = None
     early_stop: Optional[EarlyStopSettings] = EarlyStopSettings()
+    init_weights: Optional[str] = None
 
     def identity(self) -> Dict[str, Any]:
         """What makes two specs the same trial (the model config by its content, not its path)."""
@@ -141,6 +145,8 @@ class TrialSpec:
     def config_opts(self) -> List[Any]:
         """All config overrides of this trial's training, candidate values last."""
         opts = self.proxy.config_opts(self.seed, os.path.join(self.output_dir, TRAIN_DIR))
+        if self.init_weights is not None:
+            opts += ["MODEL.WEIGHTS", self.init_weights]
         for key, value in self.overrides.items():
             opts += [key, value]
         return opts
