@@ -72,8 +72,9 @@ __all__ = [
 
 #: Where trials run: in the controller's process, local processes, or Slurm job arrays.
 LAUNCHER_KINDS = ("debug", "local", "slurm")
-#: Advantage baselines: the mean reward of the round's samples, or the reward of the policy mean.
-BASELINES = ("round_mean", "policy_mean")
+#: Advantage baselines: the mean reward of the round's samples, the reward of the policy mean, or
+#: rank-based (fitness-shaped) advantages.
+BASELINES = ("round_mean", "policy_mean", "rank")
 #: The search method (proposer) of a search that names none.
 DEFAULT_METHOD = "ppo"
 SIGMA_KINDS = ("exponential", "linear", "cosine", "constant")
@@ -332,8 +333,11 @@ class SearchLoopSettings(_Section):
         score_mean: also train the policy mean μ as one extra candidate per round; its reward is
             reported (and is the advantage baseline with ``baseline: policy_mean``), it is not
             part of the PPO update.
-        baseline: ``round_mean`` (mean reward of the round's samples) or ``policy_mean``
-            (reward of μ; needs ``score_mean``).
+        baseline: how the samples' advantages are formed: ``round_mean`` (reward minus the mean
+            reward of the round's samples), ``policy_mean`` (reward minus the reward of μ; needs
+            ``score_mean``) or ``rank`` (fitness shaping: the samples' centred ranks, ties
+            averaged, so one outlier reward or the scale of the rewards does not steer the
+            update).
         seed: seed of the method's sampling and of the per-round training seeds.
         max_attempts: a trial that fails (raises or crashes) is launched at most this often;
             then it is marked ``failed`` and left out of the update.
