@@ -176,9 +176,9 @@ class TrialResult:
         metrics: the reward task's COCO metrics (AP, AP50, AP75, APs, APm, APl, per-class AP;
             NaN where COCO defines none), those of the other evaluated tasks as ``<task>/<name>``
             (``segm/AP`` for a Mask R-CNN scored by box AP, ``bbox/AP`` for one scored by mask
-            AP; see :func:`evaluation_metrics`), and timings: ``train_s``, ``eval_s``, ``total_s``, ``iterations``
-            (trained in this run), ``resumed_from`` (first iteration of this run),
-            ``seconds_per_iter``.
+            AP; see :func:`evaluation_metrics`), and timings: ``train_s``, ``eval_s``,
+            ``total_s``, ``iterations`` (trained in this run), ``resumed_from`` (first iteration
+            of this run), ``seconds_per_iter``.
         reason: why a trial diverged, or the last line of a failure.
         error: the traceback of a failure.
         started_at, finished_at: wall-clock times (seconds since the epoch) of this run.
