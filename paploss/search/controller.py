@@ -355,6 +355,8 @@ class SearchController:
             cfg = load_config(model.config)
         except Exception as exc:  # Detectron2 raises plain exceptions for bad config files
             raise SearchError(f"cannot load the model config '{model.config}': {exc}") from None
+        # a SettingsError naming proxy.reward_task, before anything is written
+        self.settings.proxy.check_model_config(cfg, model.config)
         try:
             if model.heads:
                 space = SearchSpace(model.heads, fixed=model.fixed or None)

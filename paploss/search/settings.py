@@ -3,7 +3,8 @@
 A search is described by a YAML file (``configs/search/*.yaml``) with six sections::
 
     model:     the searched detector (a Detectron2 config file) and which loss groups to search
-    proxy:     the short proxy training that scores a candidate        (ProxySettings)
+    proxy:     the short proxy training that scores a candidate, and its reward: box AP, or mask
+               AP for a Mask R-CNN (reward_task: bbox | segm)           (ProxySettings)
     search:    method, rounds, candidates per round, seeds, retries    (SearchLoopSettings)
     policy:    σ schedule and PPO hyper-parameters of the ``ppo`` method (SigmaSchedule, PPOConfig)
     screening: loss rejection, gradient-equivalence check and early stop of invalid trainings
@@ -49,6 +50,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "SettingsError",
     "LAUNCHER_KINDS",
+    "REWARD_TASKS",
     "BASELINES",
     "DEFAULT_METHOD",
     "ModelSettings",
@@ -72,6 +74,8 @@ __all__ = [
 
 #: Where trials run: in the controller's process, local processes, or Slurm job arrays.
 LAUNCHER_KINDS = ("debug", "local", "slurm")
+#: COCO evaluation tasks a proxy trial's reward can come from: box AP, or mask AP (Mask R-CNN).
+REWARD_TASKS = ("bbox", "segm")
 #: Advantage baselines: the mean reward of the round's samples, the reward of the policy mean, or
 #: rank-based (fitness-shaped) advantages.
 BASELINES = ("round_mean", "policy_mean", "rank")
@@ -232,8 +236,11 @@ class ProxySettings(_Section):
         iterations: training iterations (``SOLVER.MAX_ITER``).
         ims_per_batch: images per iteration, all GPUs together (``SOLVER.IMS_PER_BATCH``).
         train_dataset: registered dataset the proxy trains on.
-        val_dataset: registered dataset whose bbox AP is the reward (disjoint from the split
+        val_dataset: registered dataset whose COCO AP is the reward (disjoint from the split
             results are reported on).
+        reward_task: the COCO AP that is the reward: ``bbox`` (box AP, the default) or ``segm``
+            (mask AP; needs a model with a mask branch, ``MODEL.MASK_ON: True``, checked against
+            the model config by :meth:`check_model_config`).
         lr_step_fractions: learning-rate drops (``SOLVER.STEPS``) as fractions of ``iterations``;
             ignored when ``opts`` sets ``SOLVER.STEPS``.
         checkpoint_period: iterations between checkpoints (what a resumed trial repeats at most).
@@ -256,6 +263,7 @@ class ProxySettings(_Section):
     ims_per_batch: int = 8
     train_dataset: str = "synthetic_shapes_search_train"
     val_dataset: str = "synthetic_shapes_search_val"
+    reward_task: str = "bbox"
     lr_step_fractions: Tuple[float, ...] = (0.75, 0.925)
     checkpoint_period: int = 100
     opts: Dict[str, Any] = field(default_factory=dict)
@@ -277,6 +285,7 @@ class ProxySettings(_Section):
         for name in ("train_dataset", "val_dataset"):
             value = getattr(self, name)
             _require(isinstance(value, str) and bool(value), f"proxy.{name} must be a dataset name")
+        _choice(self.reward_task, "proxy.reward_task", REWARD_TASKS)
         fractions = self.lr_step_fractions
         _require(
             all(is_number(f) and 0 < f < 1 for f in fractions)
@@ -289,6 +298,35 @@ class ProxySettings(_Section):
         _require(
             not clashes,
             f"proxy.opts must not set {', '.join(clashes)}: the proxy settings own them",
+        )
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Plain data; ``reward_task`` and ``warm_start`` are left out while they are the defaults
+        (``bbox``, no warm start), so that journals and trial specs written before the keys
+        existed keep their settings and digests (and resume)."""
+        data = super().to_dict()
+        if data["reward_task"] == REWARD_TASKS[0]:
+            del data["reward_task"]
+        if data["warm_start"] == WarmStartSettings().to_dict():
+            del data["warm_start"]
+        return data
+
+    def check_model_config(self, cfg: Any, config_file: str) -> None:
+        """Check that the model can be scored by :attr:`reward_task`.
+
+        Args:
+            cfg: the searched model's Detectron2 config (``proxy.opts`` may still override its
+                ``MODEL.MASK_ON``).
+            config_file: the file ``cfg`` was read from (for the message).
+
+        Raises:
+            SettingsError: for ``reward_task: segm`` on a model without a mask branch.
+        """
+        mask_on = self.opts.get("MODEL.MASK_ON", cfg.MODEL.MASK_ON)
+        _require(
+            self.reward_task != "segm" or str(mask_on).lower() == "true",
+            f"proxy.reward_task: 'segm' (mask AP) needs a model with a mask branch, but "
+            f"MODEL.MASK_ON is {mask_on} for '{config_file}'",
         )
 
     def config_opts(self, seed: int, output_dir: str) -> List[Any]:
@@ -785,6 +823,7 @@ class SearchSettings(_Section):
         """Everything, launcher included, as plain data (e.g. to save a copy next to a search)."""
         data = self.journal_settings()
         data["search"] = _plain(dataclasses.asdict(self.search))  # the method too
+        data["proxy"] = _plain(dataclasses.asdict(self.proxy))  # the reward task too
         data["launcher"] = self.launcher.to_dict()
         return data
 
@@ -882,7 +921,7 @@ def settings_summary(settings: SearchSettings) -> List[str]:
         f"rounds: {loop.rounds} x {per_round} trials ({loop.candidates} samples"
         + (" + the policy mean)" if loop.score_mean else ")"),
         f"proxy: {proxy.iterations} iterations x {proxy.ims_per_batch} images on "
-        f"{proxy.train_dataset}, reward = bbox AP on {proxy.val_dataset}",
+        f"{proxy.train_dataset}, reward = {proxy.reward_task} AP on {proxy.val_dataset}",
         f"screening: {screening_summary(settings.screening)}",
         f"launcher: {settings.launcher.kind}"
         + (

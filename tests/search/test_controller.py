@@ -28,7 +28,7 @@ from submitit.core.utils import cloudpickle_dump
 
 from paploss.search.controller import SearchController, SearchError, round_seed
 from paploss.search.journal import JournalError, SearchJournal
-from paploss.search.settings import load_settings
+from paploss.search.settings import SettingsError, load_settings
 from paploss.search.space import SearchSpace
 from paploss.search.trials import TrialResult, TrialSpec, load_result, read_starts
 
@@ -259,6 +259,18 @@ def test_resume_with_other_settings_is_refused(tmp_path: Path) -> None:
     # The saved copy of the settings is readable YAML naming the launcher too.
     saved = yaml.safe_load((tmp_path / "settings.yaml").read_text())
     assert saved["search"]["candidates"] == 2 and saved["launcher"]["kind"] == "debug"
+
+
+def test_a_mask_ap_reward_without_a_mask_branch_is_refused_before_anything_is_written(
+    tmp_path: Path,
+) -> None:
+    settings = _settings(tmp_path, rounds=1, candidates=2, proxy__reward_task="segm")
+    with pytest.raises(SettingsError) as info:
+        SearchController(settings, tmp_path / "search", trial_fn=scripted_trial).run()
+    message = str(info.value)
+    assert message.startswith("proxy.reward_task: 'segm' (mask AP) needs a model with a mask")
+    assert "MODEL.MASK_ON is False" in message and "pap_retinanet_identity.yaml" in message
+    assert "\n" not in message and not (tmp_path / "search").exists()
 
 
 def test_resume_without_a_journal_is_refused(tmp_path: Path) -> None:

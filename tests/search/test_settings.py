@@ -79,6 +79,18 @@ def test_the_search_method_is_stored_only_when_it_is_not_the_default() -> None:
     assert _load().to_dict()["search"]["method"] == "ppo"  # the readable copy names it
 
 
+def test_the_reward_task_is_stored_only_when_it_is_not_the_default() -> None:
+    """Journals and trial digests from before the key existed keep theirs (box AP)."""
+    default = _load()
+    assert default.proxy.reward_task == "bbox"
+    assert "reward_task" not in default.journal_settings()["proxy"]
+    segm = _load("proxy.reward_task=segm")
+    assert segm.journal_settings()["proxy"]["reward_task"] == "segm"
+    assert ProxySettings.from_dict(segm.proxy.to_dict()) == segm.proxy
+    assert _load().to_dict()["proxy"]["reward_task"] == "bbox"  # the readable copy names it
+    assert SearchSettings.from_dict(segm.to_dict()) == segm.replace_launcher()
+
+
 @pytest.mark.parametrize(
     "override, message",
     [
@@ -94,6 +106,7 @@ def test_the_search_method_is_stored_only_when_it_is_not_the_default() -> None:
         ("proxy.iterations=0", "proxy.iterations must be an integer >= 1, got 0"),
         ("proxy.opts={SEED: 3}", "proxy.opts must not set SEED: the proxy settings own them"),
         ("proxy.lr_step_fractions=[0.9, 0.5]", "proxy.lr_step_fractions must be increasing"),
+        ("proxy.reward_task=mask", "proxy.reward_task must be one of ('bbox', 'segm'), got 'mask'"),
         ("policy.sigma.kind=step", "policy.sigma.kind must be one of ('exponential', 'linear'"),
         ("policy.sigma.final=1.5", "policy.sigma.final must be in (0, initial=0.2], got 1.5"),
         ("policy.ppo.betas=[0.9, x]", "policy.ppo.betas must be two values in [0, 1)"),

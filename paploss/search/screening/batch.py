@@ -8,7 +8,9 @@ recorded with :func:`paploss.modeling.record_rankings` (a forward pre-hook on th
 modules: nothing is re-derived or patched, so the screening ranks exactly what the head trains
 on). It is kept as a :class:`HeadBatch` per head with the images' ground truth; after that no
 network work is needed, the screening optimises these predictions directly
-(:mod:`paploss.search.screening`).
+(:mod:`paploss.search.screening`). For a Mask R-CNN the images keep their instance masks, and
+the ROI head's ranking carries the positives' mask logits and ground-truth masks as fixed
+tensors (read by a mask-aware quality, never optimised: the screen scores only the ranking heads).
 
 Shape shorthand (as in Detectron2's ``fast_rcnn.py``):
 
@@ -81,7 +83,9 @@ def load_images(cfg: Any, dataset: str, num_images: int, seed: int) -> List[Dict
     """``num_images`` images of ``dataset`` that have annotations, chosen by ``seed``.
 
     They are mapped like training inputs but without random augmentation: resized to the test
-    size (``INPUT.MIN_SIZE_TEST`` / ``MAX_SIZE_TEST``), annotations kept as ``instances``.
+    size (``INPUT.MIN_SIZE_TEST`` / ``MAX_SIZE_TEST``), annotations kept as ``instances``, with
+    their instance masks (``gt_masks``, in ``INPUT.MASK_FORMAT``) when the model has a mask branch
+    (``MODEL.MASK_ON``), as Detectron2's training mapper keeps them.
 
     Returns:
         Detectron2 model inputs (``image`` ``[3, H, W]``, ``instances``), in a fixed order.
@@ -105,6 +109,8 @@ def load_images(cfg: Any, dataset: str, num_images: int, seed: int) -> List[Dict
         is_train=True,
         augmentations=[T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)],
         image_format=cfg.INPUT.FORMAT,
+        use_instance_mask=cfg.MODEL.MASK_ON,
+        instance_mask_format=cfg.INPUT.MASK_FORMAT,
     )
     return [mapper(dicts[index]) for index in chosen]
 

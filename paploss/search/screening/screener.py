@@ -25,6 +25,11 @@ code), evaluated with its own :meth:`~paploss.modeling.head_loss.RankingHeadLoss
 ranking decoded from the optimised predictions
 (:meth:`~paploss.modeling.ranking.HeadRanking.with_predictions`). The fingerprint reads the
 functions and λ from those same head losses.
+
+**Mask R-CNN.** Only the ranking heads (RPN, box head) are screened: a candidate's score is its
+ranking losses' effect on box AP, never the mask loss or mask AP (see
+:mod:`paploss.search.screening.rejection`). The proxy training, whose reward may be mask AP
+(``proxy.reward_task: segm``), judges the mask branch.
 """
 
 from __future__ import annotations

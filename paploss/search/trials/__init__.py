@@ -1,4 +1,5 @@
-"""Trials: one short proxy training of a candidate loss, scored by COCO bbox AP.
+"""Trials: one short proxy training of a candidate loss, scored by COCO AP (``proxy.reward_task``:
+box AP, or mask AP for a Mask R-CNN).
 
 * :mod:`~paploss.search.trials.runner`: the picklable trial spec, its result and
   :func:`run_trial`, which a launcher runs in a job (idempotent: resumes, reuses, never trains a

@@ -1,9 +1,10 @@
-"""One search trial: a short proxy training of a candidate loss, scored by COCO bbox AP.
+"""One search trial: a short proxy training of a candidate loss, scored by COCO AP.
 
 A trial is described by a picklable :class:`TrialSpec` and run by :func:`run_trial`, in the
 controller's process (``debug`` launcher) or in a job (``local``/``slurm`` launchers). It trains
 the searched model with the candidate's ``MODEL.PAPLOSS`` values on the proxy training split and
-evaluates it on the proxy validation split; the reward is the bbox AP (0-100).
+evaluates it on the proxy validation split; the reward is the COCO AP (0-100) of the task
+``proxy.reward_task``: box AP (``bbox``, the default) or, for a Mask R-CNN, mask AP (``segm``).
 
 **Statuses.** ``done``: trained and evaluated. ``diverged``: the training was stopped as invalid:
 the predictions or the loss became NaN/infinite, or the loss stayed constant over
@@ -67,6 +68,7 @@ __all__ = [
     "TrialResult",
     "TrialFolderError",
     "run_trial",
+    "evaluation_metrics",
     "torch_threads",
     "load_result",
     "read_starts",
@@ -175,12 +177,14 @@ class TrialResult:
     Attributes:
         trial_id: the spec's ``trial_id``.
         status: ``done``, ``diverged`` or ``failed``.
-        reward: bbox AP on the proxy validation split (``done``), the penalty (``diverged``),
-            or None (``failed``).
-        metrics: bbox metrics (AP, AP50, AP75, APs, APm, APl, per-class AP; NaN where COCO
-            defines none) and timings: ``train_s``, ``eval_s``, ``total_s``, ``iterations``
-            (trained in this run), ``resumed_from`` (first iteration of this run),
-            ``seconds_per_iter``.
+        reward: AP of ``proxy.reward_task`` on the proxy validation split (``done``), the
+            penalty (``diverged``), or None (``failed``).
+        metrics: the reward task's COCO metrics (AP, AP50, AP75, APs, APm, APl, per-class AP;
+            NaN where COCO defines none), those of the other evaluated tasks as ``<task>/<name>``
+            (``segm/AP`` for a Mask R-CNN scored by box AP, ``bbox/AP`` for one scored by mask
+            AP; see :func:`evaluation_metrics`), and timings: ``train_s``, ``eval_s``,
+            ``total_s``, ``iterations`` (trained in this run), ``resumed_from`` (first iteration
+            of this run), ``seconds_per_iter``.
         reason: why a trial diverged, or the last line of a failure.
         error: the traceback of a failure.
         started_at, finished_at: wall-clock times (seconds since the epoch) of this run.
@@ -344,6 +348,7 @@ def _train_and_score(spec: TrialSpec, started_at: float, rank: int = 0) -> Trial
     from paploss.search.trials.proxy import ProxyTrainer
 
     cfg = setup_cfg(spec.config_file, spec.config_opts())
+    spec.proxy.check_model_config(cfg, spec.config_file)
     os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
     seed_all_rng(spec.seed + rank)
     trainer = ProxyTrainer(cfg, early_stop=spec.early_stop)
@@ -383,11 +388,10 @@ def _train_and_score(spec: TrialSpec, started_at: float, rank: int = 0) -> Trial
         eval_start = time.perf_counter()
         results = ProxyTrainer.test(cfg, trainer.model)
         metrics["eval_s"] = time.perf_counter() - eval_start
-        bbox = dict(results.get("bbox", {}))
-        metrics.update({key: float(value) for key, value in bbox.items()})
-        ap = bbox.get("AP", float("nan"))
+        metrics.update(evaluation_metrics(results, spec.proxy.reward_task))
+        ap = metrics.get("AP", float("nan"))
         status = "done"
-        # COCO reports NaN when the model detects nothing at all: that is an AP of 0.
+        # COCO reports NaN (or nothing) when the model detects nothing at all: that is an AP of 0.
         reward = float(ap) if math.isfinite(ap) else 0.0
     finished_at = time.time()
     metrics["total_s"] = finished_at - started_at
@@ -404,6 +408,24 @@ def _train_and_score(spec: TrialSpec, started_at: float, rank: int = 0) -> Trial
     if rank == 0:
         _write_json(Path(spec.output_dir) / RESULT_FILE, result.to_dict())
     return result
+
+
+def evaluation_metrics(results: Mapping[str, Any], reward_task: str) -> Dict[str, float]:
+    """A trial's COCO metrics from Detectron2's evaluation results.
+
+    Args:
+        results: ``{task: {metric: value}}`` (``{"bbox": {"AP": ...}, "segm": {...}}``).
+        reward_task: the task whose metrics are the trial's own (``proxy.reward_task``).
+
+    Returns:
+        The reward task's metrics under their names (``AP``, ``AP50``, ...), every other task's
+        as ``<task>/<name>`` (``segm/AP``); empty when nothing was evaluated (no detections).
+    """
+    metrics: Dict[str, float] = {}
+    for task, values in results.items():
+        prefix = "" if task == reward_task else f"{task}/"
+        metrics.update({f"{prefix}{key}": float(value) for key, value in dict(values).items()})
+    return metrics
 
 
 class _StopDistributedRun(RuntimeError):
