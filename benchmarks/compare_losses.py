@@ -284,7 +284,7 @@ def run_job(job: Job, args: argparse.Namespace) -> dict:
     record = {
         "detector": job.row.detector,
         "row": job.label,
-        "order": ROWS.index(job.row),
+        "order": args.table_rows.index(job.row),
         "group": job.row.group,
         "clip": job.clip,
         "seed": job.seed,
@@ -305,7 +305,9 @@ def run_job(job: Job, args: argparse.Namespace) -> dict:
         with open(os.path.join(folder, "train.log")) as log:
             lines = [line.strip() for line in log if line.strip()]
         last = lines[-1][:160] if lines else ""
-        diverged = any("FloatingPointError" in line for line in lines[-50:])
+        diverged = any(
+            "FloatingPointError" in line or "NaN or infinite" in line for line in lines[-50:]
+        )
         record.update(status="diverged" if diverged else "failed", error=f"{e}: {last}")
     with open(result_file, "w") as f:
         json.dump(record, f, indent=1)
@@ -390,11 +392,21 @@ def markdown_table(summary: List[dict]) -> str:
     return "\n".join(lines)
 
 
+def added_row(detector: str, name: str, config: str) -> Row:
+    """A main row of ``--add-row``: ``config`` trained as shipped, ranking every RoI."""
+    if detector not in DETECTORS:
+        raise SystemExit(f"--add-row: unknown detector {detector!r} (use {DETECTORS})")
+    if not os.path.isfile(config):
+        raise SystemExit(f"--add-row: config file {config!r} does not exist")
+    cost = detector if detector == "retinanet" else f"{detector}_all"
+    return Row(detector, name, os.path.abspath(config), cost=cost)
+
+
 def build_jobs(args: argparse.Namespace, iterations: Dict[str, int]) -> List[Job]:
     clips = {"off": [False], "on": [True], "both": [False, True]}[args.clip]
     jobs = []
     for clip in clips:
-        for row in ROWS:
+        for row in args.table_rows:
             if row.detector not in args.detectors or args.rows not in ("all", row.group):
                 continue
             if args.match and not re.search(args.match, f"{row.detector} | {row.name}"):
@@ -440,7 +452,12 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
     parser.add_argument(
         "--opts", nargs="*", default=[], metavar="KEY VALUE", help="config overrides for every run"
     )
+    parser.add_argument(
+        "--add-row", nargs=3, action="append", default=[], metavar=("DETECTOR", "NAME", "CONFIG"),
+        help="one more main row: a config file (e.g. a searched loss's export) for a detector",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    args.table_rows = ROWS + [added_row(*values) for values in args.add_row]
     if args.seeds < 1 or args.jobs < 1:
         raise SystemExit("--seeds and --jobs must be >= 1")
     args.output = os.path.abspath(args.output)
