@@ -75,6 +75,7 @@ from paploss.search.settings import LAUNCHER_KINDS, SearchSettings, settings_sum
 from paploss.search.space import SearchSpace
 from paploss.search.trials.runner import TrialResult, TrialSpec, run_trial, trial_folder_name
 from paploss.search.trials.warm_start import WARM_START_FOLDER, warm_start_spec, warm_start_weights
+from paploss.utils.imports import import_modules
 from paploss.utils.io import atomic_write
 
 __all__ = [
@@ -182,12 +183,15 @@ def model_config_digest(config_file: str) -> str:
 def model_config_changed(stored_settings: Dict) -> bool:
     """Whether the searched model's config files now merge to another config than they did when
     the search started (an export, which inherits from them, would then train something else).
+    The search's ``model.imports`` are imported first, as the search did.
     """
-    config = stored_settings.get("model", {}).get("config")
+    model = stored_settings.get("model", {})
+    config = model.get("config")
     stored = stored_settings.get("model_config_sha256")
     if not config or not stored:
         return False
     try:
+        import_modules(model.get("imports") or (), model.get("python_path") or ())
         return model_config_digest(config) != stored
     except Exception:  # a config that no longer loads has changed as well
         return True
@@ -248,8 +252,8 @@ class SearchController:
 
         Raises:
             SearchError: for an output folder that already holds a search (without ``resume``)
-                or none (with ``resume``), a model without PAP-loss heads, or a round in which no
-                trial could be scored.
+                or none (with ``resume``), a module of ``model.imports`` that fails to import, a
+                model without PAP-loss heads, or a round in which no trial could be scored.
             JournalError: for a corrupt or foreign journal, or different settings on resume.
             LaunchError: when trials cannot be submitted.
         """
@@ -303,6 +307,11 @@ class SearchController:
             output.require_journal()
         else:
             self._check_launcher()  # before anything is written
+        model = self.settings.model
+        try:  # the project's registrations: config keys, heads, optimizer
+            import_modules(model.imports, model.python_path)
+        except ImportError as exc:
+            raise SearchError(str(exc)) from None
         space, merged_config = self._build_space()
         self._space = space
         config_digest = hashlib.sha256(merged_config.encode("utf-8")).hexdigest()
@@ -724,6 +733,8 @@ class SearchController:
             datasets_root=self._datasets_root,
             early_stop=early_stop if early_stop.enabled else None,
             init_weights=self._init_weights,
+            imports=self.settings.model.imports,
+            python_path=self.settings.model.python_path,
         )
 
     def _prepare_warm_start(self) -> Optional[str]:
@@ -737,6 +748,8 @@ class SearchController:
             str(self.output.model_config),
             str(self.output.root / WARM_START_FOLDER),
             self._datasets_root,
+            imports=self.settings.model.imports,
+            python_path=self.settings.model.python_path,
         )
         if spec is None:
             return None

@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Dict, List, Mapping, Optional, 
 
 import yaml
 
+from paploss.utils.imports import check_importable
 from paploss.utils.validation import check_int, check_number, is_int, is_number
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -154,10 +155,18 @@ class ModelSettings(_Section):
     Attributes:
         config: Detectron2 config file of the model (absolute once loaded). Its PAP-loss heads
             define the search space; the exported config inherits from it.
-        heads: PAP-loss heads to search (``RETINANET``, ``RPN``, ``ROI_HEADS``); empty: every
-            PAP-loss head of the model.
+        heads: PAP-loss heads to search (``RETINANET``, ``RPN``, ``ROI_HEADS`` or a head a
+            project registers, e.g. ``DETR``); empty: every PAP-loss head of the model.
         fixed: groups kept out of the search and their values (``"RETINANET.lambda": 1.0`` or
             ``"RETINANET.H1": [[x, y], ...]``), see :class:`paploss.search.SearchSpace`.
+        imports: Python modules imported, in order, before the model's config is read, in the
+            controller and in every trial process (:func:`paploss.utils.imports.import_modules`):
+            a Detectron2 project's package, which registers its meta-architecture, config keys,
+            heads and optimizer on import (e.g. ``[deformable_detr]``). Checked to exist when the
+            settings are loaded.
+        python_path: folders put in front of ``sys.path`` before ``imports`` are imported, e.g.
+            the project folder that holds the package; relative paths are relative to the file
+            that sets them (absolute once loaded).
     """
 
     KEY: ClassVar[str] = "model"
@@ -165,6 +174,28 @@ class ModelSettings(_Section):
     config: str = ""
     heads: Tuple[str, ...] = ()
     fixed: Dict[str, Any] = field(default_factory=dict)
+    imports: Tuple[str, ...] = ()
+    python_path: Tuple[str, ...] = ()
+
+    def validate(self) -> None:
+        for folder in self.python_path:
+            _require(
+                isinstance(folder, str) and os.path.isdir(folder),
+                f"model.python_path: {folder!r} is not a folder",
+            )
+        try:
+            check_importable(self.imports, self.python_path, "model.imports")
+        except ImportError as exc:
+            raise SettingsError(str(exc)) from None
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Plain data; ``imports`` and ``python_path`` are left out while they are empty, so that
+        journals written before the keys existed keep their settings (and resume)."""
+        data = super().to_dict()
+        for name in ("imports", "python_path"):
+            if not data[name]:
+                del data[name]
+        return data
 
 
 #: Config keys the proxy settings own (``proxy.opts`` must not set them).
@@ -908,6 +939,9 @@ def load_settings(
     model_override = (extra.get("model") or {}).get("config")
     if isinstance(model_override, str) and model_override:
         extra["model"]["config"] = os.path.abspath(model_override)
+    path_override = (extra.get("model") or {}).get("python_path")
+    if path_override is not None:
+        extra["model"]["python_path"] = _resolved_folders(path_override, os.getcwd())
     data = _merge(data, extra)
     return SearchSettings.from_dict(data, source=None if path is None else os.path.abspath(path))
 
@@ -916,8 +950,10 @@ def settings_summary(settings: SearchSettings) -> List[str]:
     """A few human-readable lines describing the search (for logs)."""
     loop, proxy = settings.search, settings.proxy
     per_round = loop.candidates + (1 if loop.score_mean else 0)
+    model = settings.model
     return [
-        f"model: {settings.model.config}",
+        f"model: {model.config}"
+        + (f" (imports {', '.join(model.imports)})" if model.imports else ""),
         f"rounds: {loop.rounds} x {per_round} trials ({loop.candidates} samples"
         + (" + the policy mean)" if loop.score_mean else ")"),
         f"proxy: {proxy.iterations} iterations x {proxy.ims_per_batch} images on "
@@ -1052,6 +1088,8 @@ def _read_with_bases(path: str, depth: int) -> Dict[str, Any]:
     model = data.get("model")
     if isinstance(model, dict) and isinstance(model.get("config"), str) and model["config"]:
         model["config"] = os.path.normpath(os.path.join(directory, model["config"]))
+    if isinstance(model, dict) and model.get("python_path") is not None:
+        model["python_path"] = _resolved_folders(model["python_path"], directory)
     base_path = data.pop(_BASE_KEY, None)
     if base_path is None:
         return _regroup_dotted_maps(data)
@@ -1059,6 +1097,23 @@ def _read_with_bases(path: str, depth: int) -> Dict[str, Any]:
         raise SettingsError(f"{path}: _BASE_ must be a file name, got {base_path!r}")
     base = _read_with_bases(os.path.normpath(os.path.join(directory, base_path)), depth + 1)
     return _merge(base, _regroup_dotted_maps(data))
+
+
+def _resolved_folders(value: Any, directory: str) -> Any:
+    """``model.python_path`` with relative folders joined to ``directory`` (a malformed value is
+    returned as it is, for the validation to report)."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+        return value
+    return [
+        (
+            os.path.normpath(os.path.join(directory, os.path.expanduser(v)))
+            if isinstance(v, str)
+            else v
+        )
+        for v in value
+    ]
 
 
 # Mappings whose keys are dotted names themselves: never merged key by key, replaced as a whole.

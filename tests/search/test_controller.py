@@ -283,6 +283,24 @@ def test_resume_without_a_journal_is_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "mistyped").exists() and not list(killed_early.iterdir())
 
 
+def test_a_module_of_model_imports_that_fails_stops_the_search_in_one_line(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "broken_project.py").write_text("import no_such_dependency_xyz\n")
+    settings = load_settings(
+        None,
+        tiny_search_overrides(tmp_path, rounds=1)
+        + [f"model.python_path=[{tmp_path}]", "model.imports=[broken_project]"],
+    )
+    with pytest.raises(SearchError) as info:
+        SearchController(settings, tmp_path / "search", trial_fn=scripted_trial).run()
+    assert str(info.value) == (
+        "model.imports: importing 'broken_project' failed "
+        "(ModuleNotFoundError: No module named 'no_such_dependency_xyz')"
+    )
+    assert not (tmp_path / "search" / "journal.sqlite").exists()
+
+
 # ------------------------------------------------------------------------------ local launcher
 
 

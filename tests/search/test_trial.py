@@ -157,6 +157,23 @@ def test_a_failing_trial_is_reported_not_stored(tmp_path: Path) -> None:
     assert run_trial(spec).status == "failed"
 
 
+def test_a_trial_imports_its_modules_first(tmp_path: Path) -> None:
+    (tmp_path / "failing_project.py").write_text("raise RuntimeError('no GPU here')\n")
+    plain = _spec(tmp_path / "trial")
+    spec = dataclasses.replace(plain, imports=("failing_project",), python_path=(str(tmp_path),))
+    assert "imports" not in plain.identity()  # the digests of trials without imports stay
+    assert spec.identity()["imports"] == ["failing_project"] and spec.digest() != plain.digest()
+    result = run_trial(spec)
+    assert result.status == "failed" and result.reward is None
+    assert result.reason == (
+        "ModuleImportError: model.imports: importing 'failing_project' failed "
+        "(RuntimeError: no GPU here)"
+    )
+    assert read_starts(tmp_path / "trial") == []  # nothing trained
+    missing = dataclasses.replace(_spec(tmp_path / "other"), imports=("no_such_project",))
+    assert "no module named 'no_such_project'" in run_trial(missing).reason
+
+
 def test_result_round_trip_and_proxy_checks() -> None:
     result = TrialResult("t", "done", 1.5, {"AP": 1.5, "APl": float("nan")}, spec_digest="x")
     assert TrialResult.from_dict(json.loads(json.dumps(result.to_dict()))).reward == 1.5

@@ -39,7 +39,7 @@ class HeadBatch:
     """What one head ranks in the screening batch, with the images' ground truth.
 
     Attributes:
-        head: ``"RETINANET"``, ``"RPN"`` or ``"ROI_HEADS"``.
+        head: ``"RETINANET"``, ``"RPN"``, ``"ROI_HEADS"`` or a project's head (``"DETR"``).
         ranking: the head's ranking of the random network's predictions (no gradient), built
             from deltas (:meth:`~paploss.modeling.ranking.HeadRanking.from_deltas`).
         image_sizes: ``N`` ``(height, width)`` of the network input images.
@@ -182,8 +182,9 @@ def build_screening_batches(
     missing = [head for head in wanted if head not in rankings]
     if missing:
         raise ValueError(
-            f"the model has no PAP-loss head {missing} (it has {sorted(rankings)}); "
-            "screening needs PAPRetinaNet, PAPRPN or PAPROIHeads heads"
+            f"the model has no PAP-loss head {missing} (it has {sorted(rankings)}); the "
+            "rejection protocol screens heads that hand a HeadRanking to their head loss "
+            "(paploss.modeling.record_rankings)"
         )
     image_sizes = [tuple(int(v) for v in x["image"].shape[-2:]) for x in inputs]
     batches: Dict[str, HeadBatch] = {}

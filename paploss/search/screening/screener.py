@@ -38,7 +38,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Dict, Hashable, List, Mapping, Optional, Sequence
 
-from paploss.heads import PAP_HEADS
+from paploss.heads import pap_heads
 from paploss.search.screening.batch import HeadBatch, build_screening_batches
 from paploss.search.screening.equivalence import (
     EquivalenceRegistry,
@@ -101,7 +101,7 @@ def candidate_head_losses(
 
 def _heads_in(overrides: Mapping[str, Any]) -> List[str]:
     """The heads with ``MODEL.PAPLOSS.<HEAD>.*`` keys in ``overrides``, in search-space order."""
-    return [h for h in PAP_HEADS if any(k.startswith(f"{CONFIG_PREFIX}.{h}.") for k in overrides)]
+    return [h for h in pap_heads() if any(k.startswith(f"{CONFIG_PREFIX}.{h}.") for k in overrides)]
 
 
 # ------------------------------------------------------------------------------------ screener

@@ -19,6 +19,12 @@ error is returned, nothing is scored; the controller retries the trial).
 the same order of training images and the same augmentations, so reward differences within a
 round come from the loss.
 
+**Projects.** A trial first imports the spec's ``imports`` (the search's ``model.imports``, with
+``model.python_path`` in front of ``sys.path``), in whatever process it runs: a Detectron2
+project's package registers its meta-architecture, config keys, heads and optimizer there, so the
+trial reads the project's config and trains with the project's optimizer. A module that cannot be
+imported fails the trial with a one-line reason.
+
 **Idempotence.** A trial owns its folder::
 
     <output_dir>/
@@ -59,6 +65,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
 from paploss.search.launchers.jobs import current_job_id
 from paploss.search.settings import EarlyStopSettings, ProxySettings
+from paploss.utils.imports import import_modules
 from paploss.utils.io import atomic_write_json
 
 __all__ = [
@@ -112,6 +119,9 @@ class TrialSpec:
         init_weights: checkpoint the training starts from (``MODEL.WEIGHTS``; the search's
             warm start, see :mod:`paploss.search.trials.warm_start`); None: the model config's.
             Not part of the trial's identity: the warm start's settings (in ``proxy``) are.
+        imports: Python modules the job imports before it reads the config (``model.imports``:
+            a project's package, which registers its config keys, heads and optimizer).
+        python_path: folders put in front of ``sys.path`` first (``model.python_path``).
     """
 
     trial_id: str
@@ -126,11 +136,14 @@ class TrialSpec:
     datasets_root: Optional[str] = None
     early_stop: Optional[EarlyStopSettings] = EarlyStopSettings()
     init_weights: Optional[str] = None
+    imports: Tuple[str, ...] = ()
+    python_path: Tuple[str, ...] = ()
 
     def identity(self) -> Dict[str, Any]:
-        """What makes two specs the same trial (the model config by its content, not its path)."""
+        """What makes two specs the same trial (the model config by its content, not its path;
+        the imported modules by name, where there are any, not where they were found)."""
         early_stop = self.early_stop
-        return {
+        identity = {
             "theta": [float(v) for v in self.theta],
             "overrides": json.loads(json.dumps(self.overrides)),
             "config": _file_digest(self.config_file),
@@ -138,6 +151,9 @@ class TrialSpec:
             "proxy": self.proxy.to_dict(),
             "early_stop": None if early_stop is None else dataclasses.asdict(early_stop),
         }
+        if self.imports:  # absent otherwise: the digests of earlier trials stay as they were
+            identity["imports"] = list(self.imports)
+        return identity
 
     def digest(self) -> str:
         """SHA-256 of :meth:`identity` (stored in ``spec.json`` and ``result.json``)."""
@@ -157,6 +173,8 @@ class TrialSpec:
         data = {"trial_id": self.trial_id, "round": self.round, "index": self.index}
         data.update(self.identity())
         data["config_file"] = self.config_file
+        if self.python_path:
+            data["python_path"] = list(self.python_path)
         data.update({"output_dir": self.output_dir, "digest": self.digest()})
         return data
 
@@ -347,6 +365,7 @@ def _train_and_score(spec: TrialSpec, started_at: float, rank: int = 0) -> Trial
     from paploss.engine import setup_cfg
     from paploss.search.trials.proxy import ProxyTrainer
 
+    import_modules(spec.imports, spec.python_path)  # a project's registrations, before the config
     cfg = setup_cfg(spec.config_file, spec.config_opts())
     spec.proxy.check_model_config(cfg, spec.config_file)
     os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)

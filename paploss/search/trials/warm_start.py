@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Optional
+from typing import Optional, Tuple
 
 from paploss.search.settings import ProxySettings, WarmStartSettings
 from paploss.search.trials.runner import TRAIN_DIR, TrialSpec
@@ -30,6 +30,8 @@ def warm_start_spec(
     config_file: str,
     output_dir: str,
     datasets_root: Optional[str] = None,
+    imports: Tuple[str, ...] = (),
+    python_path: Tuple[str, ...] = (),
 ) -> Optional[TrialSpec]:
     """The trial that trains the warm-start checkpoint, or None without a warm start.
 
@@ -38,6 +40,7 @@ def warm_start_spec(
         config_file: the searched model's config file.
         output_dir: the warm-start trial's folder (``<search>/warm_start``).
         datasets_root: where datasets are generated/cached.
+        imports, python_path: the search's ``model.imports`` and ``model.python_path``.
     """
     settings = proxy.warm_start
     if not settings.enabled:
@@ -63,6 +66,8 @@ def warm_start_spec(
         output_dir=output_dir,
         datasets_root=datasets_root,
         early_stop=None,
+        imports=tuple(imports),
+        python_path=tuple(python_path),
     )
 
 
