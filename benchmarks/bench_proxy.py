@@ -210,9 +210,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
         [settings.proxy.to_dict(), settings.screening.early_stop.to_dict(), config_name]
     )
     proxy_folder = os.path.join(output, f"proxy_{proxy_tag}")
-    ref_proxy = reference_proxy(
-        ref_iterations, args.reference_clip == "on", args.reference_device
-    )
+    ref_proxy = reference_proxy(ref_iterations, args.reference_clip == "on", args.reference_device)
     ref_folder = os.path.join(output, f"reference_{_tag([ref_proxy.to_dict(), config_name])}")
     early_stop = settings.screening.early_stop if settings.screening.early_stop.enabled else None
     print(
@@ -236,7 +234,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
                 spec = _spec(candidate, i, seed, ref_proxy, config, ref_folder, None, None)
                 futures[pool.submit(run_trial, spec)] = ("reference", candidate.name, seed)
         weights = None
-        warm = warm_start_spec(settings.proxy, config, os.path.join(proxy_folder, WARM_START_FOLDER))
+        warm = warm_start_spec(
+            settings.proxy, config, os.path.join(proxy_folder, WARM_START_FOLDER)
+        )
         if warm is not None and not args.reference_only:
             warm_result = pool.submit(run_trial, warm).result()
             if warm_result.status != "done":
