@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from search_testing import tiny_search_overrides
+from search_testing import MODEL_CONFIG, tiny_search_overrides
 
 from paploss.search.controller import SearchController
 from paploss.search.settings import ProxySettings, SettingsError, load_settings
@@ -16,7 +16,7 @@ from paploss.search.trials.warm_start import WARM_START_FOLDER, warm_start_spec
 def test_warm_start_settings_are_validated_with_the_key_named() -> None:
     assert not ProxySettings().warm_start.enabled
     with pytest.raises(SettingsError, match=r"proxy\.warm_start\.iterations must be"):
-        load_settings(None, ["proxy.warm_start.iterations=-1"])
+        load_settings(None, [f"model.config={MODEL_CONFIG}", "proxy.warm_start.iterations=-1"])
     with pytest.raises(SettingsError, match=r"proxy\.warm_start\.opts must not set MODEL\.WEIGHTS"):
         load_settings(None, ["proxy.warm_start.opts.MODEL.WEIGHTS=x.pth"])
     with pytest.raises(SettingsError, match=r"proxy\.opts must not set MODEL\.WEIGHTS"):
@@ -29,6 +29,7 @@ def test_warm_start_spec_trains_the_stock_loss_with_the_proxy_data(tmp_path: Pat
     settings = load_settings(
         None,
         [
+            f"model.config={MODEL_CONFIG}",
             "proxy.warm_start.iterations=30",
             "proxy.warm_start.ims_per_batch=2",
             "proxy.warm_start.opts.SOLVER.BASE_LR=0.001",
