@@ -103,7 +103,10 @@ def test_the_reward_task_is_stored_only_when_it_is_not_the_default() -> None:
         ("policy.sigma.kinds=linear", "unknown policy.sigma setting(s): policy.sigma.kinds"),
         ("search.method=", "search.method must be the name of a search method, got None"),
         ("search.rounds=true", "search.rounds must be an integer >= 1, got True"),
-        ("search.baseline=median", "search.baseline must be one of ('round_mean', 'policy_mean', 'rank')"),
+        (
+            "search.baseline=median",
+            "search.baseline must be one of ('round_mean', 'policy_mean', 'rank')",
+        ),
         ("proxy.iterations=0", "proxy.iterations must be an integer >= 1, got 0"),
         ("proxy.opts={SEED: 3}", "proxy.opts must not set SEED: the proxy settings own them"),
         ("proxy.lr_step_fractions=[0.9, 0.5]", "proxy.lr_step_fractions must be increasing"),
