@@ -147,16 +147,21 @@ def test_an_unknown_method_is_named_before_anything_is_written(tmp_path: Path) -
     assert journal_proposer({"search": {"rounds": 2}}) is PPOProposer  # journals before the key
 
 
-def test_the_ppo_method_samples_and_updates_as_its_policy(tmp_path: Path) -> None:
-    settings = load_settings(None, tiny_search_overrides(tmp_path, rounds=2, candidates=4))
+def _ppo_and_its_policy(settings: Any) -> Tuple[PPOProposer, TruncatedNormalPolicy]:
+    """The ppo method of one RetinaNet head and a policy built alone from the same settings."""
     space = SearchSpace(["RETINANET"])
-    proposer = PPOProposer.from_settings(settings, space)
     policy = TruncatedNormalPolicy(
         space.identity_theta(),
         sigma_schedule=settings.policy.sigma,
         ppo=settings.policy.ppo,
         seed=settings.search.seed,
     )
+    return PPOProposer.from_settings(settings, space), policy
+
+
+def test_the_ppo_method_samples_and_updates_as_its_policy(tmp_path: Path) -> None:
+    settings = load_settings(None, tiny_search_overrides(tmp_path, rounds=2, candidates=4))
+    proposer, policy = _ppo_and_its_policy(settings)
     for _ in range(2):
         candidates = proposer.propose()
         thetas = policy.sample(4)
@@ -188,14 +193,7 @@ def test_rank_advantages_update_the_policy_as_its_shaped_rewards(tmp_path: Path)
     settings = load_settings(
         None, tiny_search_overrides(tmp_path, rounds=2, candidates=5) + ["search.baseline=rank"]
     )
-    space = SearchSpace(["RETINANET"])
-    proposer = PPOProposer.from_settings(settings, space)
-    policy = TruncatedNormalPolicy(
-        space.identity_theta(),
-        sigma_schedule=settings.policy.sigma,
-        ppo=settings.policy.ppo,
-        seed=settings.search.seed,
-    )
+    proposer, policy = _ppo_and_its_policy(settings)
     candidates = proposer.propose()
     thetas = policy.sample(5)
     # one outlier reward: rank shaping ignores how far it lies from the others
