@@ -37,7 +37,7 @@ from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 from paploss.search.screening.batch import HeadBatch, build_screening_batches
 from paploss.search.screening.equivalence import EquivalenceRegistry
 from paploss.search.screening.rejection import RejectionProtocol, RejectionResult
-from paploss.search.screening.screener import ScreeningDecision, Screener
+from paploss.search.screening.screener import Screener, ScreeningDecision
 from paploss.search.settings import ScreeningSettings
 
 from .branches import BRANCHES, parse_branch

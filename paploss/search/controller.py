@@ -460,15 +460,7 @@ class SearchController:
                 self._new_trials(round_index, more, seed, start=len(trials)),
                 earlier=trials,
             )
-        if loop.max_proposals:
-            to_train = sum(t.role == "sample" and t.status == "pending" for t in trials)
-            logger.info(
-                "round %d/%d: %d proposal(s) for %d candidate(s) to train",
-                round_index + 1,
-                loop.rounds,
-                len(trials),
-                to_train,
-            )
+        screening.log_round(round_index, trials)
         return trials
 
     def _new_trials(

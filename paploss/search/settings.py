@@ -867,9 +867,8 @@ def settings_summary(settings: SearchSettings) -> List[str]:
     """A few human-readable lines describing the search (for logs)."""
     loop, proxy = settings.search, settings.proxy
     per_round = loop.candidates + (1 if loop.score_mean else 0)
-    rounds = (
-        f"rounds: {loop.rounds} x {per_round} trials ({loop.candidates} samples"
-        + (" + the policy mean)" if loop.score_mean else ")")
+    rounds = f"rounds: {loop.rounds} x {per_round} trials ({loop.candidates} samples" + (
+        " + the policy mean)" if loop.score_mean else ")"
     )
     if loop.max_proposals:
         rounds += f", up to {loop.max_proposals} proposals per round to find them"

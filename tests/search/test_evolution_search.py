@@ -257,13 +257,12 @@ def test_a_model_or_setting_the_method_cannot_search_is_named_before_anything_is
     tmp_path: Path,
 ) -> None:
     pap_model = load_settings(
-        None, tiny_search_overrides(tmp_path) + ["search.method=evolution", "search.score_mean=false"]
+        None,
+        tiny_search_overrides(tmp_path) + ["search.method=evolution", "search.score_mean=false"],
     )
     with pytest.raises(SearchError, match="MODEL.PAPLOSS.LOSS is 'pap'"):
         SearchController(pap_model, tmp_path / "a", trial_fn=expression_reward).run()
-    with_mean = load_settings(
-        None, graph_search_overrides(tmp_path) + ["search.score_mean=true"]
-    )
+    with_mean = load_settings(None, graph_search_overrides(tmp_path) + ["search.score_mean=true"])
     with pytest.raises(SearchError, match="search.score_mean: the evolution method has no mean"):
         SearchController(with_mean, tmp_path / "b", trial_fn=expression_reward).run()
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

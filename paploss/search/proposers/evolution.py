@@ -87,7 +87,9 @@ class EvolutionProposer(Proposer):
                 "search.score_mean: false"
             )
         return cls(
-            cls.SEARCH(settings.evolution_settings()), candidates=loop.candidates, rounds=loop.rounds
+            cls.SEARCH(settings.evolution_settings()),
+            candidates=loop.candidates,
+            rounds=loop.rounds,
         )
 
     @classmethod

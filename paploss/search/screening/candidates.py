@@ -71,6 +71,7 @@ class CandidateScreening:
         self._trials_dir = trials_dir
         self._space = space
         self._screener: Optional[Any] = None  # the space's screener, built on first use
+        self._seconds = 0.0  # spent screening since the last log_round
 
     @property
     def active(self) -> bool:
@@ -99,20 +100,27 @@ class CandidateScreening:
         with torch_threads(self.settings.proxy.num_threads):
             for index, trial in enumerate(trials, start=len(decided)):
                 decided.append(self._screen(screener, trial, (round_index, index), decided))
-        decided = decided[len(earlier) :]
-        samples = [t for t in decided if t.role == "sample"]
+        self._seconds += time.perf_counter() - start
+        return decided[len(earlier) :]
+
+    def log_round(self, round_index: int, trials: Sequence[NewTrial]) -> None:
+        """Log what the screening decided about the round's ``trials`` (once all are screened),
+        with the time spent since the last such log."""
+        if not self.active:
+            return
+        samples = [t for t in trials if t.role == "sample"]
         logger.info(
             "round %d/%d: screened %d sample(s) in %.1f s: %d rejected, %d duplicate(s), "
             "%d to train",
             round_index + 1,
             self.settings.search.rounds,
             len(samples),
-            time.perf_counter() - start,
+            self._seconds,
             sum(t.status == "rejected" for t in samples),
             sum(t.status == "duplicate" for t in samples),
             sum(t.status == "pending" for t in samples),
         )
-        return decided
+        self._seconds = 0.0
 
     def _screen(
         self,
