@@ -6,6 +6,7 @@ Usage::
     python benchmarks/bench_search_methods.py                   # configs/search/evolution_faster_rcnn.yaml
     python benchmarks/bench_search_methods.py --seeds 0 1 search.rounds=3
     python benchmarks/bench_search_methods.py --report-only     # the table of finished searches
+    python benchmarks/bench_search_methods.py --reference       # + CE + GIoU, one proxy training
 
 Each (method, seed) runs the search of ``--config`` (with the trailing ``section.key=value``
 overrides and ``search.seed``) into ``--output/<method>_seed<seed>``; a finished search is not
@@ -13,7 +14,9 @@ run again (a stopped one is resumed). The table lists per search: proxy training
 what the screening did with them, the best reward (bbox AP of the proxy on its validation split),
 the best losses, and the wall time of the run. With ``search.max_proposals`` every round trains
 ``search.candidates`` candidates as long as enough proposals pass the screening, so both methods
-spend the same proxy compute.
+spend the same proxy compute. ``--reference`` adds one proxy training of the hand-written
+losses (the model config's expressions, CE + GIoU by default) with the seed of the searches'
+first round, for scale.
 """
 
 import argparse
@@ -43,6 +46,23 @@ def _run(config: str, method: str, seed: int, overrides: List[str], output: Path
     return time.perf_counter() - start
 
 
+def _reference(config: str) -> List[str]:
+    """Overrides of a one-trial search that trains the model config's own expressions."""
+    import json
+
+    from paploss.engine import load_config
+    from paploss.search.settings import load_settings
+
+    graph = load_config(load_settings(config).model.config).MODEL.PAPLOSS.GRAPH
+    initial = json.dumps([{"cls": graph.CLS, "box": graph.BOX}])
+    return [
+        "search.rounds=1",
+        "search.candidates=1",
+        "search.max_proposals=0",
+        f"evolution.initial={initial}",
+    ]
+
+
 def _closed_rounds(output: Path) -> int:
     from paploss.search.journal import SearchJournal
 
@@ -68,7 +88,7 @@ def _row(output: Path, wall_s: Optional[float]) -> Dict[str, str]:
     losses = "-"
     if best is not None:
         losses = (
-            f"{best.overrides['MODEL.PAPLOSS.GRAPH.CLS']} | "
+            f"{best.overrides['MODEL.PAPLOSS.GRAPH.CLS']} \\| "
             f"{best.overrides['MODEL.PAPLOSS.GRAPH.BOX']}"
         )
     return {
@@ -83,7 +103,7 @@ def _row(output: Path, wall_s: Optional[float]) -> Dict[str, str]:
         "mean AP": _mean([t.reward for t in trials if t.status == "done"]),
         "train CPU-min": f"{train_s / 60:.1f}",
         "wall min": f"{(wall_s if wall_s else span) / 60:.1f}",
-        "best losses (cls | box)": losses,
+        "best losses (cls \\| box)": losses,
     }
 
 
@@ -107,18 +127,26 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
     parser.add_argument("--output", default="output/bench_search_methods")
     parser.add_argument("--report-only", action="store_true", help="only print the table")
+    parser.add_argument(
+        "--reference", action="store_true", help="also train the model config's own losses once"
+    )
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="settings overrides")
     args = parser.parse_args(argv)
 
+    runs = [(method, seed, args.overrides) for seed in args.seeds for method in args.methods]
+    if args.reference:
+        runs += [
+            ("reference", seed, args.overrides + _reference(args.config)) for seed in args.seeds
+        ]
     rows = []
-    for seed in args.seeds:
-        for method in args.methods:
-            output = Path(args.output).absolute() / f"{method}_seed{seed}"
-            wall_s = None
-            if not args.report_only:
-                wall_s = _run(args.config, method, seed, args.overrides, output) or None
-            if (output / "journal.sqlite").exists():
-                rows.append(_row(output, wall_s))
+    for method, seed, overrides in runs:
+        output = Path(args.output).absolute() / f"{method}_seed{seed}"
+        wall_s = None
+        if not args.report_only:
+            search = "evolution" if method == "reference" else method
+            wall_s = _run(args.config, search, seed, overrides, output) or None
+        if (output / "journal.sqlite").exists():
+            rows.append(_row(output, wall_s))
     if rows:
         print(f"\n{args.config} {' '.join(args.overrides)}")
         _print_table(rows)
