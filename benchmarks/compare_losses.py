@@ -7,12 +7,16 @@ evaluated with COCO AP on the test set. Every row of a table shares one optimise
 clipping off (the setting of ``configs/Base-Synthetic.yaml``) or ``--clip on`` for all rows;
 ``--clip both`` makes both tables (clipping helps the PAP rows and hurts stock RetinaNet early in
 training, so both are worth seeing). The table reports, per row, the mean ± sample standard
-deviation over the seeds of AP, AP50, AP75 and the median seconds per iteration.
+deviation over the seeds of AP, AP50, AP75 (box AP), of the mask AP for detectors with masks
+(Mask R-CNN; the column appears when such rows are in the table), and the median seconds per
+iteration.
 
 Rows:
 
 * ``main``: stock, AP-Loss, aLRP, RS and PAP (identity and published functions) for RetinaNet and
-  Faster R-CNN, each config as shipped (the PAP configs carry the published PAP recipe).
+  Faster R-CNN, each config as shipped (the PAP configs carry the published PAP recipe); Mask
+  R-CNN stock, RS, PAP with the box quality and PAP with the mask-IoU quality
+  (``configs/synthetic/*mask_rcnn*.yaml`` as shipped).
 * ``ablation``: PAP with identity functions with one recipe choice at a time switched back to
   what the PAP heads used before: RPN ranking all anchors, R-CNN proposals with ground-truth
   boxes added (all, or Detectron2's 128-RoI sample), box-delta weights (1, 1, 1, 1), 3 RetinaNet
@@ -27,6 +31,7 @@ folder, or pass ``--fresh``, to retrain). The summary goes to ``<output>/results
     python benchmarks/compare_losses.py --rows main --detectors retinanet --seeds 1 \\
         --iterations 400 --jobs 2
     python benchmarks/compare_losses.py --iterations retinanet=1500 faster_rcnn=600 --clip both
+    python benchmarks/compare_losses.py --detectors mask_rcnn --seeds 3 --jobs 2
 """
 
 import argparse
@@ -45,16 +50,31 @@ import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DETECTORS = ("retinanet", "faster_rcnn")
-DETECTOR_NAMES = {"retinanet": "RetinaNet", "faster_rcnn": "Faster R-CNN"}
+DETECTORS = ("retinanet", "faster_rcnn", "mask_rcnn")
+DETECTOR_NAMES = {
+    "retinanet": "RetinaNet",
+    "faster_rcnn": "Faster R-CNN",
+    "mask_rcnn": "Mask R-CNN",
+}
+#: Detectors that predict instance masks: their rows also report COCO mask (segm) AP.
+DETECTORS_WITH_MASKS = ("mask_rcnn",)
 #: Default iterations per detector (batch 8, 600 training images: 75 iterations per epoch).
 #: At 400 iterations stock RetinaNet is at 1.75 AP (noise); at 1500 it reaches 19.7 AP.
-DEFAULT_ITERATIONS = {"retinanet": 1500, "faster_rcnn": 500}
+DEFAULT_ITERATIONS = {"retinanet": 1500, "faster_rcnn": 500, "mask_rcnn": 500}
 #: Reference seconds per iteration (batch 8, one torch thread, this project's 2-core CPU machine)
-#: used to start the longest trainings first and to estimate the wall time.
-SECONDS_PER_ITERATION = {"retinanet": 0.11, "faster_rcnn_sampled": 0.43, "faster_rcnn_all": 1.27}
-#: Start-up and evaluation (200 images) of one training, in seconds, same machine.
-OVERHEAD_SECONDS = 30.0
+#: used to start the longest trainings first and to estimate the wall time. Mask R-CNN: two runs
+#: of 20 iterations of each row, two at a time on a busy machine (stock 1.27 / 1.56, PAP box
+#: quality 1.49 / 1.57, PAP mask_iou quality 1.35 / 1.67, RS 3.31 / 2.69).
+SECONDS_PER_ITERATION = {
+    "retinanet": 0.11,
+    "faster_rcnn_sampled": 0.43,
+    "faster_rcnn_all": 1.27,
+    "mask_rcnn_sampled": 1.5,
+    "mask_rcnn_all": 3.0,
+}
+#: Start-up and evaluation (200 images) of one training, in seconds, same machine; the mask AP
+#: evaluation pastes and encodes every detection's mask (about 85 s of the Mask R-CNN's).
+OVERHEAD_SECONDS = {"retinanet": 30.0, "faster_rcnn": 30.0, "mask_rcnn": 105.0}
 #: The gradient-clipping setting of a table when ``--clip`` is not given: the one of the configs.
 DEFAULT_CLIP = "off"
 
@@ -64,7 +84,7 @@ class Row:
     """One row of the table: a config with overrides, trained for every seed.
 
     Attributes:
-        detector: ``"retinanet"`` or ``"faster_rcnn"``.
+        detector: a name in :data:`DETECTORS`.
         name: the row's label in the table.
         config: the config file, relative to the repository root.
         opts: Detectron2 overrides ``(key, value, key, value, ...)``.
@@ -143,6 +163,18 @@ def _rows() -> List[Row]:
         Row("faster_rcnn", "pap identity, clipping", pap_frcnn, (), "ablation", "faster_rcnn_all",
             flip_clip=True)
     )  # fmt: skip
+    # last, so that the rows before keep their order in stored results
+    rows += [
+        Row("mask_rcnn", name, path.format(config), cost=cost)
+        for name, config, cost in [
+            ("stock (CE + smooth L1, BCE masks; 128 sampled RoIs)", "mask_rcnn_stock",
+             "mask_rcnn_sampled"),
+            ("rs (all RoIs)", "rs_mask_rcnn", "mask_rcnn_all"),
+            ("pap identity, box quality (128 sampled RoIs)", "pap_mask_rcnn", "mask_rcnn_sampled"),
+            ("pap identity, mask_iou quality (128 sampled RoIs)", "pap_mask_rcnn_mask_iou",
+             "mask_rcnn_sampled"),
+        ]
+    ]  # fmt: skip
     return rows
 
 
@@ -175,7 +207,8 @@ class Job:
 
     @property
     def estimated_seconds(self) -> float:
-        return SECONDS_PER_ITERATION[self.row.cost] * self.iterations + OVERHEAD_SECONDS
+        overhead = OVERHEAD_SECONDS[self.row.detector]
+        return SECONDS_PER_ITERATION[self.row.cost] * self.iterations + overhead
 
 
 def parse_iterations(values: Sequence[str]) -> Dict[str, int]:
@@ -207,7 +240,12 @@ def training_command(job: Job, args: argparse.Namespace) -> List[str]:
             *job.row.opts, *clip, *device, *args.opts]  # fmt: skip
 
 
-def _read_metrics(folder: str) -> Dict[str, float]:
+#: Table metrics of a run: (name in the records, key in Detectron2's metrics.json).
+BOX_METRICS = (("AP", "bbox/AP"), ("AP50", "bbox/AP50"), ("AP75", "bbox/AP75"))
+MASK_METRICS = (("mask AP", "segm/AP"), ("mask AP50", "segm/AP50"), ("mask AP75", "segm/AP75"))
+
+
+def _read_metrics(folder: str, masks: bool) -> Dict[str, float]:
     records = []
     with open(os.path.join(folder, "metrics.json")) as f:
         for line in f:
@@ -218,13 +256,13 @@ def _read_metrics(folder: str) -> Dict[str, float]:
     if not evaluated:
         raise ValueError("no bbox/AP in metrics.json")
     final = max(evaluated, key=lambda r: r.get("iteration", -1))
-    times = [r["time"] for r in records if "time" in r][1:]
-    return {
-        "AP": final["bbox/AP"],
-        "AP50": final["bbox/AP50"],
-        "AP75": final["bbox/AP75"],
-        "s/iter": statistics.median(times) if times else float("nan"),
-    }
+    if masks and "segm/AP" not in final:
+        raise ValueError("no segm/AP in metrics.json")
+    times = [r["time"] for r in records if "time" in r]
+    times = times[1:] or times  # the first period's times include the start; keep a lone one
+    metrics = {name: final[key] for name, key in BOX_METRICS + (MASK_METRICS if masks else ())}
+    metrics["s/iter"] = statistics.median(times) if times else float("nan")
+    return metrics
 
 
 def run_job(job: Job, args: argparse.Namespace) -> dict:
@@ -246,7 +284,7 @@ def run_job(job: Job, args: argparse.Namespace) -> dict:
     record = {
         "detector": job.row.detector,
         "row": job.label,
-        "order": ROWS.index(job.row),
+        "order": args.table_rows.index(job.row),
         "group": job.row.group,
         "clip": job.clip,
         "seed": job.seed,
@@ -257,7 +295,8 @@ def run_job(job: Job, args: argparse.Namespace) -> dict:
     try:
         if returncode != 0:
             raise RuntimeError(f"exit code {returncode}")
-        record.update(status="ok", **_read_metrics(folder))
+        masks = job.row.detector in DETECTORS_WITH_MASKS
+        record.update(status="ok", **_read_metrics(folder, masks))
         if not args.keep_checkpoints:  # a table needs the metrics only; keep the output small
             for name in os.listdir(folder):
                 if name.endswith(".pth") or name == "last_checkpoint":
@@ -266,7 +305,9 @@ def run_job(job: Job, args: argparse.Namespace) -> dict:
         with open(os.path.join(folder, "train.log")) as log:
             lines = [line.strip() for line in log if line.strip()]
         last = lines[-1][:160] if lines else ""
-        diverged = any("FloatingPointError" in line for line in lines[-50:])
+        diverged = any(
+            "FloatingPointError" in line or "NaN or infinite" in line for line in lines[-50:]
+        )
         record.update(status="diverged" if diverged else "failed", error=f"{e}: {last}")
     with open(result_file, "w") as f:
         json.dump(record, f, indent=1)
@@ -306,28 +347,38 @@ def summarise(records: List[dict]) -> List[dict]:
             "seeds": sorted(r["seed"] for r in ok),
             "not_ok": {r["seed"]: r["status"] for r in group if r["status"] != "ok"},
         }
-        for metric in ("AP", "AP50", "AP75", "s/iter"):
+        metrics = [name for name, _ in BOX_METRICS] + ["s/iter"]
+        if detector in DETECTORS_WITH_MASKS:
+            metrics += [name for name, _ in MASK_METRICS]
+        for metric in metrics:
             entry[metric] = dict(zip(("mean", "std"), _mean_std([r[metric] for r in ok])))
         summary.append(entry)
     return summary
 
 
+def _cell(entry: dict, metric: str) -> str:
+    """``mean ± std`` of ``metric``, or "–" (not measured, or no mask AP for this detector)."""
+    value = entry.get(metric, {"mean": math.nan})
+    return "–" if math.isnan(value["mean"]) else f"{value['mean']:.2f} ± {value['std']:.2f}"
+
+
 def markdown_table(summary: List[dict]) -> str:
-    """One table per gradient-clipping setting."""
+    """One table per gradient-clipping setting; box AP columns, and a mask AP column when the
+    table has a detector with masks ("–" in the rows of the others)."""
     lines = []
     for clip in sorted({entry["clip"] for entry in summary}):
+        entries = [e for e in summary if e["clip"] == clip]
+        metrics = ["AP", "AP50", "AP75"]
+        if any(e["detector"] in DETECTORS_WITH_MASKS for e in entries):
+            metrics.append("mask AP")
         lines += [
             f"Gradient clipping {'on' if clip else 'off'} in every row (but the clipping ablation):",
             "",
-            "| model | row | AP | AP50 | AP75 | s/iter | seeds |",
-            "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+            f"| model | row | {' | '.join(metrics)} | s/iter | seeds |",
+            "| --- | --- | " + "---: | " * len(metrics) + "---: | ---: |",
         ]
-        for entry in (e for e in summary if e["clip"] == clip):
-            cells = [
-                "–" if math.isnan(entry[m]["mean"])
-                else f"{entry[m]['mean']:.2f} ± {entry[m]['std']:.2f}"
-                for m in ("AP", "AP50", "AP75")
-            ]  # fmt: skip
+        for entry in entries:
+            cells = [_cell(entry, metric) for metric in metrics]
             s_iter = entry["s/iter"]["mean"]
             seeds = str(len(entry["seeds"]))
             if entry["not_ok"]:
@@ -341,11 +392,21 @@ def markdown_table(summary: List[dict]) -> str:
     return "\n".join(lines)
 
 
+def added_row(detector: str, name: str, config: str) -> Row:
+    """A main row of ``--add-row``: ``config`` trained as shipped, ranking every RoI."""
+    if detector not in DETECTORS:
+        raise SystemExit(f"--add-row: unknown detector {detector!r} (use {DETECTORS})")
+    if not os.path.isfile(config):
+        raise SystemExit(f"--add-row: config file {config!r} does not exist")
+    cost = detector if detector == "retinanet" else f"{detector}_all"
+    return Row(detector, name, os.path.abspath(config), cost=cost)
+
+
 def build_jobs(args: argparse.Namespace, iterations: Dict[str, int]) -> List[Job]:
     clips = {"off": [False], "on": [True], "both": [False, True]}[args.clip]
     jobs = []
     for clip in clips:
-        for row in ROWS:
+        for row in args.table_rows:
             if row.detector not in args.detectors or args.rows not in ("all", row.group):
                 continue
             if args.match and not re.search(args.match, f"{row.detector} | {row.name}"):
@@ -391,7 +452,12 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
     parser.add_argument(
         "--opts", nargs="*", default=[], metavar="KEY VALUE", help="config overrides for every run"
     )
+    parser.add_argument(
+        "--add-row", nargs=3, action="append", default=[], metavar=("DETECTOR", "NAME", "CONFIG"),
+        help="one more main row: a config file (e.g. a searched loss's export) for a detector",
+    )  # fmt: skip
     args = parser.parse_args(argv)
+    args.table_rows = ROWS + [added_row(*values) for values in args.add_row]
     if args.seeds < 1 or args.jobs < 1:
         raise SystemExit("--seeds and --jobs must be >= 1")
     args.output = os.path.abspath(args.output)
@@ -422,7 +488,12 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
             record = future.result()
             records.append(record)
             status = "reused" if record.get("reused") else record["status"]
-            ap = f"AP {record['AP']:.2f}" if record["status"] == "ok" else record.get("error", "")
+            if record["status"] == "ok":
+                ap = f"AP {record['AP']:.2f}"
+                if "mask AP" in record:
+                    ap += f", mask AP {record['mask AP']:.2f}"
+            else:
+                ap = record.get("error", "")
             print(
                 f"[{len(records)}/{len(jobs)} {time.time() - start:6.0f} s] "
                 f"{DETECTOR_NAMES[record['detector']]} | {record['row']}"

@@ -1,6 +1,13 @@
 """Training and evaluation on top of Detectron2's ``DefaultTrainer`` (exact resume, early stop of
-invalid trainings), config set-up and the start-up checks of a config against its datasets."""
+invalid trainings), config set-up, the start-up checks of a config against its datasets, and the
+config keys and optimizers that projects register (:mod:`paploss.engine.extensions`)."""
 
+from .extensions import (
+    config_extensions,
+    optimizer_builder,
+    register_config_extension,
+    register_optimizer,
+)
 from .hooks import (
     ConstantLossError,
     InvalidTrainingError,
@@ -22,11 +29,15 @@ __all__ = [
     "RandomStateHook",
     "ResumableTrainingSampler",
     "Trainer",
+    "config_extensions",
     "default_output_dir",
     "fast_coco_eval_available",
     "get_random_state",
     "heads_used",
     "load_config",
+    "optimizer_builder",
+    "register_config_extension",
+    "register_optimizer",
     "set_random_state",
     "setup_cfg",
     "steps_from_fractions",

@@ -1,7 +1,9 @@
 """Building a frozen Detectron2 config with paploss's keys and datasets.
 
-Besides merging, :func:`load_config` applies three rules that make a config fit the data it names
-(see the README, "Training on your own data"):
+A config has paploss's keys and those of the projects that registered a config extension for its
+meta-architecture (:func:`paploss.engine.extensions.register_config_extension`). Besides merging,
+:func:`load_config` applies three rules that make a config fit the data it names (see the README,
+"Training on your own data"):
 
 * relative ``json_file`` / ``image_root`` paths in ``MODEL.PAPLOSS.DATASETS`` resolve against the
   folder of the config file that sets them, as ``_BASE_`` paths do (paths given on the command
@@ -19,6 +21,8 @@ from typing import Any, List, Optional, Sequence, Tuple
 import yaml
 from detectron2.config import CfgNode, get_cfg
 
+from .extensions import config_extensions
+
 __all__ = [
     "default_output_dir",
     "load_config",
@@ -35,7 +39,9 @@ def load_config(config_file: Optional[str] = None, opts: Sequence = ()) -> CfgNo
 
     Importing :mod:`paploss.modeling` here registers the heads and the tiny backbones, and
     :mod:`paploss.data` registers the synthetic dataset, so any name a config uses resolves.
-    Then the rules of this module's docstring are applied (dataset paths, ``OUTPUT_DIR``,
+    The config extensions registered for the config's ``MODEL.META_ARCHITECTURE`` (as the
+    overrides, else the file's ``_BASE_`` chain, set it) add their keys before the merge. Then
+    the rules of this module's docstring are applied (dataset paths, ``OUTPUT_DIR``,
     ``SOLVER.STEPS``).
 
     Raises:
@@ -50,9 +56,11 @@ def load_config(config_file: Optional[str] = None, opts: Sequence = ()) -> CfgNo
 
     cfg = get_cfg()
     add_paploss_config(cfg)
+    if config_file and not os.path.isfile(config_file):
+        raise FileNotFoundError(f"config file '{config_file}' does not exist")
+    for extend in config_extensions(_meta_architecture(cfg, config_file, opts)):
+        extend(cfg)
     if config_file:
-        if not os.path.isfile(config_file):
-            raise FileNotFoundError(f"config file '{config_file}' does not exist")
         _merge(cfg.merge_from_file, config_file, f"config file '{config_file}'")
     _merge(cfg.merge_from_list, list(opts), "command-line overrides")
     opt_keys = {str(key) for key in list(opts)[::2]}
@@ -78,6 +86,20 @@ def load_config(config_file: Optional[str] = None, opts: Sequence = ()) -> CfgNo
     if fractions and "SOLVER.STEPS" not in opt_keys:
         cfg.SOLVER.STEPS = steps_from_fractions(fractions, cfg.SOLVER.MAX_ITER)
     return cfg
+
+
+def _meta_architecture(cfg: CfgNode, config_file: Optional[str], opts: Sequence) -> str:
+    """``MODEL.META_ARCHITECTURE`` as the merge will set it: the last override, else the value
+    of the nearest file of ``config_file``'s ``_BASE_`` chain, else ``cfg``'s default."""
+    opts = list(opts)
+    for key, value in reversed(list(zip(opts[::2], opts[1::2]))):
+        if str(key) == "MODEL.META_ARCHITECTURE":
+            return str(value)
+    if config_file:
+        found = _find_setting(config_file, ("MODEL", "META_ARCHITECTURE"))
+        if found is not None:
+            return str(found[1])
+    return cfg.MODEL.META_ARCHITECTURE
 
 
 def _merge(merge, source, description: str) -> None:
@@ -144,6 +166,15 @@ def _file_setting(
 ) -> Optional[str]:
     """The file of ``config_file``'s ``_BASE_`` chain whose value of ``keys`` the merge keeps
     (the one nearest to ``config_file`` that sets it), or None."""
+    found = _find_setting(config_file, keys, follow_base)
+    return None if found is None else found[0]
+
+
+def _find_setting(
+    config_file: str, keys: Tuple[str, ...], follow_base: bool = True
+) -> Optional[Tuple[str, Any]]:
+    """``(file, value)`` of the nearest file of ``config_file``'s ``_BASE_`` chain that sets
+    ``keys``, or None."""
     seen: List[str] = []
     path: Optional[str] = config_file
     while path is not None and path not in seen and os.path.isfile(path):
@@ -154,7 +185,7 @@ def _file_setting(
         for key in keys:
             node = node.get(key) if isinstance(node, dict) else None
         if node is not None:
-            return path
+            return path, node
         base = content.get("_BASE_") if isinstance(content, dict) and follow_base else None
         path = resolve_config_path(base, path) if isinstance(base, str) else None
     return None

@@ -13,6 +13,7 @@ from detectron2.evaluation import COCOEvaluator
 
 from paploss.data import ensure_dataset_files
 from paploss.data.mapper import build_train_mapper
+from paploss.engine.extensions import optimizer_builder
 from paploss.engine.hooks import RandomStateHook
 from paploss.engine.sampler import ResumableTrainingSampler
 
@@ -34,7 +35,8 @@ def fast_coco_eval_available() -> bool:
 
 
 class Trainer(DefaultTrainer):
-    """``DefaultTrainer`` that evaluates with COCO AP and resumes exactly.
+    """``DefaultTrainer`` that evaluates with COCO AP, resumes exactly and builds the optimizer a
+    project registered for its meta-architecture.
 
     Checkpoints always hold the model, the optimizer (incl. momentum buffers), the LR scheduler
     and the iteration; older Detectron2 releases leave the optimizer out of ``DefaultTrainer``'s
@@ -46,6 +48,15 @@ class Trainer(DefaultTrainer):
     :mod:`paploss.engine.sampler`). A subclass whose ``build_train_loader`` builds another loader
     resumes weights, optimizer and schedule only.
     """
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        """The optimizer a project registered for ``MODEL.META_ARCHITECTURE``
+        (:func:`paploss.engine.extensions.register_optimizer`), else Detectron2's."""
+        builder = optimizer_builder(cfg.MODEL.META_ARCHITECTURE)
+        if builder is None:
+            return super().build_optimizer(cfg, model)
+        return builder(cfg, model)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

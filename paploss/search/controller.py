@@ -42,6 +42,8 @@ Output folder layout::
     <output>/journal.sqlite       the journal
     <output>/settings.yaml        a readable copy of the settings the search was started with
     <output>/model_config.yaml    the searched model's merged config, which every trial trains
+    <output>/warm_start/          with proxy.warm_start: the checkpoint every trial starts from,
+                                  trained once before the first round (a trial of its own)
     <output>/trials/round000_trial00/ ...   one folder per trial (see paploss.search.trials.runner)
     <output>/jobs/                submitit's pickles and job logs
 """
@@ -75,6 +77,8 @@ from paploss.search.screening.candidates import (
 )
 from paploss.search.settings import LAUNCHER_KINDS, SearchSettings, settings_summary
 from paploss.search.trials.runner import TrialResult, TrialSpec, run_trial, trial_folder_name
+from paploss.search.trials.warm_start import WARM_START_FOLDER, warm_start_spec, warm_start_weights
+from paploss.utils.imports import import_modules
 from paploss.utils.io import atomic_write
 
 __all__ = [
@@ -182,12 +186,15 @@ def model_config_digest(config_file: str) -> str:
 def model_config_changed(stored_settings: Dict) -> bool:
     """Whether the searched model's config files now merge to another config than they did when
     the search started (an export, which inherits from them, would then train something else).
+    The search's ``model.imports`` are imported first, as the search did.
     """
-    config = stored_settings.get("model", {}).get("config")
+    model = stored_settings.get("model", {})
+    config = model.get("config")
     stored = stored_settings.get("model_config_sha256")
     if not config or not stored:
         return False
     try:
+        import_modules(model.get("imports") or (), model.get("python_path") or ())
         return model_config_digest(config) != stored
     except Exception:  # a config that no longer loads has changed as well
         return True
@@ -240,6 +247,7 @@ class SearchController:
         self._screening: Optional[CandidateScreening] = None
         self._trials_run = 0
         self._datasets_root: Optional[str] = None
+        self._init_weights: Optional[str] = None
 
     # ------------------------------------------------------------------ public
     def run(self) -> SearchSummary:
@@ -247,8 +255,8 @@ class SearchController:
 
         Raises:
             SearchError: for an output folder that already holds a search (without ``resume``)
-                or none (with ``resume``), a model without PAP-loss heads, or a round in which no
-                trial could be scored.
+                or none (with ``resume``), a module of ``model.imports`` that fails to import, a
+                model without PAP-loss heads, or a round in which no trial could be scored.
             JournalError: for a corrupt or foreign journal, or different settings on resume.
             LaunchError: when trials cannot be submitted.
         """
@@ -258,6 +266,8 @@ class SearchController:
             journal, proposer = self._journal, self._proposer
             assert journal is not None and proposer is not None
             total = self.settings.search.rounds
+            if self._first_round() < total:
+                self._init_weights = self._prepare_warm_start()
             for round_index in range(self._first_round(), total):
                 self._run_round(round_index)
             rounds = journal.rounds()
@@ -300,6 +310,11 @@ class SearchController:
             output.require_journal()
         else:
             self._check_launcher()  # before anything is written
+        model = self.settings.model
+        try:  # the project's registrations: config keys, heads, optimizer
+            import_modules(model.imports, model.python_path)
+        except ImportError as exc:
+            raise SearchError(str(exc)) from None
         space, merged_config = self._build_space(method)
         self._space = space
         try:
@@ -355,6 +370,8 @@ class SearchController:
             cfg = load_config(model.config)
         except Exception as exc:  # Detectron2 raises plain exceptions for bad config files
             raise SearchError(f"cannot load the model config '{model.config}': {exc}") from None
+        # a SettingsError naming proxy.reward_task, before anything is written
+        self.settings.proxy.check_model_config(cfg, model.config)
         try:
             space = method.build_space(self.settings, cfg)
         except ValueError as exc:
@@ -758,7 +775,47 @@ class SearchController:
             output_dir=str(self.output.root / trial.folder),
             datasets_root=self._datasets_root,
             early_stop=early_stop if early_stop.enabled else None,
+            init_weights=self._init_weights,
+            imports=self.settings.model.imports,
+            python_path=self.settings.model.python_path,
         )
+
+    def _prepare_warm_start(self) -> Optional[str]:
+        """Train (or reuse) the warm-start checkpoint of ``proxy.warm_start``; its path or None.
+
+        Raises:
+            SearchError: when the warm-start training fails.
+        """
+        spec = warm_start_spec(
+            self.settings.proxy,
+            str(self.output.model_config),
+            str(self.output.root / WARM_START_FOLDER),
+            self._datasets_root,
+            imports=self.settings.model.imports,
+            python_path=self.settings.model.python_path,
+        )
+        if spec is None:
+            return None
+        weights = warm_start_weights(spec)
+        logger.info(
+            "warm start: training the searched model with the %s loss for %d iterations "
+            "(once; every proxy training starts from it)",
+            self.settings.proxy.warm_start.loss,
+            spec.proxy.iterations,
+        )
+        launcher = self._make_launcher()
+        (outcome,) = launcher.wait(launcher.submit(self.trial_fn, [spec]))
+        result = outcome.result if outcome.ok else None
+        if result is None or result.status != "done" or not os.path.isfile(weights):
+            why = outcome.message if result is None else (result.reason or result.status)
+            raise SearchError(f"the warm start in {spec.output_dir} did not finish: {why}")
+        logger.info(
+            "warm start: bbox AP %.2f on %s%s",
+            result.reward,
+            self.settings.proxy.val_dataset,
+            " (reused)" if result.reused else "",
+        )
+        return weights
 
     def _job_label(self, handle: TrialHandle) -> Optional[str]:
         """``"<launcher kind>:<job id>"``: only jobs of the same kind can be re-attached."""

@@ -3,7 +3,8 @@
 A search is described by a YAML file (``configs/search/*.yaml``) with these sections::
 
     model:     the searched detector (a Detectron2 config file) and which loss groups to search
-    proxy:     the short proxy training that scores a candidate        (ProxySettings)
+    proxy:     the short proxy training that scores a candidate, and its reward: box AP, or mask
+               AP for a Mask R-CNN (reward_task: bbox | segm)           (ProxySettings)
     search:    method, rounds, candidates per round, seeds, retries    (SearchLoopSettings)
     policy:    σ schedule and PPO hyper-parameters of the ``ppo`` method (SigmaSchedule, PPOConfig)
     evolution: population, tournament and graph limits of the ``evolution`` and ``random``
@@ -45,6 +46,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Dict, List, Mapping, Optional, 
 
 import yaml
 
+from paploss.utils.imports import check_importable
 from paploss.utils.validation import check_int, check_number, is_int, is_number
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -53,10 +55,12 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "SettingsError",
     "LAUNCHER_KINDS",
+    "REWARD_TASKS",
     "BASELINES",
     "DEFAULT_METHOD",
     "ModelSettings",
     "ProxySettings",
+    "WarmStartSettings",
     "SearchLoopSettings",
     "SigmaSchedule",
     "PPOConfig",
@@ -75,8 +79,11 @@ __all__ = [
 
 #: Where trials run: in the controller's process, local processes, or Slurm job arrays.
 LAUNCHER_KINDS = ("debug", "local", "slurm")
-#: Advantage baselines: the mean reward of the round's samples, or the reward of the policy mean.
-BASELINES = ("round_mean", "policy_mean")
+#: COCO evaluation tasks a proxy trial's reward can come from: box AP, or mask AP (Mask R-CNN).
+REWARD_TASKS = ("bbox", "segm")
+#: Advantage baselines: the mean reward of the round's samples, the reward of the policy mean, or
+#: rank-based (fitness-shaped) advantages.
+BASELINES = ("round_mean", "policy_mean", "rank")
 #: The search method (proposer) of a search that names none.
 DEFAULT_METHOD = "ppo"
 SIGMA_KINDS = ("exponential", "linear", "cosine", "constant")
@@ -152,10 +159,18 @@ class ModelSettings(_Section):
     Attributes:
         config: Detectron2 config file of the model (absolute once loaded). Its PAP-loss heads
             define the search space; the exported config inherits from it.
-        heads: PAP-loss heads to search (``RETINANET``, ``RPN``, ``ROI_HEADS``); empty: every
-            PAP-loss head of the model.
+        heads: PAP-loss heads to search (``RETINANET``, ``RPN``, ``ROI_HEADS`` or a head a
+            project registers, e.g. ``DETR``); empty: every PAP-loss head of the model.
         fixed: groups kept out of the search and their values (``"RETINANET.lambda": 1.0`` or
             ``"RETINANET.H1": [[x, y], ...]``), see :class:`paploss.search.SearchSpace`.
+        imports: Python modules imported, in order, before the model's config is read, in the
+            controller and in every trial process (:func:`paploss.utils.imports.import_modules`):
+            a Detectron2 project's package, which registers its meta-architecture, config keys,
+            heads and optimizer on import (e.g. ``[deformable_detr]``). Checked to exist when the
+            settings are loaded.
+        python_path: folders put in front of ``sys.path`` before ``imports`` are imported, e.g.
+            the project folder that holds the package; relative paths are relative to the file
+            that sets them (absolute once loaded).
     """
 
     KEY: ClassVar[str] = "model"
@@ -163,6 +178,89 @@ class ModelSettings(_Section):
     config: str = ""
     heads: Tuple[str, ...] = ()
     fixed: Dict[str, Any] = field(default_factory=dict)
+    imports: Tuple[str, ...] = ()
+    python_path: Tuple[str, ...] = ()
+
+    def validate(self) -> None:
+        for folder in self.python_path:
+            _require(
+                isinstance(folder, str) and os.path.isdir(folder),
+                f"model.python_path: {folder!r} is not a folder",
+            )
+        try:
+            check_importable(self.imports, self.python_path, "model.imports")
+        except ImportError as exc:
+            raise SettingsError(str(exc)) from None
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Plain data; ``imports`` and ``python_path`` are left out while they are empty, so that
+        journals written before the keys existed keep their settings (and resume)."""
+        data = super().to_dict()
+        for name in ("imports", "python_path"):
+            if not data[name]:
+                del data[name]
+        return data
+
+
+#: Config keys the proxy settings own (``proxy.opts`` must not set them).
+_PROXY_RESERVED_OPTS = (
+    "DATASETS.TEST",
+    "DATASETS.TRAIN",
+    "OUTPUT_DIR",
+    "SEED",
+    "SOLVER.CHECKPOINT_PERIOD",
+    "SOLVER.IMS_PER_BATCH",
+    "SOLVER.MAX_ITER",
+)
+
+
+@dataclass(frozen=True)
+class WarmStartSettings(_Section):
+    """The checkpoint every proxy training starts from (``proxy.warm_start``).
+
+    With ``iterations > 0`` the search first trains the searched model once, with the proxy's
+    data and schedule but these values, and every proxy training then starts from its final
+    weights (``MODEL.WEIGHTS``) instead of the model config's: a candidate loss is scored by how
+    well it fine-tunes a detector that already detects, not by whether it gets a random one off
+    the ground within the proxy's few iterations. The checkpoint is a trial of its own
+    (``<search>/warm_start``): trained once, kept, reused on resume.
+
+    Attributes:
+        iterations: its training iterations (0: no warm start; trials start from the model
+            config's ``MODEL.WEIGHTS``).
+        ims_per_batch: its images per iteration.
+        loss: its head loss (``MODEL.PAPLOSS.LOSS``): the stock losses of the searched heads by
+            default.
+        opts: its further config overrides, on top of ``proxy.opts``.
+        seed: its training seed.
+    """
+
+    KEY: ClassVar[str] = "proxy.warm_start"
+
+    iterations: int = 0
+    ims_per_batch: int = 8
+    loss: str = "stock"
+    opts: Dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+
+    def validate(self) -> None:
+        _int(self.iterations, self.key("iterations"), minimum=0)
+        _require(
+            isinstance(self.loss, str) and bool(self.loss),
+            f"{self.key('loss')} must be a head loss name, got {self.loss!r}",
+        )
+        _int(self.ims_per_batch, self.key("ims_per_batch"), minimum=1)
+        _int(self.seed, self.key("seed"), minimum=0)
+        reserved = _PROXY_RESERVED_OPTS + ("MODEL.WEIGHTS", "MODEL.PAPLOSS.LOSS")
+        clashes = sorted(set(reserved) & set(self.opts))
+        _require(
+            not clashes,
+            f"{self.key('opts')} must not set {', '.join(clashes)}: the proxy settings own them",
+        )
+
+    @property
+    def enabled(self) -> bool:
+        return self.iterations > 0
 
 
 @dataclass(frozen=True)
@@ -173,8 +271,11 @@ class ProxySettings(_Section):
         iterations: training iterations (``SOLVER.MAX_ITER``).
         ims_per_batch: images per iteration, all GPUs together (``SOLVER.IMS_PER_BATCH``).
         train_dataset: registered dataset the proxy trains on.
-        val_dataset: registered dataset whose bbox AP is the reward (disjoint from the split
+        val_dataset: registered dataset whose COCO AP is the reward (disjoint from the split
             results are reported on).
+        reward_task: the COCO AP that is the reward: ``bbox`` (box AP, the default) or ``segm``
+            (mask AP; needs a model with a mask branch, ``MODEL.MASK_ON: True``, checked against
+            the model config by :meth:`check_model_config`).
         lr_step_fractions: learning-rate drops (``SOLVER.STEPS``) as fractions of ``iterations``;
             ignored when ``opts`` sets ``SOLVER.STEPS``.
         checkpoint_period: iterations between checkpoints (what a resumed trial repeats at most).
@@ -185,24 +286,19 @@ class ProxySettings(_Section):
         num_gpus: processes (GPUs) per trial; above 1 the training uses Detectron2's ``launch``.
         diverged_reward: reward of a diverged trial (AP units, 0-100).
         keep_checkpoints: keep the trial's checkpoints after its result is written.
+        warm_start: the checkpoint every proxy training starts from (off by default; see
+            :class:`WarmStartSettings`).
     """
 
     KEY: ClassVar[str] = "proxy"
     #: Config keys the proxy settings own (``opts`` must not set them).
-    RESERVED_OPTS: ClassVar[Tuple[str, ...]] = (
-        "DATASETS.TEST",
-        "DATASETS.TRAIN",
-        "OUTPUT_DIR",
-        "SEED",
-        "SOLVER.CHECKPOINT_PERIOD",
-        "SOLVER.IMS_PER_BATCH",
-        "SOLVER.MAX_ITER",
-    )
+    RESERVED_OPTS: ClassVar[Tuple[str, ...]] = _PROXY_RESERVED_OPTS
 
     iterations: int = 300
     ims_per_batch: int = 8
     train_dataset: str = "synthetic_shapes_search_train"
     val_dataset: str = "synthetic_shapes_search_val"
+    reward_task: str = "bbox"
     lr_step_fractions: Tuple[float, ...] = (0.75, 0.925)
     checkpoint_period: int = 100
     opts: Dict[str, Any] = field(default_factory=dict)
@@ -210,6 +306,7 @@ class ProxySettings(_Section):
     num_gpus: int = 1
     diverged_reward: float = 0.0
     keep_checkpoints: bool = False
+    warm_start: WarmStartSettings = WarmStartSettings()
 
     def validate(self) -> None:
         for name in ("iterations", "ims_per_batch", "checkpoint_period", "num_gpus"):
@@ -223,6 +320,7 @@ class ProxySettings(_Section):
         for name in ("train_dataset", "val_dataset"):
             value = getattr(self, name)
             _require(isinstance(value, str) and bool(value), f"proxy.{name} must be a dataset name")
+        _choice(self.reward_task, "proxy.reward_task", REWARD_TASKS)
         fractions = self.lr_step_fractions
         _require(
             all(is_number(f) and 0 < f < 1 for f in fractions)
@@ -230,10 +328,40 @@ class ProxySettings(_Section):
             f"proxy.lr_step_fractions must be increasing fractions in (0, 1), got {fractions}",
         )
         _require(is_number(self.diverged_reward), "proxy.diverged_reward must be a finite number")
-        clashes = sorted(set(self.RESERVED_OPTS) & set(self.opts))
+        reserved = self.RESERVED_OPTS + (("MODEL.WEIGHTS",) if self.warm_start.enabled else ())
+        clashes = sorted(set(reserved) & set(self.opts))
         _require(
             not clashes,
             f"proxy.opts must not set {', '.join(clashes)}: the proxy settings own them",
+        )
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Plain data; ``reward_task`` and ``warm_start`` are left out while they are the defaults
+        (``bbox``, no warm start), so that journals and trial specs written before the keys
+        existed keep their settings and digests (and resume)."""
+        data = super().to_dict()
+        if data["reward_task"] == REWARD_TASKS[0]:
+            del data["reward_task"]
+        if data["warm_start"] == WarmStartSettings().to_dict():
+            del data["warm_start"]
+        return data
+
+    def check_model_config(self, cfg: Any, config_file: str) -> None:
+        """Check that the model can be scored by :attr:`reward_task`.
+
+        Args:
+            cfg: the searched model's Detectron2 config (``proxy.opts`` may still override its
+                ``MODEL.MASK_ON``).
+            config_file: the file ``cfg`` was read from (for the message).
+
+        Raises:
+            SettingsError: for ``reward_task: segm`` on a model without a mask branch.
+        """
+        mask_on = self.opts.get("MODEL.MASK_ON", cfg.MODEL.MASK_ON)
+        _require(
+            self.reward_task != "segm" or str(mask_on).lower() == "true",
+            f"proxy.reward_task: 'segm' (mask AP) needs a model with a mask branch, but "
+            f"MODEL.MASK_ON is {mask_on} for '{config_file}'",
         )
 
     def config_opts(self, seed: int, output_dir: str) -> List[Any]:
@@ -283,8 +411,11 @@ class SearchLoopSettings(_Section):
         score_mean: also train the policy mean μ as one extra candidate per round; its reward is
             reported (and is the advantage baseline with ``baseline: policy_mean``), it is not
             part of the PPO update.
-        baseline: ``round_mean`` (mean reward of the round's samples) or ``policy_mean``
-            (reward of μ; needs ``score_mean``).
+        baseline: how the samples' advantages are formed: ``round_mean`` (reward minus the mean
+            reward of the round's samples), ``policy_mean`` (reward minus the reward of μ; needs
+            ``score_mean``) or ``rank`` (fitness shaping: the samples' centred ranks, ties
+            averaged, so one outlier reward or the scale of the rewards does not steer the
+            update).
         seed: seed of the method's sampling and of the per-round training seeds.
         max_attempts: a trial that fails (raises or crashes) is launched at most this often;
             then it is marked ``failed`` and left out of the update.
@@ -775,6 +906,7 @@ class SearchSettings(_Section):
         """Everything, launcher included, as plain data (e.g. to save a copy next to a search)."""
         data = self.journal_settings()
         data["search"] = _plain(dataclasses.asdict(self.search))  # the method too
+        data["proxy"] = _plain(dataclasses.asdict(self.proxy))  # the reward task too
         data["launcher"] = self.launcher.to_dict()
         return data
 
@@ -859,6 +991,9 @@ def load_settings(
     model_override = (extra.get("model") or {}).get("config")
     if isinstance(model_override, str) and model_override:
         extra["model"]["config"] = os.path.abspath(model_override)
+    path_override = (extra.get("model") or {}).get("python_path")
+    if path_override is not None:
+        extra["model"]["python_path"] = _resolved_folders(path_override, os.getcwd())
     data = _merge(data, extra)
     return SearchSettings.from_dict(data, source=None if path is None else os.path.abspath(path))
 
@@ -867,17 +1002,19 @@ def settings_summary(settings: SearchSettings) -> List[str]:
     """A few human-readable lines describing the search (for logs)."""
     loop, proxy = settings.search, settings.proxy
     per_round = loop.candidates + (1 if loop.score_mean else 0)
+    model = settings.model
     rounds = f"rounds: {loop.rounds} x {per_round} trials ({loop.candidates} samples" + (
         " + the policy mean)" if loop.score_mean else ")"
     )
     if loop.max_proposals:
         rounds += f", up to {loop.max_proposals} proposals per round to find them"
     return [
-        f"model: {settings.model.config}",
+        f"model: {model.config}"
+        + (f" (imports {', '.join(model.imports)})" if model.imports else ""),
         f"method: {loop.method}",
         rounds,
         f"proxy: {proxy.iterations} iterations x {proxy.ims_per_batch} images on "
-        f"{proxy.train_dataset}, reward = bbox AP on {proxy.val_dataset}",
+        f"{proxy.train_dataset}, reward = {proxy.reward_task} AP on {proxy.val_dataset}",
         f"screening: {screening_summary(settings.screening)}",
         f"launcher: {settings.launcher.kind}"
         + (
@@ -1008,6 +1145,8 @@ def _read_with_bases(path: str, depth: int) -> Dict[str, Any]:
     model = data.get("model")
     if isinstance(model, dict) and isinstance(model.get("config"), str) and model["config"]:
         model["config"] = os.path.normpath(os.path.join(directory, model["config"]))
+    if isinstance(model, dict) and model.get("python_path") is not None:
+        model["python_path"] = _resolved_folders(model["python_path"], directory)
     base_path = data.pop(_BASE_KEY, None)
     if base_path is None:
         return _regroup_dotted_maps(data)
@@ -1017,14 +1156,38 @@ def _read_with_bases(path: str, depth: int) -> Dict[str, Any]:
     return _merge(base, _regroup_dotted_maps(data))
 
 
+def _resolved_folders(value: Any, directory: str) -> Any:
+    """``model.python_path`` with relative folders joined to ``directory`` (a malformed value is
+    returned as it is, for the validation to report)."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)):
+        return value
+    return [
+        (
+            os.path.normpath(os.path.join(directory, os.path.expanduser(v)))
+            if isinstance(v, str)
+            else v
+        )
+        for v in value
+    ]
+
+
 # Mappings whose keys are dotted names themselves: never merged key by key, replaced as a whole.
-_OPAQUE_MAPS = (("proxy", "opts"), ("model", "fixed"), ("launcher", "additional_parameters"))
+_OPAQUE_MAPS = (
+    ("proxy", "opts"),
+    ("proxy", "warm_start", "opts"),
+    ("model", "fixed"),
+    ("launcher", "additional_parameters"),
+)
 
 
 def _regroup_dotted_maps(data: Dict[str, Any]) -> Dict[str, Any]:
     """Turn ``{"proxy": {"opts": {"SOLVER": {"BASE_LR": x}}}}`` back into dotted keys."""
-    for section, key in _OPAQUE_MAPS:
-        node = data.get(section)
+    for *parents, key in _OPAQUE_MAPS:
+        node: Any = data
+        for parent in parents:
+            node = node.get(parent) if isinstance(node, dict) else None
         if isinstance(node, dict) and isinstance(node.get(key), dict):
             node[key] = _flatten_keys(node[key])
     return data

@@ -1,10 +1,11 @@
 """Search space of the PAP-loss parameters: flat θ vectors ↔ ``MODEL.PAPLOSS`` config values.
 
-A head (``RETINANET``, ``RPN`` or ``ROI_HEADS``) has five monotone functions, each described by
-8 θ values in [0, 1] that stick-breaking turns into four interior knots
-(:func:`paploss.losses.theta_to_knots`), and one θ for the gradient scale of its box branch,
+A head (``RETINANET``, ``RPN``, ``ROI_HEADS``, or a head a project registered with
+:func:`paploss.heads.register_pap_heads`, e.g. Deformable DETR's ``DETR``) has five monotone
+functions, each described by 8 θ values in [0, 1] that stick-breaking turns into four interior
+knots (:func:`paploss.losses.theta_to_knots`), and one θ for the gradient scale of its box branch,
 ``λ = 10^(2θ - 1)`` (:func:`paploss.losses.lambda_from_theta`). The flat θ of a search space
-concatenates, head after head in the order of :data:`paploss.heads.PAP_HEADS`, the functions
+concatenates, head after head in the order of :func:`paploss.heads.pap_heads`, the functions
 in the order of :data:`paploss.losses.FUNCTION_NAMES` and then λ: 41 dimensions for one head, 82
 for the RPN and the ROI heads of a Faster R-CNN. Dimensions are named
 ``<HEAD>.<FUNCTION>.theta<m><x|y>`` and ``<HEAD>.lambda``, e.g. ``RETINANET.H2.theta1x`` or
@@ -30,7 +31,12 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-from paploss.heads import PAP_HEADS
+from paploss.heads import (
+    BUILT_IN_ARCHITECTURES,
+    architecture_heads,
+    pap_heads,
+    registered_architectures,
+)
 from paploss.losses import (
     FUNCTION_NAMES,
     IDENTITY_THETA,
@@ -87,7 +93,9 @@ def heads_from_config(cfg: Any) -> Tuple[str, ...]:
 
     ``MODEL.META_ARCHITECTURE == "PAPRetinaNet"`` gives ``("RETINANET",)``; ``"GeneralizedRCNN"``
     gives ``"RPN"`` when ``MODEL.PROPOSAL_GENERATOR.NAME == "PAPRPN"`` and ``"ROI_HEADS"`` when
-    ``MODEL.ROI_HEADS.NAME == "PAPROIHeads"``.
+    ``MODEL.ROI_HEADS.NAME == "PAPROIHeads"``; a meta-architecture a project registered
+    (:func:`paploss.heads.register_pap_heads`, e.g. ``"PAPDeformableDETR"`` → ``("DETR",)``)
+    gives its registered heads.
 
     Args:
         cfg: a Detectron2 ``CfgNode`` or a nested dict with the same keys.
@@ -97,7 +105,10 @@ def heads_from_config(cfg: Any) -> Tuple[str, ...]:
     """
     architecture = _config_get(cfg, "MODEL.META_ARCHITECTURE")
     heads: List[str] = []
-    if architecture == "PAPRetinaNet":
+    registered = architecture_heads(architecture)
+    if registered is not None:
+        heads.extend(registered)
+    elif architecture == "PAPRetinaNet":
         heads.append("RETINANET")
     elif architecture == "GeneralizedRCNN":
         if _config_get(cfg, "MODEL.PROPOSAL_GENERATOR.NAME", None) == "PAPRPN":
@@ -105,10 +116,12 @@ def heads_from_config(cfg: Any) -> Tuple[str, ...]:
         if _config_get(cfg, "MODEL.ROI_HEADS.NAME", None) == "PAPROIHeads":
             heads.append("ROI_HEADS")
     if not heads:
+        projects = ", ".join(registered_architectures()) or "none so far"
         raise ValueError(
             f"the config's model has no PAP-loss head (MODEL.META_ARCHITECTURE={architecture!r}); "
-            "expected PAPRetinaNet, or GeneralizedRCNN with MODEL.PROPOSAL_GENERATOR.NAME='PAPRPN' "
-            "and/or MODEL.ROI_HEADS.NAME='PAPROIHeads'"
+            f"expected {' or '.join(BUILT_IN_ARCHITECTURES)} (with MODEL.PROPOSAL_GENERATOR.NAME="
+            "'PAPRPN' and/or MODEL.ROI_HEADS.NAME='PAPROIHeads'), or a meta-architecture a project "
+            f"registered on import (registered: {projects}; search setting model.imports)"
         )
     return tuple(heads)
 
@@ -123,9 +136,11 @@ class SearchSpace:
         cfg.merge_from_list(space.to_opts_list(theta))
 
     Args:
-        heads: heads to search, a subset of :data:`PAP_HEADS` (reordered to that order).
+        heads: heads to search, a subset of ``known_heads`` (reordered to that order).
         fixed: optional values of groups kept out of the search: ``"<HEAD>.<FUNCTION>"`` → four
             interior knots ``[[x, y], ...]``, or ``"<HEAD>.lambda"`` → λ in [0.1, 10].
+        known_heads: the valid heads in search-space order; default :func:`paploss.heads.
+            pap_heads` (paploss's heads and those registered by the projects imported so far).
 
     Raises:
         ValueError: for an unknown or repeated head, an unknown fixed group, invalid fixed values,
@@ -135,18 +150,28 @@ class SearchSpace:
     #: What a candidate of the space is, in words (exported configs say so).
     WHAT = "PAP-loss parameters"
 
-    def __init__(self, heads: Sequence[str], fixed: Optional[Mapping[str, Any]] = None) -> None:
+    def __init__(
+        self,
+        heads: Sequence[str],
+        fixed: Optional[Mapping[str, Any]] = None,
+        *,
+        known_heads: Optional[Sequence[str]] = None,
+    ) -> None:
         if isinstance(heads, str):
             heads = (heads,)
         heads = tuple(heads)
-        unknown = [head for head in heads if head not in PAP_HEADS]
+        known = tuple(pap_heads() if known_heads is None else known_heads)
+        unknown = [head for head in heads if head not in known]
         if unknown:
-            raise ValueError(f"unknown head(s) {unknown}; expected a subset of {PAP_HEADS}")
+            raise ValueError(
+                f"unknown head(s) {unknown}; expected a subset of {known} (a project's head is "
+                "known once the project is imported: search setting model.imports)"
+            )
         if len(set(heads)) != len(heads):
             raise ValueError(f"heads must not repeat, got {list(heads)}")
         if not heads:
             raise ValueError("a search space needs at least one head")
-        self._heads = tuple(head for head in PAP_HEADS if head in heads)
+        self._heads = tuple(head for head in known if head in heads)
 
         all_groups = [
             f"{head}.{name}" for head in self._heads for name in (*FUNCTION_NAMES, _LAMBDA)
@@ -197,8 +222,13 @@ class SearchSpace:
 
     @classmethod
     def from_dict(cls, description: Mapping[str, Any]) -> "SearchSpace":
-        """Rebuild a space from :meth:`to_dict`."""
-        return cls(description["heads"], fixed=description.get("fixed") or None)
+        """Rebuild a space from :meth:`to_dict`.
+
+        The stored heads are taken as they are, in their stored order (the search that stored
+        them checked them): reports rebuild a project head's space without importing the project.
+        """
+        heads = description["heads"]
+        return cls(heads, fixed=description.get("fixed") or None, known_heads=heads)
 
     def to_dict(self) -> Dict[str, Any]:
         """JSON-able description: heads, fixed groups and dimension names (for search settings)."""
@@ -349,6 +379,18 @@ class SearchSpace:
                         f"{key} is fixed to {fixed_value} in this search space, got {value}"
                     )
         return theta
+
+    def theta_from_config(self, cfg: Any) -> np.ndarray:
+        """θ of the PAP-loss values a model config holds (e.g. one with the published functions).
+
+        Args:
+            cfg: a Detectron2 ``CfgNode`` or a nested dict with the same keys.
+
+        Raises:
+            ValueError: as :meth:`from_overrides`.
+        """
+        keys = [_group_key(group) for group in self._groups]
+        return self.from_overrides({key: _config_get(cfg, key) for key in keys})
 
     def to_opts_list(self, theta: Any, as_strings: bool = False) -> List[Any]:
         """``[key, value, key, value, ...]`` for Detectron2's ``cfg.merge_from_list``.

@@ -20,7 +20,7 @@ from search_testing import (
 from paploss.search.cli import main
 from paploss.search.controller import model_config_changed, model_config_digest
 from paploss.search.journal import SearchJournal
-from paploss.search.settings import load_settings
+from paploss.search.settings import SettingsError, load_settings
 from paploss.search.space import SearchSpace
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -264,6 +264,29 @@ def test_default_search_settings() -> None:
     # The ~15-minute budget on 2 CPU cores: about 0.02 s per training image on one core.
     assert images * 0.02 / settings.launcher.parallel <= 15 * 60
     assert settings.policy.sigma.num_rounds == settings.search.rounds
+
+
+def test_mask_rcnn_search_settings_and_space() -> None:
+    """configs/search/pap_mask_rcnn.yaml: a PAP Mask R-CNN rewarded by mask AP, whose search
+    space is its two PAP heads (no training)."""
+    from paploss.engine import load_config
+
+    settings = load_settings(str(REPO_ROOT / "configs" / "search" / "pap_mask_rcnn.yaml"))
+    assert settings.model.config == str(
+        REPO_ROOT / "configs" / "synthetic" / "pap_mask_rcnn_mask_iou.yaml"
+    )
+    assert settings.proxy.reward_task == "segm"
+    assert settings.journal_settings()["proxy"]["reward_task"] == "segm"
+    assert settings.screening.rejection.enabled and settings.launcher.kind == "local"
+    cfg = load_config(settings.model.config)
+    settings.proxy.check_model_config(cfg, settings.model.config)  # it has a mask branch
+    space = SearchSpace.from_config(cfg, fixed=settings.model.fixed or None)
+    assert space.heads == ("RPN", "ROI_HEADS") and space.dim == 82
+    assert cfg.MODEL.PAPLOSS.QUALITY == "mask_iou" and cfg.MODEL.PAPLOSS.LOSS == "pap"
+    # the same settings on a model without masks are refused, naming the key
+    boxes = load_config(MODEL_CONFIG)
+    with pytest.raises(SettingsError, match=r"^proxy.reward_task: 'segm' \(mask AP\) needs"):
+        settings.proxy.check_model_config(boxes, MODEL_CONFIG)
 
 
 def test_settings_inherit_resolve_paths_and_take_overrides(tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ from submitit.core.utils import cloudpickle_dump
 
 from paploss.search.controller import SearchController, SearchError, round_seed
 from paploss.search.journal import JournalError, SearchJournal
-from paploss.search.settings import load_settings
+from paploss.search.settings import SettingsError, load_settings
 from paploss.search.space import SearchSpace
 from paploss.search.trials import TrialResult, TrialSpec, load_result, read_starts
 
@@ -261,6 +261,18 @@ def test_resume_with_other_settings_is_refused(tmp_path: Path) -> None:
     assert saved["search"]["candidates"] == 2 and saved["launcher"]["kind"] == "debug"
 
 
+def test_a_mask_ap_reward_without_a_mask_branch_is_refused_before_anything_is_written(
+    tmp_path: Path,
+) -> None:
+    settings = _settings(tmp_path, rounds=1, candidates=2, proxy__reward_task="segm")
+    with pytest.raises(SettingsError) as info:
+        SearchController(settings, tmp_path / "search", trial_fn=scripted_trial).run()
+    message = str(info.value)
+    assert message.startswith("proxy.reward_task: 'segm' (mask AP) needs a model with a mask")
+    assert "MODEL.MASK_ON is False" in message and "pap_retinanet_identity.yaml" in message
+    assert "\n" not in message and not (tmp_path / "search").exists()
+
+
 def test_resume_without_a_journal_is_refused(tmp_path: Path) -> None:
     settings = _settings(tmp_path, rounds=1, candidates=2)
     killed_early = tmp_path / "killed_before_its_journal"
@@ -269,6 +281,24 @@ def test_resume_without_a_journal_is_refused(tmp_path: Path) -> None:
         with pytest.raises(SearchError, match="no search to resume.*without --resume"):
             SearchController(settings, folder, resume=True, trial_fn=scripted_trial).run()
     assert not (tmp_path / "mistyped").exists() and not list(killed_early.iterdir())
+
+
+def test_a_module_of_model_imports_that_fails_stops_the_search_in_one_line(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "broken_project.py").write_text("import no_such_dependency_xyz\n")
+    settings = load_settings(
+        None,
+        tiny_search_overrides(tmp_path, rounds=1)
+        + [f"model.python_path=[{tmp_path}]", "model.imports=[broken_project]"],
+    )
+    with pytest.raises(SearchError) as info:
+        SearchController(settings, tmp_path / "search", trial_fn=scripted_trial).run()
+    assert str(info.value) == (
+        "model.imports: importing 'broken_project' failed "
+        "(ModuleNotFoundError: No module named 'no_such_dependency_xyz')"
+    )
+    assert not (tmp_path / "search" / "journal.sqlite").exists()
 
 
 # ------------------------------------------------------------------------------ local launcher

@@ -20,6 +20,7 @@ from paploss.search.proposers import (
     journal_proposer,
     proposer_class,
 )
+from paploss.search.proposers.ppo import centred_ranks
 from paploss.search.reports import export_config, format_status
 from paploss.search.settings import load_settings
 from paploss.search.space import SearchSpace
@@ -172,3 +173,39 @@ def test_the_ppo_method_samples_and_updates_as_its_policy(tmp_path: Path) -> Non
         assert proposer.state_dict() == policy.state_dict()
     assert proposer.round == 2 and proposer.describe() == f"sigma {policy.sigma:.4f}"
     assert np.allclose(PPOProposer.point_from_state(proposer.state_dict()), policy.mean)
+
+
+def test_centred_ranks_are_hand_computed_fitness_shaping() -> None:
+    assert np.allclose(centred_ranks(np.array([3.0, 10.0, -1.0])), [0.0, 0.5, -0.5])
+    # ties share the mean of their ranks; the shaped rewards sum to zero
+    shaped = centred_ranks(np.array([1.0, 1.0, 0.0, 7.0, 2.0]))
+    assert np.allclose(shaped, [-0.125, -0.125, -0.5, 0.5, 0.25])
+    assert abs(shaped.sum()) < 1e-12
+    assert np.array_equal(centred_ranks(np.array([4.0])), [0.0])
+
+
+def test_rank_advantages_update_the_policy_as_its_shaped_rewards(tmp_path: Path) -> None:
+    settings = load_settings(
+        None, tiny_search_overrides(tmp_path, rounds=2, candidates=5) + ["search.baseline=rank"]
+    )
+    space = SearchSpace(["RETINANET"])
+    proposer = PPOProposer.from_settings(settings, space)
+    policy = TruncatedNormalPolicy(
+        space.identity_theta(),
+        sigma_schedule=settings.policy.sigma,
+        ppo=settings.policy.ppo,
+        seed=settings.search.seed,
+    )
+    candidates = proposer.propose()
+    thetas = policy.sample(5)
+    # one outlier reward: rank shaping ignores how far it lies from the others
+    rewards = np.array([0.1, 0.3, 0.2, 95.0, 0.0])
+    scored = [
+        ScoredCandidate(c.theta, c.role, float(r), "done") for c, r in zip(candidates, rewards)
+    ]
+    scored.append(ScoredCandidate(candidates[-1].theta, "mean", 0.5, "done"))
+    stats = proposer.observe(scored)
+    assert np.allclose(centred_ranks(rewards), [-0.25, 0.25, 0.0, 0.5, -0.5])
+    expected = policy.update(thetas, np.array([-0.25, 0.25, 0.0, 0.5, -0.5]))
+    assert stats == expected.to_dict()
+    assert proposer.state_dict() == policy.state_dict()

@@ -2,6 +2,7 @@
 section, the search method."""
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -79,6 +80,18 @@ def test_the_search_method_is_stored_only_when_it_is_not_the_default() -> None:
     assert _load().to_dict()["search"]["method"] == "ppo"  # the readable copy names it
 
 
+def test_the_reward_task_is_stored_only_when_it_is_not_the_default() -> None:
+    """Journals and trial digests from before the key existed keep theirs (box AP)."""
+    default = _load()
+    assert default.proxy.reward_task == "bbox"
+    assert "reward_task" not in default.journal_settings()["proxy"]
+    segm = _load("proxy.reward_task=segm")
+    assert segm.journal_settings()["proxy"]["reward_task"] == "segm"
+    assert ProxySettings.from_dict(segm.proxy.to_dict()) == segm.proxy
+    assert _load().to_dict()["proxy"]["reward_task"] == "bbox"  # the readable copy names it
+    assert SearchSettings.from_dict(segm.to_dict()) == segm.replace_launcher()
+
+
 @pytest.mark.parametrize(
     "override, message",
     [
@@ -94,6 +107,7 @@ def test_the_search_method_is_stored_only_when_it_is_not_the_default() -> None:
         ("proxy.iterations=0", "proxy.iterations must be an integer >= 1, got 0"),
         ("proxy.opts={SEED: 3}", "proxy.opts must not set SEED: the proxy settings own them"),
         ("proxy.lr_step_fractions=[0.9, 0.5]", "proxy.lr_step_fractions must be increasing"),
+        ("proxy.reward_task=mask", "proxy.reward_task must be one of ('bbox', 'segm'), got 'mask'"),
         ("policy.sigma.kind=step", "policy.sigma.kind must be one of ('exponential', 'linear'"),
         ("policy.sigma.final=1.5", "policy.sigma.final must be in (0, initial=0.2], got 1.5"),
         ("policy.ppo.betas=[0.9, x]", "policy.ppo.betas must be two values in [0, 1)"),
@@ -109,6 +123,12 @@ def test_the_search_method_is_stored_only_when_it_is_not_the_default() -> None:
         ("launcher.parallel=0", "launcher.parallel must be an integer >= 1, got 0"),
         ("launcher.additional_parameters=3", "launcher.additional_parameters must be a mapping"),
         ("model.config=", "model.config: the searched model's config file is required"),
+        (
+            "model.imports=[no_such_module_xyz]",
+            "model.imports: no module named 'no_such_module_xyz' (looked in sys.path)",
+        ),
+        ("model.imports=['not a name']", "model.imports: 'not a name' is not a Python module name"),
+        ("model.python_path=[/no/such/folder]", "model.python_path: '/no/such/folder' is not a"),
     ],
 )
 def test_every_error_is_one_line_naming_its_key(override: str, message: str) -> None:
@@ -130,3 +150,27 @@ def test_sections_validate_themselves_when_created() -> None:
     settings = _load("search.rounds=3")
     assert settings.policy.sigma.num_rounds == 3  # defaults to search.rounds
     assert SearchSettings.from_dict(settings.to_dict()) == settings.replace_launcher()
+
+
+def test_model_imports_are_found_without_being_imported(tmp_path: Path) -> None:
+    """``model.python_path`` is relative to the file that sets it; the settings only find the
+    modules of ``model.imports`` (the controller and every trial import them)."""
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "settings_only_module.py").write_text("raise RuntimeError('imported')\n")
+    path = tmp_path / "search.yaml"
+    path.write_text(
+        f"model: {{config: {MODEL_CONFIG}, python_path: [project], "
+        "imports: [settings_only_module]}\n"
+    )
+    settings = load_settings(str(path))
+    assert settings.model.python_path == (str(project),)
+    assert settings.model.imports == ("settings_only_module",)
+    assert "settings_only_module" not in sys.modules
+    stored = settings.journal_settings()["model"]
+    assert stored["imports"] == ["settings_only_module"] and stored["python_path"] == [str(project)]
+    assert SearchSettings.from_dict(settings.to_dict()).model == settings.model
+    with pytest.raises(
+        SettingsError, match="^model.imports: no module named 'settings_only_modul'"
+    ):
+        load_settings(str(path), ["model.imports=[settings_only_modul]"])

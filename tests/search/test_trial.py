@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from search_testing import tiny_val_dataset
 
-from paploss.search.settings import EarlyStopSettings, ProxySettings
+from paploss.search.settings import EarlyStopSettings, ProxySettings, SettingsError
 from paploss.search.space import SearchSpace
 from paploss.search.trials import (
     TrialResult,
@@ -22,6 +23,7 @@ from paploss.search.trials import (
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODEL_CONFIG = str(REPO_ROOT / "configs" / "synthetic" / "pap_retinanet_identity.yaml")
+MASK_RCNN_CONFIG = str(REPO_ROOT / "configs" / "synthetic" / "pap_mask_rcnn_mask_iou.yaml")
 # Tiny proxy: a few iterations of 2 images; every box is kept at test time so that even an
 # almost untrained detector gets a (small, non-zero) AP.
 TINY = ProxySettings(
@@ -37,8 +39,10 @@ def _spec(
     proxy: ProxySettings = TINY,
     theta_shift: float = 0.0,
     early_stop: EarlyStopSettings = EarlyStopSettings(),
+    config_file: str = MODEL_CONFIG,
+    heads: tuple = ("RETINANET",),
 ) -> TrialSpec:
-    space = SearchSpace(["RETINANET"])
+    space = SearchSpace(heads)
     theta = np.clip(space.identity_theta() + theta_shift, 0, 1)
     return TrialSpec(
         trial_id=folder.name,
@@ -46,7 +50,7 @@ def _spec(
         index=0,
         theta=tuple(theta.tolist()),
         overrides=space.to_overrides(theta),
-        config_file=MODEL_CONFIG,
+        config_file=config_file,
         seed=1234,
         proxy=proxy,
         output_dir=str(folder),
@@ -153,6 +157,23 @@ def test_a_failing_trial_is_reported_not_stored(tmp_path: Path) -> None:
     assert run_trial(spec).status == "failed"
 
 
+def test_a_trial_imports_its_modules_first(tmp_path: Path) -> None:
+    (tmp_path / "failing_project.py").write_text("raise RuntimeError('no GPU here')\n")
+    plain = _spec(tmp_path / "trial")
+    spec = dataclasses.replace(plain, imports=("failing_project",), python_path=(str(tmp_path),))
+    assert "imports" not in plain.identity()  # the digests of trials without imports stay
+    assert spec.identity()["imports"] == ["failing_project"] and spec.digest() != plain.digest()
+    result = run_trial(spec)
+    assert result.status == "failed" and result.reward is None
+    assert result.reason == (
+        "ModuleImportError: model.imports: importing 'failing_project' failed "
+        "(RuntimeError: no GPU here)"
+    )
+    assert read_starts(tmp_path / "trial") == []  # nothing trained
+    missing = dataclasses.replace(_spec(tmp_path / "other"), imports=("no_such_project",))
+    assert "no module named 'no_such_project'" in run_trial(missing).reason
+
+
 def test_result_round_trip_and_proxy_checks() -> None:
     result = TrialResult("t", "done", 1.5, {"AP": 1.5, "APl": float("nan")}, spec_digest="x")
     assert TrialResult.from_dict(json.loads(json.dumps(result.to_dict()))).reward == 1.5
@@ -195,3 +216,70 @@ def test_concurrent_runs_of_one_trial_train_once(tmp_path: Path) -> None:
     assert sorted(r.reused for r in results) == [False, True]
     assert results[0].reward == results[1].reward
     assert len(read_starts(spec.output_dir)) == 1
+
+
+def _coco_ap_of_the_evaluation(train_dir: Path, val_entry: list, task: str) -> float:
+    """COCO AP (0-100) recomputed with pycocotools from the detections the evaluation wrote."""
+    import contextlib
+    import io
+
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    name, json_file, _ = val_entry
+    detections = json.loads(
+        (train_dir / "inference" / name / "coco_instances_results.json").read_text()
+    )
+    with contextlib.redirect_stdout(io.StringIO()):
+        ground_truth = COCO(json_file)
+        evaluation = COCOeval(ground_truth, ground_truth.loadRes(detections), task)
+        evaluation.evaluate()
+        evaluation.accumulate()
+        evaluation.summarize()
+    return 100.0 * float(evaluation.stats[0])
+
+
+def test_a_mask_rcnn_trial_is_scored_by_mask_ap_on_request(tmp_path: Path) -> None:
+    """``proxy.reward_task: segm``: the reward is the mask AP of the evaluation, the box AP is
+    kept beside it."""
+    val_entry = tiny_val_dataset(tmp_path, num_images=20)
+    proxy = ProxySettings(
+        iterations=10,
+        ims_per_batch=2,
+        checkpoint_period=100,
+        val_dataset=val_entry[0],
+        reward_task="segm",
+        opts={"SOLVER.WARMUP_ITERS": 2, "MODEL.PAPLOSS.DATASETS": [val_entry]},
+        keep_checkpoints=False,
+    )
+    spec = _spec(
+        tmp_path / "mask",
+        proxy,
+        config_file=MASK_RCNN_CONFIG,
+        heads=("RPN", "ROI_HEADS"),
+    )
+    result = run_trial(spec)
+
+    assert result.status == "done", result.error
+    train_dir = Path(spec.output_dir) / "train"
+    segm_ap = _coco_ap_of_the_evaluation(train_dir, val_entry, "segm")
+    bbox_ap = _coco_ap_of_the_evaluation(train_dir, val_entry, "bbox")
+    assert segm_ap > 0 and segm_ap != pytest.approx(bbox_ap)
+    assert result.reward == pytest.approx(segm_ap, abs=1e-6)
+    assert result.metrics["AP"] == result.reward and "segm/AP" not in result.metrics
+    assert result.metrics["bbox/AP"] == pytest.approx(bbox_ap, abs=1e-6)
+    # the same trial scored by box AP is another trial (another digest)
+    box_spec = _spec(tmp_path / "mask", dataclasses.replace(proxy, reward_task="bbox"))
+    assert box_spec.digest() != _spec(tmp_path / "mask", proxy).digest()
+
+
+def test_mask_ap_reward_of_a_model_without_masks_fails_naming_the_key(tmp_path: Path) -> None:
+    proxy = dataclasses.replace(TINY, reward_task="segm")
+    result = run_trial(_spec(tmp_path / "retinanet", proxy))
+    assert result.status == "failed" and not read_starts(tmp_path / "retinanet")
+    assert result.reason.startswith(
+        "SettingsError: proxy.reward_task: 'segm' (mask AP) needs a model with a mask branch, "
+        "but MODEL.MASK_ON is False"
+    ), result.reason
+    with pytest.raises(SettingsError, match="proxy.reward_task must be one of .'bbox', 'segm'."):
+        ProxySettings(reward_task="keypoints")

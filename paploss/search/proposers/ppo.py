@@ -3,8 +3,8 @@
 Each round samples ``search.candidates`` points from the policy
 (:class:`~paploss.search.proposers.policy.TruncatedNormalPolicy`) and, with
 ``search.score_mean``, adds the policy mean μ as a ``mean`` candidate; the PPO update learns from
-the samples' rewards with the advantage baseline ``search.baseline`` (the round's mean reward, or
-the reward of μ). Settings: ``policy.sigma`` (:class:`~paploss.search.settings.SigmaSchedule`)
+the samples' rewards with the advantage baseline ``search.baseline`` (the round's mean reward,
+the reward of μ, or fitness shaping by rank: :func:`centred_ranks`). Settings: ``policy.sigma`` (:class:`~paploss.search.settings.SigmaSchedule`)
 and ``policy.ppo`` (:class:`~paploss.search.settings.PPOConfig`); the state is the policy's.
 """
 
@@ -29,7 +29,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from paploss.search.settings import SearchSettings
     from paploss.search.space import SearchSpace
 
-__all__ = ["PPOProposer"]
+__all__ = ["PPOProposer", "centred_ranks"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class PPOProposer(Proposer):
         policy: the policy (its σ schedule, PPO settings and seed).
         candidates: samples per round.
         score_mean: also propose the policy mean μ (role ``mean``) every round.
-        baseline: ``"round_mean"`` or ``"policy_mean"`` (see
+        baseline: ``"round_mean"``, ``"policy_mean"`` or ``"rank"`` (see
             :class:`~paploss.search.settings.SearchLoopSettings`).
         rounds: the search's rounds (for log messages).
     """
@@ -101,7 +101,9 @@ class PPOProposer(Proposer):
         thetas = np.asarray([s.theta for s in samples], dtype=np.float64)
         rewards = np.asarray([s.reward for s in samples], dtype=np.float64)
         baseline = None
-        if self.baseline == "policy_mean":
+        if self.baseline == "rank":
+            rewards = centred_ranks(rewards)
+        elif self.baseline == "policy_mean":
             if means:
                 baseline = float(means[0].reward)
             else:
@@ -148,3 +150,17 @@ class PPOProposer(Proposer):
 
 def _plain_theta(theta: Any) -> Tuple[float, ...]:
     return tuple(float(v) for v in theta)
+
+
+def centred_ranks(rewards: np.ndarray) -> np.ndarray:
+    """``[N]`` fitness-shaped rewards: ranks scaled to [-0.5, 0.5], ties averaged, mean 0.
+
+    The best reward maps to 0.5, the worst to -0.5, equal rewards to equal values; a single
+    reward maps to 0.
+    """
+    from scipy.stats import rankdata
+
+    rewards = np.asarray(rewards, dtype=np.float64)
+    if rewards.size < 2:
+        return np.zeros_like(rewards)
+    return (rankdata(rewards) - 1.0) / (rewards.size - 1.0) - 0.5

@@ -8,7 +8,9 @@ recorded with :func:`paploss.modeling.record_rankings` (a forward pre-hook on th
 modules: nothing is re-derived or patched, so the screening ranks exactly what the head trains
 on). It is kept as a :class:`HeadBatch` per head with the images' ground truth; after that no
 network work is needed, the screening optimises these predictions directly
-(:mod:`paploss.search.screening`).
+(:mod:`paploss.search.screening`). For a Mask R-CNN the images keep their instance masks, and
+the ROI head's ranking carries the positives' mask logits and ground-truth masks as fixed
+tensors (read by a mask-aware quality, never optimised: the screen scores only the ranking heads).
 
 Shape shorthand (as in Detectron2's ``fast_rcnn.py``):
 
@@ -37,7 +39,7 @@ class HeadBatch:
     """What one head ranks in the screening batch, with the images' ground truth.
 
     Attributes:
-        head: ``"RETINANET"``, ``"RPN"`` or ``"ROI_HEADS"``.
+        head: ``"RETINANET"``, ``"RPN"``, ``"ROI_HEADS"`` or a project's head (``"DETR"``).
         ranking: the head's ranking of the random network's predictions (no gradient), built
             from deltas (:meth:`~paploss.modeling.ranking.HeadRanking.from_deltas`).
         image_sizes: ``N`` ``(height, width)`` of the network input images.
@@ -81,7 +83,9 @@ def load_images(cfg: Any, dataset: str, num_images: int, seed: int) -> List[Dict
     """``num_images`` images of ``dataset`` that have annotations, chosen by ``seed``.
 
     They are mapped like training inputs but without random augmentation: resized to the test
-    size (``INPUT.MIN_SIZE_TEST`` / ``MAX_SIZE_TEST``), annotations kept as ``instances``.
+    size (``INPUT.MIN_SIZE_TEST`` / ``MAX_SIZE_TEST``), annotations kept as ``instances``, with
+    their instance masks (``gt_masks``, in ``INPUT.MASK_FORMAT``) when the model has a mask branch
+    (``MODEL.MASK_ON``), as Detectron2's training mapper keeps them.
 
     Returns:
         Detectron2 model inputs (``image`` ``[3, H, W]``, ``instances``), in a fixed order.
@@ -105,6 +109,8 @@ def load_images(cfg: Any, dataset: str, num_images: int, seed: int) -> List[Dict
         is_train=True,
         augmentations=[T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)],
         image_format=cfg.INPUT.FORMAT,
+        use_instance_mask=cfg.MODEL.MASK_ON,
+        instance_mask_format=cfg.INPUT.MASK_FORMAT,
     )
     return [mapper(dicts[index]) for index in chosen]
 
@@ -176,8 +182,9 @@ def build_screening_batches(
     missing = [head for head in wanted if head not in rankings]
     if missing:
         raise ValueError(
-            f"the model has no PAP-loss head {missing} (it has {sorted(rankings)}); "
-            "screening needs PAPRetinaNet, PAPRPN or PAPROIHeads heads"
+            f"the model has no PAP-loss head {missing} (it has {sorted(rankings)}); the "
+            "rejection protocol screens heads that hand a HeadRanking to their head loss "
+            "(paploss.modeling.record_rankings)"
         )
     image_sizes = [tuple(int(v) for v in x["image"].shape[-2:]) for x in inputs]
     batches: Dict[str, HeadBatch] = {}

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Dict, Hashable, Mapping, Optional, Tuple
 
 import torch
 
-from paploss.heads import PAP_HEADS
+from paploss.heads import pap_heads
 from paploss.losses import pap_loss, scale_grad
 from paploss.search.settings import EquivalenceSettings
 
@@ -123,7 +123,7 @@ def gradient_fingerprint(
         ones.
     """
     values = []
-    order = {head: index for index, head in enumerate(PAP_HEADS)}
+    order = {head: index for index, head in enumerate(pap_heads())}
     for head in sorted(head_losses, key=lambda h: order.get(h, len(order))):
         norms = probes.gradient_norms(head_losses[head]).tolist()
         rounded = tuple(

@@ -19,6 +19,13 @@ scale-sensitive instead.
 itself: RetinaNet anchors × classes, RPN anchors (one class, class-agnostic AP), ROI-head RoIs ×
 classes (proposals of the random RPN plus the ground truth boxes, as in training, with per-class
 deltas). A multi-head candidate is rejected when any head's gain is below the threshold.
+
+**Mask R-CNN.** The screen scores only the ranking heads, the RPN and the box head (their
+ranking losses, :meth:`~paploss.modeling.head_loss.RankingHeadLoss.compute`, and box AP); it does
+not score the mask branch's loss (the balanced Dice loss that the head loss adds in training) nor
+mask AP. The ROI head's batch carries the positives' mask logits of the random network as fixed
+predictions with their ground-truth masks: with ``QUALITY: "mask_iou"`` they enter the quality of
+the positives (so the candidate's loss is the one it trains with), but they are not optimised.
 """
 
 from __future__ import annotations

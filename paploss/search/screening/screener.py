@@ -27,6 +27,11 @@ code), evaluated with its own :meth:`~paploss.modeling.head_loss.RankingHeadLoss
 ranking decoded from the optimised predictions
 (:meth:`~paploss.modeling.ranking.HeadRanking.with_predictions`). The fingerprint reads the
 functions and λ from those same head losses.
+
+**Mask R-CNN.** Only the ranking heads (RPN, box head) are screened: a candidate's score is its
+ranking losses' effect on box AP, never the mask loss or mask AP (see
+:mod:`paploss.search.screening.rejection`). The proxy training, whose reward may be mask AP
+(``proxy.reward_task: segm``), judges the mask branch.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Dict, Hashable, List, Mapping, Optional, Sequence, Tuple
 
-from paploss.heads import PAP_HEADS
+from paploss.heads import pap_heads
 from paploss.search.screening.batch import HeadBatch, build_screening_batches
 from paploss.search.screening.equivalence import (
     EquivalenceRegistry,
@@ -98,7 +103,7 @@ def candidate_head_losses(
 
 def _heads_in(overrides: Mapping[str, Any]) -> List[str]:
     """The heads with ``MODEL.PAPLOSS.<HEAD>.*`` keys in ``overrides``, in search-space order."""
-    return [h for h in PAP_HEADS if any(k.startswith(f"{CONFIG_PREFIX}.{h}.") for k in overrides)]
+    return [h for h in pap_heads() if any(k.startswith(f"{CONFIG_PREFIX}.{h}.") for k in overrides)]
 
 
 # ------------------------------------------------------------------------------------ screener

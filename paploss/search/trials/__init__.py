@@ -1,9 +1,12 @@
-"""Trials: one short proxy training of a candidate loss, scored by COCO bbox AP.
+"""Trials: one short proxy training of a candidate loss, scored by COCO AP (``proxy.reward_task``:
+box AP, or mask AP for a Mask R-CNN).
 
 * :mod:`~paploss.search.trials.runner`: the picklable trial spec, its result and
   :func:`run_trial`, which a launcher runs in a job (idempotent: resumes, reuses, never trains a
   folder twice).
 * :mod:`~paploss.search.trials.proxy`: the Detectron2 trainer of a proxy training.
+* :mod:`~paploss.search.trials.warm_start`: the checkpoint every proxy training of a search can
+  start from (``proxy.warm_start``).
 
 The names below load from their modules on first access.
 """
@@ -21,6 +24,9 @@ _LAZY = {
     "torch_threads": "runner",
     "trial_folder_name": "runner",
     "ProxyTrainer": "proxy",
+    "WARM_START_FOLDER": "warm_start",
+    "warm_start_spec": "warm_start",
+    "warm_start_weights": "warm_start",
 }
 __all__ = list(_LAZY)
 __getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY)

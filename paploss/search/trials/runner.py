@@ -1,9 +1,10 @@
-"""One search trial: a short proxy training of a candidate loss, scored by COCO bbox AP.
+"""One search trial: a short proxy training of a candidate loss, scored by COCO AP.
 
 A trial is described by a picklable :class:`TrialSpec` and run by :func:`run_trial`, in the
 controller's process (``debug`` launcher) or in a job (``local``/``slurm`` launchers). It trains
 the searched model with the candidate's ``MODEL.PAPLOSS`` values on the proxy training split and
-evaluates it on the proxy validation split; the reward is the bbox AP (0-100).
+evaluates it on the proxy validation split; the reward is the COCO AP (0-100) of the task
+``proxy.reward_task``: box AP (``bbox``, the default) or, for a Mask R-CNN, mask AP (``segm``).
 
 **Statuses.** ``done``: trained and evaluated. ``diverged``: the training was stopped as invalid:
 the predictions or the loss became NaN/infinite, or the loss stayed constant over
@@ -17,6 +18,12 @@ error is returned, nothing is scored; the controller retries the trial).
 **Common random numbers.** All trials of a round get the same ``seed``: the same initial weights,
 the same order of training images and the same augmentations, so reward differences within a
 round come from the loss.
+
+**Projects.** A trial first imports the spec's ``imports`` (the search's ``model.imports``, with
+``model.python_path`` in front of ``sys.path``), in whatever process it runs: a Detectron2
+project's package registers its meta-architecture, config keys, heads and optimizer there, so the
+trial reads the project's config and trains with the project's optimizer. A module that cannot be
+imported fails the trial with a one-line reason.
 
 **Idempotence.** A trial owns its folder::
 
@@ -58,6 +65,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
 
 from paploss.search.launchers.jobs import current_job_id
 from paploss.search.settings import EarlyStopSettings, ProxySettings
+from paploss.utils.imports import import_modules
 from paploss.utils.io import atomic_write_json
 
 __all__ = [
@@ -67,6 +75,7 @@ __all__ = [
     "TrialResult",
     "TrialFolderError",
     "run_trial",
+    "evaluation_metrics",
     "torch_threads",
     "load_result",
     "read_starts",
@@ -107,6 +116,12 @@ class TrialSpec:
         datasets_root: where datasets are generated/cached (``$PAPLOSS_DATASETS`` for the job).
         early_stop: stopping of invalid trainings (``screening.early_stop``; None: no such hook,
             only Detectron2's own NaN-loss check).
+        init_weights: checkpoint the training starts from (``MODEL.WEIGHTS``; the search's
+            warm start, see :mod:`paploss.search.trials.warm_start`); None: the model config's.
+            Not part of the trial's identity: the warm start's settings (in ``proxy``) are.
+        imports: Python modules the job imports before it reads the config (``model.imports``:
+            a project's package, which registers its config keys, heads and optimizer).
+        python_path: folders put in front of ``sys.path`` first (``model.python_path``).
     """
 
     trial_id: str
@@ -120,11 +135,15 @@ class TrialSpec:
     output_dir: str
     datasets_root: Optional[str] = None
     early_stop: Optional[EarlyStopSettings] = EarlyStopSettings()
+    init_weights: Optional[str] = None
+    imports: Tuple[str, ...] = ()
+    python_path: Tuple[str, ...] = ()
 
     def identity(self) -> Dict[str, Any]:
-        """What makes two specs the same trial (the model config by its content, not its path)."""
+        """What makes two specs the same trial (the model config by its content, not its path;
+        the imported modules by name, where there are any, not where they were found)."""
         early_stop = self.early_stop
-        return {
+        identity = {
             "theta": [float(v) for v in self.theta],
             "overrides": json.loads(json.dumps(self.overrides)),
             "config": _file_digest(self.config_file),
@@ -132,6 +151,9 @@ class TrialSpec:
             "proxy": self.proxy.to_dict(),
             "early_stop": None if early_stop is None else dataclasses.asdict(early_stop),
         }
+        if self.imports:  # absent otherwise: the digests of earlier trials stay as they were
+            identity["imports"] = list(self.imports)
+        return identity
 
     def digest(self) -> str:
         """SHA-256 of :meth:`identity` (stored in ``spec.json`` and ``result.json``)."""
@@ -141,6 +163,8 @@ class TrialSpec:
     def config_opts(self) -> List[Any]:
         """All config overrides of this trial's training, candidate values last."""
         opts = self.proxy.config_opts(self.seed, os.path.join(self.output_dir, TRAIN_DIR))
+        if self.init_weights is not None:
+            opts += ["MODEL.WEIGHTS", self.init_weights]
         for key, value in self.overrides.items():
             opts += [key, value]
         return opts
@@ -149,6 +173,8 @@ class TrialSpec:
         data = {"trial_id": self.trial_id, "round": self.round, "index": self.index}
         data.update(self.identity())
         data["config_file"] = self.config_file
+        if self.python_path:
+            data["python_path"] = list(self.python_path)
         data.update({"output_dir": self.output_dir, "digest": self.digest()})
         return data
 
@@ -169,12 +195,14 @@ class TrialResult:
     Attributes:
         trial_id: the spec's ``trial_id``.
         status: ``done``, ``diverged`` or ``failed``.
-        reward: bbox AP on the proxy validation split (``done``), the penalty (``diverged``),
-            or None (``failed``).
-        metrics: bbox metrics (AP, AP50, AP75, APs, APm, APl, per-class AP; NaN where COCO
-            defines none) and timings: ``train_s``, ``eval_s``, ``total_s``, ``iterations``
-            (trained in this run), ``resumed_from`` (first iteration of this run),
-            ``seconds_per_iter``.
+        reward: AP of ``proxy.reward_task`` on the proxy validation split (``done``), the
+            penalty (``diverged``), or None (``failed``).
+        metrics: the reward task's COCO metrics (AP, AP50, AP75, APs, APm, APl, per-class AP;
+            NaN where COCO defines none), those of the other evaluated tasks as ``<task>/<name>``
+            (``segm/AP`` for a Mask R-CNN scored by box AP, ``bbox/AP`` for one scored by mask
+            AP; see :func:`evaluation_metrics`), and timings: ``train_s``, ``eval_s``,
+            ``total_s``, ``iterations`` (trained in this run), ``resumed_from`` (first iteration
+            of this run), ``seconds_per_iter``.
         reason: why a trial diverged, or the last line of a failure.
         error: the traceback of a failure.
         started_at, finished_at: wall-clock times (seconds since the epoch) of this run.
@@ -337,7 +365,9 @@ def _train_and_score(spec: TrialSpec, started_at: float, rank: int = 0) -> Trial
     from paploss.engine import setup_cfg
     from paploss.search.trials.proxy import ProxyTrainer
 
+    import_modules(spec.imports, spec.python_path)  # a project's registrations, before the config
     cfg = setup_cfg(spec.config_file, spec.config_opts())
+    spec.proxy.check_model_config(cfg, spec.config_file)
     os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
     seed_all_rng(spec.seed + rank)
     trainer = ProxyTrainer(cfg, early_stop=spec.early_stop)
@@ -377,11 +407,10 @@ def _train_and_score(spec: TrialSpec, started_at: float, rank: int = 0) -> Trial
         eval_start = time.perf_counter()
         results = ProxyTrainer.test(cfg, trainer.model)
         metrics["eval_s"] = time.perf_counter() - eval_start
-        bbox = dict(results.get("bbox", {}))
-        metrics.update({key: float(value) for key, value in bbox.items()})
-        ap = bbox.get("AP", float("nan"))
+        metrics.update(evaluation_metrics(results, spec.proxy.reward_task))
+        ap = metrics.get("AP", float("nan"))
         status = "done"
-        # COCO reports NaN when the model detects nothing at all: that is an AP of 0.
+        # COCO reports NaN (or nothing) when the model detects nothing at all: that is an AP of 0.
         reward = float(ap) if math.isfinite(ap) else 0.0
     finished_at = time.time()
     metrics["total_s"] = finished_at - started_at
@@ -398,6 +427,24 @@ def _train_and_score(spec: TrialSpec, started_at: float, rank: int = 0) -> Trial
     if rank == 0:
         _write_json(Path(spec.output_dir) / RESULT_FILE, result.to_dict())
     return result
+
+
+def evaluation_metrics(results: Mapping[str, Any], reward_task: str) -> Dict[str, float]:
+    """A trial's COCO metrics from Detectron2's evaluation results.
+
+    Args:
+        results: ``{task: {metric: value}}`` (``{"bbox": {"AP": ...}, "segm": {...}}``).
+        reward_task: the task whose metrics are the trial's own (``proxy.reward_task``).
+
+    Returns:
+        The reward task's metrics under their names (``AP``, ``AP50``, ...), every other task's
+        as ``<task>/<name>`` (``segm/AP``); empty when nothing was evaluated (no detections).
+    """
+    metrics: Dict[str, float] = {}
+    for task, values in results.items():
+        prefix = "" if task == reward_task else f"{task}/"
+        metrics.update({f"{prefix}{key}": float(value) for key, value in dict(values).items()})
+    return metrics
 
 
 class _StopDistributedRun(RuntimeError):

@@ -16,7 +16,12 @@ layer ``i`` before it, ``_enc`` for the encoder proposals. Returned values are a
   negative; a positive's quality is ``(GIoU + 1) / 2`` or IoU (``MODEL.PAPLOSS.QUALITY``) of its
   predicted and ground-truth boxes, and λ scales the gradient that reaches the boxes through it.
   One function set and one λ (``MODEL.PAPLOSS.DETR``) serve every layer. ``loss_bbox``, the
-  stock L1 term, is kept beside it (``LOSS.RANKING_BBOX_WEIGHT``, 0 drops it).
+  stock L1 term, is kept beside it (``LOSS.RANKING_BBOX_WEIGHT``, 0 drops it). The PAP loss is
+  paploss's head loss (:class:`paploss.modeling.head_loss.PAPHeadLoss`, head ``"DETR"``) on the
+  layer's :class:`~paploss.modeling.ranking.HeadRanking` (:func:`detr_ranking`); the last decoder
+  layer's ranking goes through the module's forward, so that what the search's screening
+  records (:func:`paploss.modeling.record_rankings`) and the early stop of invalid trainings
+  checks is the detector's own output, and the other outputs through its ``compute``.
 * ``"rs"``: ``loss_rs``, Rank & Sort loss over the same entries (continuous labels: the IoU of
   the detached predicted box) plus the score-weighted GIoU loss balanced by value, as paploss's
   RS heads; ``loss_bbox`` L1 as for ``"pap"``.
@@ -27,19 +32,29 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from detectron2.config import configurable
+from detectron2.modeling.box_regression import Box2BoxTransform
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 from fvcore.nn import sigmoid_focal_loss
 from torch import nn
 
-from paploss.losses import PAPFunctions, pap_loss_components, rank_sort_loss, scale_grad
-from paploss.losses.box_quality import QUALITY_TYPES, box_quality, paired_iou_giou
+from paploss.losses import PAPFunctions, rank_sort_loss
+from paploss.losses.box_quality import QUALITY_TYPES, paired_iou_giou
+from paploss.modeling.head_loss import PAPHeadLoss
+from paploss.modeling.ranking import HeadRanking
 
 from .box_ops import box_cxcywh_to_xyxy
-from .config import DETR_LOSSES, PAP_SUBTREE, config_bool, config_choice, config_number
+from .config import (
+    DETR_LOSSES,
+    PAP_SUBTREE,
+    config_bool,
+    config_choice,
+    config_int,
+    config_number,
+)
 from .matcher import HungarianMatcher
 
-__all__ = ["DeformableDETRCriterion", "build_matcher"]
+__all__ = ["DeformableDETRCriterion", "IDENTITY_TRANSFORM", "build_matcher", "detr_ranking"]
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +62,60 @@ logger = logging.getLogger(__name__)
 _RS_BOX_WEIGHT_EPS = 1e-10
 
 Targets = Sequence[Mapping[str, torch.Tensor]]
+
+#: The box encoding of a DETR ranking: a query's box is its reference box under zero deltas,
+#: a delta moves or scales a box by its own width and height (what the screening optimises).
+IDENTITY_TRANSFORM = Box2BoxTransform(weights=(1.0, 1.0, 1.0, 1.0))
+
+
+def detr_ranking(
+    logits: torch.Tensor,
+    boxes: torch.Tensor,
+    matched: Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    image_sizes: Optional[torch.Tensor] = None,
+) -> HeadRanking:
+    """The ranking of one supervised output: every (query, class) entry of the batch.
+
+    A matched query's ground-truth class is its label, every other query is background (``K``);
+    nothing is ignored. The boxes are the predicted boxes as reference boxes with zero deltas
+    under :data:`IDENTITY_TRANSFORM`, so the positives' decoded boxes are the predicted ones (with
+    their gradient) and the ranking can be decoded from other deltas
+    (:meth:`~paploss.modeling.ranking.HeadRanking.with_predictions`). Boxes are in input-image
+    pixels (XYXY) when ``image_sizes`` is given, else in the normalised frame; IoU and GIoU are
+    the same in both.
+
+    Args:
+        logits: ``[N, Q, K]``.
+        boxes: ``[N, Q, 4]`` normalised ``(cx, cy, w, h)``.
+        matched: :meth:`DeformableDETRCriterion.matched`: ``image [P]``, ``query [P]``,
+            ``gt_labels [P]``, ``gt_boxes [P, 4]`` (normalised ``(cx, cy, w, h)``).
+        image_sizes: ``[N, 2]`` unpadded ``(height, width)`` of the input images, or None.
+
+    Returns:
+        Rows image-major (``R = N * Q``).
+    """
+    num_images, num_queries, num_classes = logits.shape
+    image, query, gt_labels, gt_boxes = matched
+    if image_sizes is None:
+        scale = torch.ones((num_images, 4), dtype=boxes.dtype, device=boxes.device)
+    else:
+        height, width = image_sizes.to(boxes).unbind(-1)
+        scale = torch.stack([width, height, width, height], dim=-1)
+    rows = image * num_queries + query
+    labels = torch.full((num_images * num_queries,), num_classes, device=logits.device)
+    labels[rows] = gt_labels
+    pred_xyxy = (box_cxcywh_to_xyxy(boxes) * scale[:, None]).reshape(-1, 4)
+    gt_xyxy = pred_xyxy.new_zeros(pred_xyxy.shape)
+    gt_xyxy[rows] = box_cxcywh_to_xyxy(gt_boxes).to(gt_xyxy) * scale[image]
+    return HeadRanking.from_deltas(
+        logits=logits.reshape(-1, num_classes),
+        labels=labels,
+        deltas=pred_xyxy.new_zeros(pred_xyxy.shape),
+        reference_boxes=pred_xyxy,
+        matched_gt_boxes=gt_xyxy,
+        image_index=torch.arange(num_images, device=logits.device).repeat_interleave(num_queries),
+        box2box_transform=IDENTITY_TRANSFORM,
+    )
 
 
 def build_matcher(cfg) -> HungarianMatcher:
@@ -94,6 +163,7 @@ class DeformableDETRCriterion(nn.Module):
         functions: Optional[PAPFunctions] = None,
         grad_scale: float = 1.0,
         quality_type: str = "giou",
+        topk: int = 0,
         rs_delta: float = 0.5,
     ):
         """
@@ -108,6 +178,7 @@ class DeformableDETRCriterion(nn.Module):
             functions: the PAP functions (default: identities).
             grad_scale: λ > 0 of the PAP loss.
             quality_type: ``"giou"`` or ``"iou"``, the PAP quality of a positive.
+            topk: the PAP loss's j-sums over the ``topk`` largest logits only (0: all).
             rs_delta: half-width of the RS loss's smoothed step.
         """
         super().__init__()
@@ -125,6 +196,19 @@ class DeformableDETRCriterion(nn.Module):
         self.grad_scale = config_number(grad_scale, "grad_scale", low_inclusive=False)
         self.quality_type = config_choice(quality_type, "quality_type", QUALITY_TYPES)
         self.rs_delta = rs_delta
+        # The PAP loss of a ranking, paploss's; its head (the MODEL.PAPLOSS subtree) names keys
+        # in errors and the ranking in paploss.modeling.record_rankings.
+        self.pap_loss: Optional[PAPHeadLoss] = None
+        if self.loss_name == "pap":
+            self.pap_loss = PAPHeadLoss(
+                functions=self.functions,
+                grad_scale=self.grad_scale,
+                quality_type=self.quality_type,
+                topk=topk,
+                head=PAP_SUBTREE,
+                head_name="detr",
+                loss_key="loss_pap",
+            )
 
     @classmethod
     def from_config(cls, cfg) -> dict:
@@ -162,6 +246,7 @@ class DeformableDETRCriterion(nn.Module):
             "functions": functions,
             "grad_scale": grad_scale,
             "quality_type": config_choice(pap.QUALITY, "MODEL.PAPLOSS.QUALITY", QUALITY_TYPES),
+            "topk": config_int(pap.TOPK, "MODEL.PAPLOSS.TOPK", low=0),
             "rs_delta": config_number(pap.RS.DELTA, "MODEL.PAPLOSS.RS.DELTA"),
         }
 
@@ -185,7 +270,9 @@ class DeformableDETRCriterion(nn.Module):
                 layers; two-stage also ``"enc_logits"`` ``[N, S, 1]``, ``"enc_boxes"``
                 ``[N, S, 4]``.
             targets: ``N`` dicts: ``"labels"`` ``[G]`` int64, ``"boxes"`` ``[G, 4]`` normalised
-                ``(cx, cy, w, h)``.
+                ``(cx, cy, w, h)``, and optionally ``"image_size"`` ``[2]``, the unpadded input
+                ``(height, width)`` (the PAP loss's ranking is then in pixels, see
+                :func:`detr_ranking`).
 
         Returns:
             Weighted losses (see the module docstring for the keys).
@@ -201,9 +288,7 @@ class DeformableDETRCriterion(nn.Module):
                 self.layer_losses(logits[layer], boxes[layer], targets, num_boxes, suffix)
             )
         if "enc_logits" in outputs:
-            agnostic = [
-                {"labels": torch.zeros_like(t["labels"]), "boxes": t["boxes"]} for t in targets
-            ]
+            agnostic = [{**t, "labels": torch.zeros_like(t["labels"])} for t in targets]
             losses.update(
                 self.layer_losses(
                     outputs["enc_logits"], outputs["enc_boxes"], agnostic, num_boxes, "_enc"
@@ -229,7 +314,8 @@ class DeformableDETRCriterion(nn.Module):
             suffix: appended to every key.
         """
         matches = self.matcher(logits, boxes, targets)
-        image, query, gt_labels, gt_boxes = self.matched(matches, targets, logits.device)
+        matched = self.matched(matches, targets, logits.device)
+        image, query, gt_labels, gt_boxes = matched
         pred_boxes = boxes[image, query]  # [P, 4]
         l1 = (pred_boxes - gt_boxes).abs().sum() / num_boxes
         if self.loss_name == "stock":
@@ -244,22 +330,24 @@ class DeformableDETRCriterion(nn.Module):
                 f"loss_bbox{suffix}": self.bbox_weight * l1,
                 f"loss_giou{suffix}": self.giou_weight * (1 - giou).sum() / num_boxes,
             }
-        num_queries, num_classes = logits.shape[1:]
-        positive_index = (image * num_queries + query) * num_classes + gt_labels  # [P]
-        flat_logits = logits.reshape(-1)
-        flat_targets = torch.zeros(flat_logits.shape, dtype=torch.int8, device=logits.device)
-        flat_targets[positive_index] = 1
-        pred_xyxy, gt_xyxy = box_cxcywh_to_xyxy(pred_boxes), box_cxcywh_to_xyxy(gt_boxes)
         if self.loss_name == "pap":
-            ranking = self._pap(
-                flat_logits, flat_targets, positive_index, pred_xyxy, gt_xyxy, suffix
+            sizes = [t["image_size"] for t in targets] if "image_size" in targets[0] else None
+            ranking_loss = self._pap(
+                detr_ranking(logits, boxes, matched, None if sizes is None else torch.stack(sizes)),
+                suffix,
             )
         else:
-            ranking = self._rs(
+            num_queries, num_classes = logits.shape[1:]
+            positive_index = (image * num_queries + query) * num_classes + gt_labels  # [P]
+            flat_logits = logits.reshape(-1)
+            flat_targets = torch.zeros(flat_logits.shape, dtype=torch.int8, device=logits.device)
+            flat_targets[positive_index] = 1
+            pred_xyxy, gt_xyxy = box_cxcywh_to_xyxy(pred_boxes), box_cxcywh_to_xyxy(gt_boxes)
+            ranking_loss = self._rs(
                 flat_logits, flat_targets, positive_index, pred_xyxy, gt_xyxy, num_classes
             )
         return {
-            f"loss_{self.loss_name}{suffix}": self.ranking_weight * ranking,
+            f"loss_{self.loss_name}{suffix}": self.ranking_weight * ranking_loss,
             f"loss_bbox{suffix}": self.ranking_bbox_weight * l1,
         }
 
@@ -281,19 +369,15 @@ class DeformableDETRCriterion(nn.Module):
         ).to(device)
         return image, query, gt_labels.long(), gt_boxes
 
-    def _pap(self, flat_logits, flat_targets, positive_index, pred_xyxy, gt_xyxy, suffix):
-        quality = scale_grad(box_quality(pred_xyxy, gt_xyxy, self.quality_type), self.grad_scale)
-        entries = torch.zeros_like(flat_logits).index_put(
-            (positive_index,), quality.to(flat_logits.dtype)
-        )
-        parts = pap_loss_components(flat_logits, flat_targets, entries, self.functions)
-        _put_scalars(
-            **{
-                f"detr/pap_localization{suffix}": parts.localization.item(),
-                f"detr/pap_ranking{suffix}": parts.ranking.item(),
-            }
-        )
-        return parts.loss
+    def _pap(self, ranking: HeadRanking, suffix: str) -> torch.Tensor:
+        """The PAP loss of one output's ranking; the last decoder layer's (``suffix`` "") through
+        the head loss's forward (logged by it as ``detr/...``), the others through ``compute``
+        (logged here with their suffix)."""
+        if not suffix:
+            return self.pap_loss(ranking)[self.pap_loss.loss_key]
+        loss, scalars = self.pap_loss.compute(ranking)
+        _put_scalars(**{f"detr/{name}{suffix}": value for name, value in scalars.items()})
+        return loss
 
     def _rs(self, flat_logits, flat_targets, positive_index, pred_xyxy, gt_xyxy, num_classes):
         iou, giou = paired_iou_giou(pred_xyxy, gt_xyxy)

@@ -1,17 +1,20 @@
-"""Config set-up, training data and the trainer of the project (used by ``train_net.py``)."""
+"""Config set-up, training data and the trainer of the project (used by ``train_net.py``).
 
-import os
+Configs load through :func:`paploss.engine.load_config`, which adds this project's keys to every
+``PAPDeformableDETR`` config (the config extension the package registers on import) and applies
+paploss's rules (dataset paths, ``OUTPUT_DIR``, ``LR_STEP_FRACTIONS``); paploss's
+:class:`~paploss.engine.Trainer` builds the project's optimizer (registered the same way).
+"""
+
 from typing import List, Optional, Sequence
 
-from detectron2.config import CfgNode, get_cfg
+from detectron2.config import CfgNode
 from detectron2.data import DatasetMapper, build_detection_train_loader
 from detectron2.data import transforms as T
 
-from paploss.data import check_dataset_names, ensure_dataset_files, register_datasets_from_config
-from paploss.engine import Trainer
-
-from .config import add_deformable_detr_config
-from .solver import build_optimizer
+from paploss.data import ensure_dataset_files
+from paploss.engine import Trainer, load_config
+from paploss.engine import setup_cfg as paploss_setup_cfg
 
 __all__ = ["DeformableDETRTrainer", "build_train_augmentations", "load_config", "setup_cfg"]
 
@@ -19,39 +22,15 @@ __all__ = ["DeformableDETRTrainer", "build_train_augmentations", "load_config", 
 CROP_PRE_RESIZE = (400, 500, 600)
 
 
-def load_config(config_file: Optional[str] = None, opts: Sequence = ()) -> CfgNode:
-    """A config with paploss's and this project's keys, merged from a file and overrides.
+def setup_cfg(config_file: Optional[str] = None, opts: Sequence = ()) -> CfgNode:
+    """:func:`paploss.engine.setup_cfg` without the start-up data checks: load the config,
+    register ``MODEL.PAPLOSS.DATASETS``, check the dataset names, freeze.
 
     Raises:
         FileNotFoundError: if ``config_file`` does not exist.
         ValueError: naming the source and the key when a key does not exist or has the wrong type.
     """
-    import paploss.data  # noqa: F401  (registers the synthetic splits)
-
-    cfg = get_cfg()
-    add_deformable_detr_config(cfg)
-    sources = []
-    if config_file:
-        if not os.path.isfile(config_file):
-            raise FileNotFoundError(f"config file '{config_file}' does not exist")
-        sources.append((cfg.merge_from_file, config_file, f"config file '{config_file}'"))
-    sources.append((cfg.merge_from_list, list(opts), "command-line overrides"))
-    for merge, source, description in sources:
-        try:  # yacs reports unknown keys and type mismatches with bare assertions
-            merge(source)
-        except (AssertionError, KeyError, TypeError) as e:
-            raise ValueError(f"{description}: {e}") from e
-    return cfg
-
-
-def setup_cfg(config_file: Optional[str] = None, opts: Sequence = ()) -> CfgNode:
-    """:func:`load_config`, then register ``MODEL.PAPLOSS.DATASETS``, check names, freeze."""
-    cfg = load_config(config_file, opts)
-    register_datasets_from_config(cfg.MODEL.PAPLOSS.DATASETS)
-    check_dataset_names(cfg.DATASETS.TRAIN, "DATASETS.TRAIN")
-    check_dataset_names(cfg.DATASETS.TEST, "DATASETS.TEST")
-    cfg.freeze()
-    return cfg
+    return paploss_setup_cfg(config_file, opts, validate=False)
 
 
 def build_train_augmentations(cfg: CfgNode) -> List[T.Augmentation]:
@@ -83,12 +62,9 @@ def build_train_augmentations(cfg: CfgNode) -> List[T.Augmentation]:
 
 
 class DeformableDETRTrainer(Trainer):
-    """paploss's trainer (COCO evaluation, complete checkpoints) with the published optimizer
-    and training augmentations."""
-
-    @classmethod
-    def build_optimizer(cls, cfg, model):
-        return build_optimizer(cfg, model)
+    """paploss's trainer (COCO evaluation, complete checkpoints, and the published optimizer
+    this package registers for ``PAPDeformableDETR``) with the published training
+    augmentations."""
 
     @classmethod
     def build_train_loader(cls, cfg):

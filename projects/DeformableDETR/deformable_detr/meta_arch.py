@@ -160,7 +160,8 @@ class PAPDeformableDETR(nn.Module):
     def prepare_targets(
         self, batched_inputs: List[Dict], image_sizes: Sequence[Tuple[int, int]]
     ) -> List[Dict[str, torch.Tensor]]:
-        """Ground truth as ``labels [G]`` and normalised ``(cx, cy, w, h)`` ``boxes [G, 4]``."""
+        """Ground truth as ``labels [G]`` and normalised ``(cx, cy, w, h)`` ``boxes [G, 4]``, with
+        the unpadded input ``image_size [2]`` ``(height, width)``."""
         targets = []
         for x, (h, w) in zip(batched_inputs, image_sizes):
             if "instances" not in x:
@@ -168,7 +169,10 @@ class PAPDeformableDETR(nn.Module):
             instances = x["instances"].to(self.device)
             scale = torch.tensor([w, h, w, h], dtype=torch.float32, device=self.device)
             boxes = box_xyxy_to_cxcywh(instances.gt_boxes.tensor / scale)
-            targets.append({"labels": instances.gt_classes.long(), "boxes": boxes})
+            size = torch.tensor([h, w], dtype=torch.float32, device=self.device)
+            targets.append(
+                {"labels": instances.gt_classes.long(), "boxes": boxes, "image_size": size}
+            )
         return targets
 
     def forward(self, batched_inputs: List[Dict]):
