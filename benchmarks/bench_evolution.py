@@ -96,7 +96,7 @@ def _measure(screener: Any, registry: Any, candidate: Any, min_gain: float) -> R
         if duplicate_of is None:
             registry.register(fingerprint.digest, candidate.index)
     probe_seconds = time.perf_counter() - start
-    result = screener.reject_score(candidate)
+    (result,) = screener.reject_score(candidate).values()
     return Record(
         index=candidate.index,
         origin=candidate.origin,

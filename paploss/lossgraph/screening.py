@@ -1,8 +1,9 @@
 """Screening of graph candidates with the search's own checks, before any proxy training.
 
-:class:`GraphScreener` decides about one :class:`~paploss.lossgraph.evolution.GraphCandidate`:
+:class:`GraphScreener` is the search's :class:`~paploss.search.screening.Screener` for loss
+graphs: the same decision (:meth:`~paploss.search.screening.Screener.screen`), with
 
-1. **Validity** (cheapest): the candidate's losses and gradients on fixed probes
+1. **Validity** first (cheapest): the candidate's losses and gradients on fixed probes
    (:class:`~paploss.lossgraph.fingerprint.GraphProbes`) must be finite, and a gradient must reach
    the predictions of every searched branch; otherwise it is ``rejected`` as invalid (it would
    stop at once in training, or never learn).
@@ -17,10 +18,13 @@
    predictions under its :meth:`compute` and measures the AP gain; below
    ``rejection.min_ap_gain`` the candidate is ``rejected``.
 
-Settings are the search's :class:`~paploss.search.settings.ScreeningSettings`
-(``equivalence.probe_samples``, ``equivalence.seed`` and ``significant_digits`` size the probes
-and the rounding; ``probe_entries`` / ``probe_positives`` are for PAP candidates only). The early
-stop of invalid trainings is the search's :class:`~paploss.search.screening.InvalidTrainingHook`
+A candidate is given as its config values (what the search's journal stores,
+:meth:`~paploss.lossgraph.GraphCandidate.overrides`) or as a
+:class:`~paploss.lossgraph.GraphCandidate`. Settings are the search's
+:class:`~paploss.search.settings.ScreeningSettings` (``equivalence.probe_samples``,
+``equivalence.seed`` and ``significant_digits`` size the probes and the rounding;
+``probe_entries`` / ``probe_positives`` are for PAP candidates only). The early stop of invalid
+trainings is the search's :class:`~paploss.engine.hooks.InvalidTrainingHook`
 (``screening.early_stop.build_hook()``): it watches every
 :class:`~paploss.modeling.head_loss.RankingHeadLoss`, so a graph loss's training is stopped the
 same way.
@@ -28,26 +32,32 @@ same way.
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
-from typing import Any, Dict, Hashable, Optional, Sequence
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
 from paploss.search.screening.batch import HeadBatch, build_screening_batches
 from paploss.search.screening.equivalence import EquivalenceRegistry
 from paploss.search.screening.rejection import RejectionProtocol, RejectionResult
-from paploss.search.screening.screener import ScreeningDecision
+from paploss.search.screening.screener import Screener, ScreeningDecision
 from paploss.search.settings import ScreeningSettings
 
+from .branches import BRANCHES, parse_branch
 from .evolution import GraphCandidate
 from .fingerprint import GraphFingerprint, GraphProbes, graph_fingerprint
 
-__all__ = ["GraphScreeningDecision", "GraphScreener", "graph_head_loss"]
+__all__ = ["GraphScreener", "graph_head_loss", "HEAD"]
 
 #: The head whose losses graph candidates replace.
 HEAD = "ROI_HEADS"
 
+#: A graph candidate, or its config values.
+GraphLike = Union[GraphCandidate, Mapping[str, Any]]
 
-def graph_head_loss(cfg: Any, candidate: GraphCandidate) -> Any:
+
+def _overrides(candidate: GraphLike) -> Mapping[str, Any]:
+    return candidate.overrides() if isinstance(candidate, GraphCandidate) else candidate
+
+
+def graph_head_loss(cfg: Any, candidate: GraphLike) -> Any:
     """The ROI head's :class:`~paploss.modeling.graph_loss.GraphHeadLoss` as ``candidate``
     trains with it: ``cfg`` with the candidate's overrides merged as a trial merges them.
 
@@ -59,33 +69,13 @@ def graph_head_loss(cfg: Any, candidate: GraphCandidate) -> Any:
     cfg = cfg.clone()
     cfg.defrost()
     opts = []
-    for key, value in candidate.overrides().items():
+    for key, value in _overrides(candidate).items():
         opts += [key, value]
     cfg.merge_from_list(opts)
     return build_head_loss(cfg, HEAD, head_name="roi_heads", key_prefix="loss_roi_")
 
 
-@dataclass(frozen=True)
-class GraphScreeningDecision(ScreeningDecision):
-    """:class:`~paploss.search.screening.ScreeningDecision` with the validity check.
-
-    Attributes:
-        invalid: rejected by the validity check (``status`` is ``"rejected"``).
-        reason: why it was rejected as invalid, else None.
-        probe_seconds: wall time of the validity check and fingerprint.
-    """
-
-    invalid: bool = False
-    reason: Optional[str] = None
-    probe_seconds: float = 0.0
-
-    def metrics(self) -> Dict[str, Any]:
-        data = super().metrics()
-        data.update(invalid=self.invalid, reason=self.reason, probe_seconds=self.probe_seconds)
-        return data
-
-
-class GraphScreener:
+class GraphScreener(Screener):
     """Screens graph candidates: validity, equivalence, then the rejection protocol.
 
     Args:
@@ -108,30 +98,25 @@ class GraphScreener:
         registry: Optional[EquivalenceRegistry] = None,
         branches: Sequence[str] = ("cls", "box"),
     ) -> None:
-        settings.validate()
-        self.settings = settings
-        if cfg is None:
-            from detectron2.config import get_cfg
-
-            from paploss.modeling import add_paploss_config
-
-            cfg = get_cfg()
-            add_paploss_config(cfg)
-        self.cfg = cfg
-        self.protocol: Optional[RejectionProtocol] = None
-        if settings.rejection.enabled:
-            if batch is None:
-                raise ValueError("the rejection protocol is enabled but no batch was given")
-            self.protocol = RejectionProtocol(batch, settings.rejection)
-        equivalence = settings.equivalence
-        self.probes = probes or GraphProbes(
-            equivalence.probe_samples, cfg.MODEL.ROI_HEADS.NUM_CLASSES, equivalence.seed
+        super().__init__(
+            settings,
+            None if batch is None else {HEAD: batch},
+            probes=probes,
+            registry=registry,
+            cfg=cfg,
         )
-        self.registry = registry if registry is not None else EquivalenceRegistry()
         self.branches = tuple(branches)
 
+    def default_probes(self) -> GraphProbes:
+        """Probes of ``settings.equivalence``'s size and seed with the config's classes (also
+        with the check disabled: they tell whether a candidate is valid)."""
+        equivalence = self.settings.equivalence
+        return GraphProbes(
+            equivalence.probe_samples, self.cfg.MODEL.ROI_HEADS.NUM_CLASSES, equivalence.seed
+        )
+
     @classmethod
-    def build(
+    def build(  # type: ignore[override]
         cls,
         settings: ScreeningSettings,
         cfg: Any,
@@ -159,82 +144,74 @@ class GraphScreener:
             )[HEAD]
         return cls(settings, batch, cfg=cfg, branches=branches)
 
-    def head_loss(self, candidate: GraphCandidate) -> Any:
+    @property
+    def protocol(self) -> Optional[RejectionProtocol]:
+        """The rejection protocol on the ROI head's batch (None when disabled)."""
+        return self.protocols.get(HEAD)
+
+    def head_loss(self, candidate: GraphLike) -> Any:
         """The candidate's ROI head loss (:func:`graph_head_loss` on :attr:`cfg`)."""
         return graph_head_loss(self.cfg, candidate)
 
-    def fingerprint(self, candidate: GraphCandidate) -> GraphFingerprint:
+    def head_losses(  # type: ignore[override]
+        self, overrides: GraphLike, heads: Optional[Sequence[str]] = None
+    ) -> Dict[str, Any]:
+        """``{"ROI_HEADS": the candidate's head loss}``."""
+        return {HEAD: self.head_loss(overrides)}
+
+    def graphs(self, candidate: GraphLike) -> Tuple[Any, Any]:
+        """The candidate's classification and box graphs (an expression it does not give: the
+        config's, as in training).
+
+        Raises:
+            ValueError: naming the key, for an expression that does not parse.
+        """
+        if isinstance(candidate, GraphCandidate):
+            return candidate.cls, candidate.box
+        node = self.cfg.MODEL.PAPLOSS.GRAPH
+        defaults = {"cls": node.CLS, "box": node.BOX}
+        graphs = []
+        for name, branch in BRANCHES.items():
+            text = str(candidate.get(branch.config_key, defaults[name]))
+            try:
+                graphs.append(parse_branch(text, branch))
+            except ValueError as exc:
+                raise ValueError(f"{branch.config_key}: {exc}") from None
+        return graphs[0], graphs[1]
+
+    def fingerprint(self, candidate: GraphLike) -> GraphFingerprint:  # type: ignore[override]
         """The candidate's fingerprint (and validity) on the probes."""
+        cls_graph, box_graph = self.graphs(candidate)
         return graph_fingerprint(
-            candidate.cls,
-            candidate.box,
-            self.probes,
-            self.settings.equivalence.significant_digits,
+            cls_graph, box_graph, self.probes, self.settings.equivalence.significant_digits
         )
 
-    def reject_score(self, candidate: GraphCandidate) -> RejectionResult:
-        """Run the rejection protocol (no decision, no registry).
+    def probe(self, candidate: GraphLike) -> Tuple[Optional[str], Optional[str]]:
+        """``(fingerprint digest, invalid reason)``: the probes run even with the equivalence
+        check disabled (they tell whether the candidate is valid)."""
+        fingerprint = self.fingerprint(candidate)
+        reason = fingerprint.invalid_reason(self.branches)
+        if reason is not None or not self.settings.equivalence.enabled:
+            return None, reason
+        return fingerprint.digest, None
+
+    def reject_score(self, candidate: GraphLike) -> Dict[str, RejectionResult]:
+        """Run the rejection protocol (no decision, no registry): ``{"ROI_HEADS": result}``.
 
         Raises:
             ValueError: if the protocol is disabled.
         """
         if self.protocol is None:
             raise ValueError("the rejection protocol is disabled")
-        return self.protocol.run(self.head_loss(candidate))
+        return {HEAD: self.protocol.run(self.head_loss(candidate))}
 
-    def screen(
-        self, candidate: GraphCandidate, key: Optional[Hashable] = None
-    ) -> GraphScreeningDecision:
-        """Decide about one candidate and register its fingerprint under ``key``.
-
-        Args:
-            candidate: the candidate.
-            key: identifies the trial (default: the candidate's proposal number); a later
-                equivalent candidate is reported as a duplicate of it.
-
-        Returns:
-            The decision: ``rejected`` (invalid, or AP gain below the threshold), ``duplicate``
-            or ``accepted``.
-        """
-        start = time.perf_counter()
-        key = candidate.index if key is None else key
-        rejected_reward = float(self.settings.rejection.rejected_reward)
-        fingerprint = self.fingerprint(candidate)
-        probe_seconds = time.perf_counter() - start
-        reason = fingerprint.invalid_reason(self.branches)
-        if reason is not None:
-            return GraphScreeningDecision(
-                status="rejected",
-                reward=rejected_reward,
-                invalid=True,
-                reason=reason,
-                probe_seconds=probe_seconds,
-                seconds=time.perf_counter() - start,
-            )
-        digest = None
-        if self.settings.equivalence.enabled:
-            digest = fingerprint.digest
-            earlier = self.registry.lookup(digest)
-            if earlier is not None and earlier != key:
-                return GraphScreeningDecision(
-                    status="duplicate",
-                    fingerprint=digest,
-                    duplicate_of=earlier,
-                    probe_seconds=probe_seconds,
-                    seconds=time.perf_counter() - start,
-                )
-            self.registry.register(digest, key)
-        rejection: Dict[str, RejectionResult] = {}
-        status, reward = "accepted", None
-        if self.protocol is not None:
-            rejection = {HEAD: self.protocol.run(self.head_loss(candidate))}
-            if rejection[HEAD].gain < self.settings.rejection.min_ap_gain:
-                status, reward = "rejected", rejected_reward
-        return GraphScreeningDecision(
-            status=status,
-            fingerprint=digest,
-            rejection=rejection,
-            reward=reward,
-            probe_seconds=probe_seconds,
-            seconds=time.perf_counter() - start,
-        )
+    def screen(  # type: ignore[override]
+        self, candidate: GraphLike, key: Optional[Any] = None
+    ) -> ScreeningDecision:
+        """Decide about one candidate and register its fingerprint under ``key`` (default: a
+        :class:`GraphCandidate`'s proposal number); see :meth:`Screener.screen`."""
+        if key is None:
+            if not isinstance(candidate, GraphCandidate):
+                raise ValueError("a candidate given by its config values needs a key")
+            key = candidate.index
+        return super().screen(_overrides(candidate), key)

@@ -1,7 +1,9 @@
-"""Loss search over PAP-loss parameters. The flow of a search, one package or module per step::
+"""Loss search: over PAP-loss parameters (``ppo``), or over loss graphs from scratch (``evolution``,
+``random``). The flow of a search, one package or module per step::
 
     settings      the search's settings (one module, one set of validators)
     space         flat θ ↔ ``MODEL.PAPLOSS`` config values
+    graph_space   loss graphs of the ROI head as a search space
     proposers/    the search method: proposes each round's candidates, learns from rewards
     screening/    rejects hopeless and duplicate candidates before any training
     trials/       one proxy training per candidate, scored by COCO bbox AP
@@ -19,6 +21,7 @@ from paploss.utils.lazy import lazy_exports
 
 _LAZY = {
     "SearchSpace": "space",
+    "GraphLossSpace": "graph_space",
     "Proposer": "proposers",
     "Candidate": "proposers",
     "ScoredCandidate": "proposers",

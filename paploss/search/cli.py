@@ -49,8 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog="paploss-search",
-        description="Search PAP-loss parameters with PPO; each candidate is scored by a short "
-        "proxy training (COCO bbox AP).",
+        description="Search a detector's loss: PAP-loss parameters with PPO, or loss graphs "
+        "from scratch by evolution; each candidate is scored by a short proxy training (COCO "
+        "bbox AP).",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
@@ -105,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--output", metavar="DIR", required=True, help="search folder")
     status.add_argument("--trials", action="store_true", help="also list every trial")
 
-    export = commands.add_parser("export", help="write the best parameters as a config file")
+    export = commands.add_parser("export", help="write the best loss as a config file")
     export.add_argument("--output", metavar="DIR", required=True, help="search folder")
     export.add_argument(
         "--which",
@@ -179,7 +180,7 @@ def _warn_export(exported: Any) -> None:
 def _write_report(output: Any) -> List[str]:
     """Export the best config and write the plots; returns lines saying where they are."""
     from paploss.search.journal import SearchJournal
-    from paploss.search.reports import export_config, plot_functions, plot_rewards
+    from paploss.search.reports import export_config, write_plots
 
     lines = []
     with SearchJournal.open(str(output.journal), read_only=True) as journal:
@@ -198,10 +199,9 @@ def _write_report(output: Any) -> List[str]:
                 f"  train it:        python tools/train_net.py --config-file {_show(exported.path)}"
             )
             _warn_if_model_config_changed(journal)
-        rewards = plot_rewards(journal, output.plots / "rewards.png")
-        functions = plot_functions(journal, output.plots / "functions.png")
-    lines.append(f"  plots:           {_show(rewards)}")
-    lines.append(f"                   {_show(functions)}")
+        plots = write_plots(journal, output.plots)
+    for number, path in enumerate(plots):
+        lines.append(f"  {'plots:' if number == 0 else '':<17}{_show(path)}")
     return lines
 
 
@@ -253,16 +253,13 @@ def _warn_if_model_config_changed(journal: Any) -> None:
 
 def _cmd_plot(args: argparse.Namespace) -> int:
     from paploss.search.controller import SearchOutput
-    from paploss.search.reports import plot_functions, plot_rewards
+    from paploss.search.reports import write_plots
 
     output = SearchOutput(Path(args.output).absolute())
     folder = Path(args.to).absolute() if args.to else output.plots
     with _open_journal(args.output) as journal:
         try:
-            paths = [
-                plot_rewards(journal, folder / "rewards.png"),
-                plot_functions(journal, folder / "functions.png"),
-            ]
+            paths = write_plots(journal, folder)
         except ValueError as exc:
             raise CLIError(str(exc)) from None
     print("\n".join(f"wrote {_show(path)}" for path in paths))
@@ -297,7 +294,7 @@ def _settings_from_journal(output: Any, overrides: Sequence[str]) -> Any:
 
     with _open_journal(str(output.root)) as journal:
         stored = journal.settings
-    sections = ("model", "proxy", "search", "policy", "screening")
+    sections = ("model", "proxy", "search", "policy", "screening", "evolution")
     base = {key: stored[key] for key in sections if key in stored}
     if output.settings.exists():
         try:

@@ -6,6 +6,8 @@ One round::
     proposer.propose()           the round's candidates, e.g. θ_1..θ_S ~ policy (+ μ itself)
     screen the samples           rejected and duplicate candidates are decided, never trained
                                  (paploss.search.screening.candidates)
+    proposer.propose_more(n)     with search.max_proposals: more samples, screened too, while
+                                 fewer than search.candidates are to be trained
     journal.begin_round(...)     candidates with their screening decisions + the proposer's state
                                  *after* proposing (random generators included)
     launch the trials, record each outcome as it arrives, retry failures up to max_attempts
@@ -15,8 +17,10 @@ One round::
     journal.end_round(...)       the proposer's state after the update
 
 The proposer is the search method ``search.method`` names
-(:data:`paploss.search.proposers.PROPOSER_REGISTRY`; ``ppo`` by default); everything else here is
-the same for every method.
+(:data:`paploss.search.proposers.PROPOSER_REGISTRY`; ``ppo`` by default); it also makes the
+search space (:meth:`~paploss.search.proposers.Proposer.build_space`: the PAP-loss parameters,
+or the loss graphs of ``evolution`` and ``random``). Everything else here is the same for every
+method.
 
 The journal (:class:`~paploss.search.journal.SearchJournal`) is the only durable state, and the
 controller is its only writer. A killed search resumes exactly: closed rounds are never repeated,
@@ -52,7 +56,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import yaml
@@ -65,14 +69,13 @@ from paploss.search.launchers.trial_launcher import (
     check_launcher,
     error_summary,
 )
-from paploss.search.proposers import Proposer, ScoredCandidate, proposer_class
+from paploss.search.proposers import Candidate, Proposer, ScoredCandidate, proposer_class
 from paploss.search.screening.candidates import (
     CandidateScreening,
     ScreeningSetupError,
     duplicate_of,
 )
 from paploss.search.settings import LAUNCHER_KINDS, SearchSettings, settings_summary
-from paploss.search.space import SearchSpace
 from paploss.search.trials.runner import TrialResult, TrialSpec, run_trial, trial_folder_name
 from paploss.search.trials.warm_start import WARM_START_FOLDER, warm_start_spec, warm_start_weights
 from paploss.utils.imports import import_modules
@@ -197,7 +200,7 @@ def model_config_changed(stored_settings: Dict) -> bool:
         return True
 
 
-def journal_settings(settings: SearchSettings, space: SearchSpace, config_digest: str) -> Dict:
+def journal_settings(settings: SearchSettings, space: Any, config_digest: str) -> Dict:
     """Everything the journal stores and compares on resume.
 
     The search settings without the launcher, the resolved search space (so reports can rebuild
@@ -239,7 +242,7 @@ class SearchController:
         self.trial_fn = trial_fn
         self._launcher = launcher
         self._journal: Optional[SearchJournal] = None
-        self._space: Optional[SearchSpace] = None
+        self._space: Optional[Any] = None  # the method's space (SearchSpace, GraphLossSpace)
         self._proposer: Optional[Proposer] = None
         self._screening: Optional[CandidateScreening] = None
         self._trials_run = 0
@@ -312,8 +315,12 @@ class SearchController:
             import_modules(model.imports, model.python_path)
         except ImportError as exc:
             raise SearchError(str(exc)) from None
-        space, merged_config = self._build_space()
+        space, merged_config = self._build_space(method)
         self._space = space
+        try:
+            proposer = method.from_settings(self.settings, space)
+        except ValueError as exc:
+            raise SearchError(str(exc)) from None
         config_digest = hashlib.sha256(merged_config.encode("utf-8")).hexdigest()
         stored = journal_settings(self.settings, space, config_digest)
         # Trials train from the copy in model_config.yaml: editing the model's config files while
@@ -334,9 +341,8 @@ class SearchController:
             self._journal = SearchJournal.create(str(output.journal), stored)
         for line in settings_summary(self.settings):
             logger.info("%s", line)
-        logger.info("search space: %d dimensions (%s)", space.dim, ", ".join(space.heads))
+        logger.info("search space: %s", space.summary())
 
-        proposer = method.from_settings(self.settings, space)
         state = self._journal.latest_policy_state()
         if state is not None:
             try:
@@ -351,11 +357,11 @@ class SearchController:
             self._journal,
             model_config=str(output.model_config),
             trials_dir=str(output.trials),
-            heads=space.heads,
+            space=space,
         )
 
-    def _build_space(self) -> Tuple[SearchSpace, str]:
-        """The search space and the fully merged model config (YAML text)."""
+    def _build_space(self, method: type) -> Tuple[Any, str]:
+        """The search method's space and the fully merged model config (YAML text)."""
         from paploss.data import datasets_root, ensure_dataset_files
         from paploss.engine import load_config
 
@@ -367,10 +373,7 @@ class SearchController:
         # a SettingsError naming proxy.reward_task, before anything is written
         self.settings.proxy.check_model_config(cfg, model.config)
         try:
-            if model.heads:
-                space = SearchSpace(model.heads, fixed=model.fixed or None)
-            else:
-                space = SearchSpace.from_config(cfg, fixed=model.fixed or None)
+            space = method.build_space(self.settings, cfg)
         except ValueError as exc:
             raise SearchError(f"model.config '{model.config}': {exc}") from None
         self._datasets_root = datasets_root()
@@ -399,10 +402,8 @@ class SearchController:
 
     # ------------------------------------------------------------------ rounds
     def _run_round(self, round_index: int) -> None:
-        journal, proposer, space = self._journal, self._proposer, self._space
-        assert journal is not None and proposer is not None and space is not None
-        screening = self._screening
-        assert screening is not None
+        journal, proposer = self._journal, self._proposer
+        assert journal is not None and proposer is not None
         loop = self.settings.search
         total = loop.rounds
         current = journal.open_round()
@@ -412,22 +413,11 @@ class SearchController:
                     f"{journal.path}: the policy is at round {proposer.round}, the journal at "
                     f"round {round_index}"
                 )
-            candidates = proposer.propose()
-            seed = round_seed(loop.seed, round_index)
-            new_trials = [
-                NewTrial(
-                    theta=[float(v) for v in candidate.theta],
-                    overrides=space.to_overrides(candidate.theta),
-                    seed=seed,
-                    role=candidate.role,
-                    folder=os.path.join("trials", trial_folder_name(round_index, index)),
-                )
-                for index, candidate in enumerate(candidates)
-            ]
             try:
-                new_trials = screening.screen_round(round_index, new_trials)
+                new_trials = self._propose_round(round_index)
             except ScreeningSetupError as exc:
                 raise SearchError(str(exc)) from None
+            seed = round_seed(loop.seed, round_index)
             journal.begin_round(round_index, proposer.state_dict(), new_trials)
             logger.info(
                 "round %d/%d: %d trial(s) to train of %d%s, seed %d",
@@ -457,6 +447,59 @@ class SearchController:
 
         self._run_trials(round_index)
         self._close_round(round_index)
+
+    def _propose_round(self, round_index: int) -> List[NewTrial]:
+        """The round's candidates, screened: :meth:`Proposer.propose`, then, with
+        ``search.max_proposals``, :meth:`Proposer.propose_more` while fewer than
+        ``search.candidates`` samples are to be trained.
+
+        Raises:
+            ScreeningSetupError: when the screening cannot be set up.
+        """
+        proposer, screening = self._proposer, self._screening
+        assert proposer is not None and screening is not None
+        loop = self.settings.search
+        seed = round_seed(loop.seed, round_index)
+        trials = screening.screen_round(
+            round_index, self._new_trials(round_index, proposer.propose(), seed, start=0)
+        )
+        limit = max(loop.max_proposals, len(trials))
+        while True:
+            to_train = sum(t.role == "sample" and t.status == "pending" for t in trials)
+            wanted = min(loop.candidates - to_train, limit - len(trials))
+            if wanted <= 0:
+                break
+            more = proposer.propose_more(wanted)[:wanted]
+            if not more:
+                break
+            trials += screening.screen_round(
+                round_index,
+                self._new_trials(round_index, more, seed, start=len(trials)),
+                earlier=trials,
+            )
+        screening.log_round(round_index, trials)
+        return trials
+
+    def _new_trials(
+        self, round_index: int, candidates: Sequence[Candidate], seed: int, start: int
+    ) -> List[NewTrial]:
+        """Journal entries of ``candidates``, the first of them trial ``start`` of the round."""
+        space = self._space
+        assert space is not None
+        return [
+            NewTrial(
+                theta=[float(v) for v in candidate.theta],
+                overrides=(
+                    dict(candidate.overrides)
+                    if candidate.overrides is not None
+                    else space.to_overrides(candidate.theta)
+                ),
+                seed=seed,
+                role=candidate.role,
+                folder=os.path.join("trials", trial_folder_name(round_index, index)),
+            )
+            for index, candidate in enumerate(candidates, start=start)
+        ]
 
     def _retry_if_unscorable(self, round_index: int) -> None:
         """On resume, give failed trials of a round without any scored sample new attempts.
@@ -501,7 +544,7 @@ class SearchController:
                 "Fix the cause and resume the search (--resume)."
             )
         scored = [
-            ScoredCandidate(tuple(t.theta), t.role, float(t.reward), t.status)
+            ScoredCandidate(tuple(t.theta), t.role, float(t.reward), t.status, index=t.index)
             for t in trials
             if t.is_scored
         ]

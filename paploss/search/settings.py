@@ -1,12 +1,14 @@
 """Search settings: every setting of a loss search, in one module with one set of validators.
 
-A search is described by a YAML file (``configs/search/*.yaml``) with six sections::
+A search is described by a YAML file (``configs/search/*.yaml``) with these sections::
 
     model:     the searched detector (a Detectron2 config file) and which loss groups to search
     proxy:     the short proxy training that scores a candidate, and its reward: box AP, or mask
                AP for a Mask R-CNN (reward_task: bbox | segm)           (ProxySettings)
     search:    method, rounds, candidates per round, seeds, retries    (SearchLoopSettings)
     policy:    σ schedule and PPO hyper-parameters of the ``ppo`` method (SigmaSchedule, PPOConfig)
+    evolution: population, tournament and graph limits of the ``evolution`` and ``random``
+               methods (the fields of :class:`paploss.lossgraph.EvolutionSettings` but ``seed``)
     screening: loss rejection, gradient-equivalence check and early stop of invalid trainings
                (RejectionSettings, EquivalenceSettings, EarlyStopSettings)
     launcher:  where trials run: in-process, local processes or Slurm job arrays
@@ -24,11 +26,13 @@ there is relative to the working directory.
 (``policy.sigma.num_rounds must be an integer >= 1, got 0``), unknown keys get a "did you mean"
 hint. Plain dataclasses rather than OmegaConf structured configs: those would turn ``initial: 1``
 into ``1.0`` (so the settings stored in existing journals would no longer compare equal) and
-report errors over several lines. Nothing here imports torch or Detectron2.
+report errors over several lines. Nothing here imports torch or Detectron2, except that an
+``evolution`` section is checked by :class:`paploss.lossgraph.EvolutionSettings` (one definition
+of its fields), which needs torch.
 
 The journal of a search stores :meth:`SearchSettings.journal_settings`: everything that changes
-the result (model, proxy, search, policy, screening) but not the launcher, so a search started on
-one kind of launcher can be resumed on another.
+the result (model, proxy, search, policy, screening, and evolution when it is set) but not the
+launcher, so a search started on one kind of launcher can be resumed on another.
 """
 
 from __future__ import annotations
@@ -398,7 +402,12 @@ class SearchLoopSettings(_Section):
         method: the search method, a name in :data:`paploss.search.proposers.PROPOSER_REGISTRY`
             (``ppo``: the truncated-normal policy trained with PPO, configured by ``policy``).
         rounds: number of rounds (each ends with one update of the method).
-        candidates: candidates the method proposes per round.
+        candidates: candidates the method proposes per round; with ``max_proposals``, the
+            candidates per round to train.
+        max_proposals: for a method that can propose more within a round (``evolution``,
+            ``random``): while fewer than ``candidates`` of the round's candidates are to be
+            trained (the others rejected or duplicates), propose more, up to this many per
+            round. 0: exactly ``candidates`` proposals per round.
         score_mean: also train the policy mean μ as one extra candidate per round; its reward is
             reported (and is the advantage baseline with ``baseline: policy_mean``), it is not
             part of the PPO update.
@@ -417,6 +426,7 @@ class SearchLoopSettings(_Section):
     method: str = DEFAULT_METHOD
     rounds: int = 5
     candidates: int = 8
+    max_proposals: int = 0
     score_mean: bool = True
     baseline: str = "round_mean"
     seed: int = 0
@@ -429,6 +439,12 @@ class SearchLoopSettings(_Section):
         )
         _int(self.rounds, "search.rounds", minimum=1)
         _int(self.candidates, "search.candidates", minimum=1)
+        _int(self.max_proposals, "search.max_proposals", minimum=0)
+        _require(
+            self.max_proposals == 0 or self.max_proposals >= self.candidates,
+            f"search.max_proposals must be 0 or at least search.candidates ({self.candidates}), "
+            f"got {self.max_proposals}",
+        )
         _int(self.max_attempts, "search.max_attempts", minimum=1)
         _int(self.seed, "search.seed", minimum=0)
         _choice(self.baseline, "search.baseline", BASELINES)
@@ -437,12 +453,16 @@ class SearchLoopSettings(_Section):
             "search.baseline 'policy_mean' needs search.score_mean: true",
         )
 
+    #: Keys left out of :meth:`to_dict` while they hold their default, so that journals written
+    #: before the keys existed keep their settings (and resume).
+    LATER_KEYS: ClassVar[Dict[str, Any]] = {"method": DEFAULT_METHOD, "max_proposals": 0}
+
     def to_dict(self) -> Dict[str, Any]:
-        """Plain data; ``method`` is left out while it is the default, so that journals written
-        before the key existed keep their settings (and resume)."""
+        """Plain data without the :attr:`LATER_KEYS` that hold their default."""
         data = super().to_dict()
-        if data["method"] == DEFAULT_METHOD:
-            del data["method"]
+        for key, default in self.LATER_KEYS.items():
+            if data[key] == default:
+                del data[key]
         return data
 
 
@@ -816,8 +836,8 @@ class LauncherSettings(_Section):
 
 
 #: Sections whose settings determine a search's result (stored in its journal), in the order
-#: their values are checked.
-_JOURNAL_SECTIONS = ("model", "proxy", "search", "policy", "screening")
+#: their values are checked; ``evolution`` only when it is set.
+_JOURNAL_SECTIONS = ("model", "proxy", "search", "policy", "screening", "evolution")
 
 
 @dataclass(frozen=True)
@@ -833,11 +853,13 @@ class SearchSettings(_Section):
     search: SearchLoopSettings = SearchLoopSettings()
     policy: PolicySettings = PolicySettings()
     screening: ScreeningSettings = ScreeningSettings()
+    evolution: Dict[str, Any] = field(default_factory=dict)
     launcher: LauncherSettings = LauncherSettings()
     source: Optional[str] = None
 
     def validate(self) -> None:
-        """Check what the sections cannot check alone (the model's config file exists)."""
+        """Check what the sections cannot check alone (the model's config file exists) and the
+        ``evolution`` section."""
         _require(
             bool(self.model.config), "model.config: the searched model's config file is required"
         )
@@ -845,10 +867,40 @@ class SearchSettings(_Section):
             os.path.isfile(self.model.config),
             f"model.config: config file '{self.model.config}' does not exist",
         )
+        if self.evolution:
+            self.evolution_settings()
+
+    def evolution_settings(self) -> Any:
+        """The :class:`paploss.lossgraph.EvolutionSettings` of the ``evolution`` section, seeded
+        by ``search.seed``.
+
+        Raises:
+            SettingsError: naming the key, for an unknown key or a bad value.
+        """
+        from paploss.lossgraph.evolution import EvolutionSettings
+
+        _require(
+            "seed" not in self.evolution,
+            "evolution.seed: the evolution is seeded by search.seed; remove evolution.seed",
+        )
+        try:
+            return EvolutionSettings.from_dict({**self.evolution, "seed": self.search.seed})
+        except (TypeError, ValueError) as exc:
+            message = str(exc)
+            if not message.startswith("evolution"):
+                message = f"evolution: {message}"
+            raise SettingsError(message) from None
 
     def journal_settings(self) -> Dict[str, Any]:
         """JSON-able settings that determine the search's result (stored in its journal)."""
-        return {name: getattr(self, name).to_dict() for name in _JOURNAL_SECTIONS}
+        data = {}
+        for name in _JOURNAL_SECTIONS:
+            section = getattr(self, name)
+            if isinstance(section, _Section):
+                data[name] = section.to_dict()
+            elif section:  # evolution: stored when set (journals from before it stay equal)
+                data[name] = _plain(section)
+        return data
 
     def to_dict(self) -> Dict[str, Any]:
         """Everything, launcher included, as plain data (e.g. to save a copy next to a search)."""
@@ -951,11 +1003,16 @@ def settings_summary(settings: SearchSettings) -> List[str]:
     loop, proxy = settings.search, settings.proxy
     per_round = loop.candidates + (1 if loop.score_mean else 0)
     model = settings.model
+    rounds = f"rounds: {loop.rounds} x {per_round} trials ({loop.candidates} samples" + (
+        " + the policy mean)" if loop.score_mean else ")"
+    )
+    if loop.max_proposals:
+        rounds += f", up to {loop.max_proposals} proposals per round to find them"
     return [
         f"model: {model.config}"
         + (f" (imports {', '.join(model.imports)})" if model.imports else ""),
-        f"rounds: {loop.rounds} x {per_round} trials ({loop.candidates} samples"
-        + (" + the policy mean)" if loop.score_mean else ")"),
+        f"method: {loop.method}",
+        rounds,
         f"proxy: {proxy.iterations} iterations x {proxy.ims_per_batch} images on "
         f"{proxy.train_dataset}, reward = {proxy.reward_task} AP on {proxy.val_dataset}",
         f"screening: {screening_summary(settings.screening)}",

@@ -17,6 +17,10 @@ the config overrides as given.
 
 Config keys (per head): ``MODEL.PAPLOSS.<HEAD>.FUNCTIONS.<FUNCTION>`` holds the four interior knots
 as ``[[x, y], ...]`` and ``MODEL.PAPLOSS.<HEAD>.GRAD_SCALE`` holds λ.
+
+The search space of loss graphs (the ``evolution`` and ``random`` methods) is
+:class:`paploss.search.graph_space.GraphLossSpace`; :func:`space_from_dict` rebuilds either from
+the description a journal stores.
 """
 
 from __future__ import annotations
@@ -36,13 +40,20 @@ from paploss.heads import (
 from paploss.losses import (
     FUNCTION_NAMES,
     IDENTITY_THETA,
+    MIN_KNOT_SPACING,
     knots_to_theta,
     lambda_from_theta,
     theta_from_lambda,
     theta_to_knots,
 )
 
-__all__ = ["CONFIG_PREFIX", "SearchSpace", "heads_from_config"]
+__all__ = [
+    "CONFIG_PREFIX",
+    "SearchSpace",
+    "heads_from_config",
+    "round_overrides",
+    "space_from_dict",
+]
 
 #: Config subtree holding the PAP-loss settings.
 CONFIG_PREFIX = "MODEL.PAPLOSS"
@@ -51,6 +62,7 @@ _PARAMS_PER_FUNCTION = 8
 _LAMBDA = "lambda"
 _IDENTITY_LAMBDA_THETA = 0.5
 _MISSING = object()
+_MAX_DIGITS = 12
 
 
 def _function_key(head: str, function: str) -> str:
@@ -134,6 +146,9 @@ class SearchSpace:
         ValueError: for an unknown or repeated head, an unknown fixed group, invalid fixed values,
             or when every group is fixed.
     """
+
+    #: What a candidate of the space is, in words (exported configs say so).
+    WHAT = "PAP-loss parameters"
 
     def __init__(
         self,
@@ -253,6 +268,32 @@ class SearchSpace:
         fixed = f", fixed={sorted(self._fixed)}" if self._fixed else ""
         return f"SearchSpace(heads={list(self._heads)}{fixed}, dim={self.dim})"
 
+    def summary(self) -> str:
+        """``"41 dimensions (RETINANET)"``, for logs and reports."""
+        return f"{self.dim} dimensions ({', '.join(self._heads)})"
+
+    def describe_candidate(self, overrides: Mapping[str, Any]) -> Optional[str]:
+        """A candidate in a few words for reports; None: θ says it (nothing to add)."""
+        return None
+
+    def export_overrides(self, theta: Any, overrides: Mapping[str, Any]) -> Dict[str, Any]:
+        """The config values an exported config writes for the candidate ``theta``: those of
+        :meth:`to_overrides`, rounded for readability (:func:`round_overrides`); ``overrides``
+        (the values the candidate trained with) are the same, unrounded, and not needed."""
+        return round_overrides(self.to_overrides(theta), self)
+
+    def build_screener(self, settings: Any, cfg: Any, *, dataset: str) -> Any:
+        """The :class:`~paploss.search.screening.Screener` of this space's candidates.
+
+        Args:
+            settings: the search's :class:`~paploss.search.settings.ScreeningSettings`.
+            cfg: the searched model's config, set up like a proxy training's.
+            dataset: the proxy training split.
+        """
+        from paploss.search.screening.screener import Screener
+
+        return Screener.build(settings, cfg, dataset=dataset, heads=list(self._heads))
+
     # ------------------------------------------------------------------ θ
     def identity_theta(self) -> np.ndarray:
         """``[dim]`` θ of identity functions and λ = 1 (θ = 0.5)."""
@@ -363,6 +404,51 @@ class SearchSpace:
         for key, value in self.to_overrides(theta).items():
             opts.extend([key, repr(value) if as_strings else value])
         return opts
+
+
+def space_from_dict(description: Mapping[str, Any]) -> Any:
+    """The search space a journal describes (:meth:`SearchSpace.to_dict`, or
+    :meth:`~paploss.search.graph_space.GraphLossSpace.to_dict` with ``kind: graph``).
+
+    Raises:
+        ValueError: for a description of an unknown kind.
+    """
+    kind = description.get("kind", "pap")
+    if kind == "graph":
+        from paploss.search.graph_space import GraphLossSpace
+
+        return GraphLossSpace.from_dict(description)
+    if kind != "pap":
+        raise ValueError(f"unknown kind of search space {kind!r}")
+    return SearchSpace.from_dict(description)
+
+
+def round_overrides(overrides: Mapping[str, Any], space: SearchSpace) -> Dict[str, Any]:
+    """Config values rounded for readability, still valid and still describing the same loss.
+
+    Knots are rounded to 4 decimals, or to more where 4 would break the minimum knot spacing
+    (:data:`paploss.losses.MIN_KNOT_SPACING`) or the ordering; λ to 4 decimals (clamped to
+    [0.1, 10]). The result is checked with :meth:`SearchSpace.from_overrides`.
+    """
+    rounded: Dict[str, Any] = {}
+    for key, value in overrides.items():
+        if isinstance(value, list):
+            rounded[key] = _round_knots(value)
+        else:
+            rounded[key] = min(10.0, max(0.1, round(float(value), 4)))
+    space.from_overrides(rounded)  # raises if rounding broke anything
+    return rounded
+
+
+def _round_knots(knots: Sequence[Sequence[float]]) -> List[List[float]]:
+    for digits in range(4, _MAX_DIGITS + 1):
+        candidate = [[round(float(x), digits), round(float(y), digits)] for x, y in knots]
+        try:
+            knots_to_theta(candidate, min_spacing=MIN_KNOT_SPACING)
+        except ValueError:
+            continue
+        return candidate
+    return [[float(x), float(y)] for x, y in knots]
 
 
 def _group_key(group: str) -> str:

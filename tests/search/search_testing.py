@@ -118,9 +118,13 @@ def journal_snapshot(path: Path) -> Dict[str, Any]:
 
 
 def _without_timings(value: Any) -> Any:
-    """A screening record without its wall times (``seconds`` at any depth)."""
+    """A screening record without its wall times (``seconds``, ``*_seconds`` at any depth)."""
     if isinstance(value, dict):
-        return {k: _without_timings(v) for k, v in value.items() if k != "seconds"}
+        return {
+            k: _without_timings(v)
+            for k, v in value.items()
+            if k != "seconds" and not k.endswith("_seconds")
+        }
     return value
 
 

@@ -6,11 +6,13 @@ method; ``search.method`` selects one by its registered name.
   proposes and observes, and :data:`PROPOSER_REGISTRY`.
 * :mod:`~paploss.search.proposers.policy`: the truncated-normal policy over θ and its PPO update.
 * :mod:`~paploss.search.proposers.ppo`: the ``ppo`` method built on it.
+* :mod:`~paploss.search.proposers.evolution`: the ``evolution`` and ``random`` methods, loss
+  graphs searched from scratch.
 
 Importing this package registers the built-in methods.
 """
 
-from . import ppo  # noqa: F401  (registers "ppo")
+from . import evolution, ppo  # noqa: F401  (registers "ppo", "evolution", "random")
 from .base import (
     PROPOSER_REGISTRY,
     Candidate,
@@ -20,14 +22,17 @@ from .base import (
     journal_proposer,
     proposer_class,
 )
+from .evolution import EvolutionProposer, RandomSearchProposer
 from .policy import TruncatedNormalPolicy, UpdateStats
 from .ppo import PPOProposer
 
 __all__ = [
     "PROPOSER_REGISTRY",
     "Candidate",
+    "EvolutionProposer",
     "PPOProposer",
     "Proposer",
+    "RandomSearchProposer",
     "ScoredCandidate",
     "TruncatedNormalPolicy",
     "UpdateStats",

@@ -19,9 +19,22 @@ Its state is therefore plain JSON data (floats survive a JSON round trip exactly
 (:class:`~paploss.search.space.SearchSpace` turns it into ``MODEL.PAPLOSS`` config values),
 and a role: ``"sample"`` (a candidate the method learns from) or ``"mean"`` (a reference point
 scored alongside, e.g. the policy mean; its reward is reported, and the method may use it). A
-method whose candidates are not naturally such points (an evolutionary search over loss graphs,
-say) encodes them in θ: the journal stores θ as a list of floats, and the screening and trials
-see only the config values the space makes of it.
+method whose candidates are not such points (the ``evolution`` of loss graphs) gives their
+config values itself (:attr:`Candidate.overrides`, with an empty θ); the screening and the
+trials see only config values.
+
+**Search spaces.** :meth:`Proposer.build_space` makes the method's space from the searched
+model's config: by default the PAP-loss parameters of its heads
+(:class:`~paploss.search.space.SearchSpace`); the ``evolution`` method's is
+:class:`~paploss.search.graph_space.GraphLossSpace`. A space has ``heads``, ``dim``,
+``summary()``, ``to_dict()`` (stored in the journal, read back by
+:func:`~paploss.search.space.space_from_dict`), ``export_overrides(theta, overrides)`` (the
+values an exported config writes) and ``build_screener(...)`` (the screening of its candidates).
+
+**More proposals within a round.** With ``search.max_proposals``, the controller asks
+:meth:`Proposer.propose_more` for further candidates while fewer than ``search.candidates`` of
+the round's candidates passed the screening (a method that proposes once per round, like
+``ppo``, returns none).
 
 **Adding a method.** Subclass :class:`Proposer`, register it by name and select it with
 ``search.method`` in the search settings (a section of its own settings belongs in
@@ -38,7 +51,7 @@ Nothing here imports torch or Detectron2.
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from paploss.utils.registry import NamedRegistry
@@ -71,10 +84,13 @@ class Candidate:
         theta: ``[D]`` point of the search space, values in [0, 1].
         role: ``"sample"`` (learned from) or ``"mean"`` (a scored reference point), a value of
             :data:`paploss.search.journal.TRIAL_ROLES`.
+        overrides: the config values the candidate trains with (dotted key → plain value);
+            None: those the search space makes of θ.
     """
 
     theta: Tuple[float, ...]
     role: str = "sample"
+    overrides: Optional[Mapping[str, Any]] = field(default=None, hash=False)
 
 
 @dataclass(frozen=True)
@@ -88,12 +104,14 @@ class ScoredCandidate:
         status: how the reward came about: ``done``, ``diverged`` (the penalty
             ``proxy.diverged_reward``), ``rejected`` (``screening.rejection.rejected_reward``)
             or ``duplicate`` (the reward of its equivalent).
+        index: its position among the round's proposals (the trial index; -1: not given).
     """
 
     theta: Tuple[float, ...]
     role: str
     reward: float
     status: str
+    index: int = -1
 
 
 class Proposer(abc.ABC):
@@ -112,6 +130,27 @@ class Proposer(abc.ABC):
     def from_settings(cls, settings: "SearchSettings", space: "SearchSpace") -> "Proposer":
         """The proposer of a new search (round 0) with these settings over ``space``."""
 
+    @classmethod
+    def build_space(cls, settings: "SearchSettings", cfg: Any) -> Any:
+        """The search space of this method for the searched model (see the module docstring).
+
+        By default the PAP-loss parameters of ``model.heads`` (every PAP-loss head of the model
+        when empty), with the groups of ``model.fixed`` kept out.
+
+        Args:
+            settings: the search's settings.
+            cfg: the searched model's Detectron2 config.
+
+        Raises:
+            ValueError: for a model this method cannot search.
+        """
+        from paploss.search.space import SearchSpace
+
+        model = settings.model
+        if model.heads:
+            return SearchSpace(model.heads, fixed=model.fixed or None)
+        return SearchSpace.from_config(cfg, fixed=model.fixed or None)
+
     @property
     @abc.abstractmethod
     def round(self) -> int:
@@ -120,6 +159,11 @@ class Proposer(abc.ABC):
     @abc.abstractmethod
     def propose(self) -> List[Candidate]:
         """The candidates of the current round (at least one ``sample``)."""
+
+    def propose_more(self, count: int) -> List[Candidate]:
+        """Up to ``count`` further ``sample`` candidates of the current round (see the module
+        docstring); none by default."""
+        return []
 
     @abc.abstractmethod
     def observe(self, scored: Sequence[ScoredCandidate]) -> Dict[str, Any]:

@@ -1,7 +1,7 @@
 """Reports on a search journal, which they read only (no Detectron2, no running search needed).
 
 * :mod:`~paploss.search.reports.status`: the table of rounds and trials (``paploss-search status``).
-* :mod:`~paploss.search.reports.export`: the searched parameters as a ready-to-train Detectron2
+* :mod:`~paploss.search.reports.export`: the searched loss as a ready-to-train Detectron2
   config (``paploss-search export``).
 * :mod:`~paploss.search.reports.plots`: reward per round and the searched functions as PNG files
   (``paploss-search plot``).
@@ -24,6 +24,7 @@ _LAZY = {
     "space_from_journal": "export",
     "plot_rewards": "plots",
     "plot_functions": "plots",
+    "write_plots": "plots",
 }
 __all__ = list(_LAZY)
 __getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY)

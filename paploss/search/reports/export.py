@@ -1,22 +1,23 @@
-"""The searched parameters as a ready-to-train Detectron2 config (``paploss-search export``).
+"""The searched loss as a ready-to-train Detectron2 config (``paploss-search export``).
 
-:func:`export_config` writes the best trial's (or the final policy mean's) parameters as a config
-file that inherits from the searched model's config (``_BASE_``), so
-``tools/train_net.py --config-file <file>`` trains it directly. It reads the journal only.
+:func:`export_config` writes the best trial's (or the final policy mean's) config values as a
+config file that inherits from the searched model's config (``_BASE_``), so
+``tools/train_net.py --config-file <file>`` trains it directly: PAP-loss parameters (knots and λ,
+rounded) or, for a search of loss graphs, ``MODEL.PAPLOSS.LOSS: "graph"`` and the two
+expressions. It reads the journal only.
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import yaml
 
-from paploss.losses import MIN_KNOT_SPACING, knots_to_theta
 from paploss.search.journal import SearchJournal, TrialRecord
 from paploss.search.reports.status import result_file_problem, search_method
-from paploss.search.space import SearchSpace
+from paploss.search.space import round_overrides, space_from_dict
 from paploss.utils.io import atomic_write
 
 __all__ = [
@@ -29,7 +30,6 @@ __all__ = [
 
 #: What :func:`export_config` can export: the best scored trial, or the final policy mean.
 EXPORT_CHOICES = ("best", "mean")
-_MAX_DIGITS = 12
 
 
 @dataclass(frozen=True)
@@ -54,12 +54,14 @@ class ExportResult:
     warnings: Tuple[str, ...] = ()
 
 
-def space_from_journal(journal: SearchJournal) -> SearchSpace:
-    """The search space stored in a journal's settings."""
+def space_from_journal(journal: SearchJournal) -> Any:
+    """The search space stored in a journal's settings (a
+    :class:`~paploss.search.space.SearchSpace` or a
+    :class:`~paploss.search.graph_space.GraphLossSpace`)."""
     description = journal.settings.get("space")
     if not description:
         raise ValueError(f"{journal.path}: the journal's settings do not describe a search space")
-    return SearchSpace.from_dict(description)
+    return space_from_dict(description)
 
 
 def export_config(
@@ -68,11 +70,12 @@ def export_config(
     which: str = "best",
     output_dir: Optional[str] = None,
 ) -> ExportResult:
-    """Write the searched parameters as a ready-to-train Detectron2 config.
+    """Write the searched loss as a ready-to-train Detectron2 config.
 
     The file sets ``_BASE_`` to the searched model's config (relative to the file when both are
-    on one drive, else absolute), the ``MODEL.PAPLOSS`` values (rounded, see
-    :func:`round_overrides`) and ``OUTPUT_DIR``.
+    on one drive, else absolute), the ``MODEL.PAPLOSS`` values (the space's
+    ``export_overrides``: PAP-loss parameters rounded, see :func:`round_overrides`; loss graphs
+    as they trained) and ``OUTPUT_DIR``.
 
     Args:
         journal: the search.
@@ -99,7 +102,7 @@ def export_config(
         trial = journal.best_trial()
         if trial is None:
             raise ValueError(f"{journal.path}: no trial has finished yet: nothing to export")
-        overrides = space.to_overrides(trial.theta)
+        rounded = space.export_overrides(trial.theta, trial.overrides)
         after_round = trial.round
         provenance = (
             f"best trial: round {trial.round}, trial {trial.index} ({trial.role}), "
@@ -118,10 +121,9 @@ def export_config(
         )
         if mean is None:
             raise ValueError(f"{journal.path}: the search method has no mean to export")
-        overrides = space.to_overrides(mean)
+        rounded = space.export_overrides(mean, space.to_overrides(mean))
         after_round = closed[-1].round
         provenance = f"policy mean after round {after_round}"
-    rounded = round_overrides(overrides, space)
 
     path = os.path.abspath(os.fspath(path))
     folder = os.path.dirname(path)
@@ -133,7 +135,7 @@ def export_config(
     reward_on = settings.get("proxy", {}).get("val_dataset", "the proxy validation set")
     search_dir = os.path.dirname(os.path.abspath(journal.path))
     header = [
-        "Searched PAP-loss parameters, exported from the loss search in",
+        f"Searched {space.WHAT}, exported from the loss search in",
         f"  {_relative_or_absolute(search_dir, os.getcwd())}",
         f"{provenance} (bbox AP on {reward_on}).",
         "Train it: python tools/train_net.py --config-file "
@@ -147,34 +149,6 @@ def export_config(
     text += yaml.dump(body, Dumper=_ExportDumper, sort_keys=False, width=120)
     atomic_write(path, text)
     return ExportResult(path, which, rounded, trial, after_round, tuple(warnings))
-
-
-def round_overrides(overrides: Mapping[str, Any], space: SearchSpace) -> Dict[str, Any]:
-    """Config values rounded for readability, still valid and still describing the same loss.
-
-    Knots are rounded to 4 decimals, or to more where 4 would break the minimum knot spacing
-    (:data:`paploss.losses.MIN_KNOT_SPACING`) or the ordering; λ to 4 decimals (clamped to
-    [0.1, 10]). The result is checked with :meth:`SearchSpace.from_overrides`.
-    """
-    rounded: Dict[str, Any] = {}
-    for key, value in overrides.items():
-        if isinstance(value, list):
-            rounded[key] = _round_knots(value)
-        else:
-            rounded[key] = min(10.0, max(0.1, round(float(value), 4)))
-    space.from_overrides(rounded)  # raises if rounding broke anything
-    return rounded
-
-
-def _round_knots(knots: Sequence[Sequence[float]]) -> List[List[float]]:
-    for digits in range(4, _MAX_DIGITS + 1):
-        candidate = [[round(float(x), digits), round(float(y), digits)] for x, y in knots]
-        try:
-            knots_to_theta(candidate, min_spacing=MIN_KNOT_SPACING)
-        except ValueError:
-            continue
-        return candidate
-    return [[float(x), float(y)] for x, y in knots]
 
 
 def _nest(overrides: Mapping[str, Any]) -> Dict[str, Any]:

@@ -1,6 +1,7 @@
 """PNG plots of a search (matplotlib, Agg backend): reward per round, searched functions.
 
-Both read the journal only (``paploss-search plot``).
+Both read the journal only (``paploss-search plot``, :func:`write_plots`). A search of loss
+graphs has no functions to plot: its best losses are in the status and the exported config.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from paploss.losses import FUNCTION_NAMES
 from paploss.search.journal import SearchJournal
 from paploss.search.reports.export import space_from_journal
 from paploss.search.reports.status import round_summaries, search_method
+from paploss.search.space import SearchSpace
 from paploss.utils.io import atomic_write
 
-__all__ = ["plot_rewards", "plot_functions"]
+__all__ = ["plot_rewards", "plot_functions", "write_plots"]
 
 
 def _pyplot() -> Any:
@@ -116,9 +118,14 @@ def plot_functions(journal: SearchJournal, path: os.PathLike) -> str:
 
     Returns:
         The written PNG path.
+
+    Raises:
+        ValueError: for a search without such functions (of loss graphs).
     """
-    plt = _pyplot()
     space = space_from_journal(journal)
+    if not isinstance(space, SearchSpace):
+        raise ValueError(f"{journal.path}: a search of {space.WHAT} has no functions to plot")
+    plt = _pyplot()
     curves: List[Tuple[str, Dict[str, Any], str]] = []
     best = journal.best_trial()
     if best is not None:
@@ -167,6 +174,16 @@ def plot_functions(journal: SearchJournal, path: os.PathLike) -> str:
     fig.suptitle("Searched PAP-loss functions vs identity", fontsize=11)
     fig.tight_layout()
     return _save(fig, plt, path)
+
+
+def write_plots(journal: SearchJournal, folder: os.PathLike) -> List[str]:
+    """``rewards.png`` and, for a search of PAP-loss parameters, ``functions.png`` in
+    ``folder``; returns the written paths."""
+    folder = os.fspath(folder)
+    paths = [plot_rewards(journal, os.path.join(folder, "rewards.png"))]
+    if isinstance(space_from_journal(journal), SearchSpace):
+        paths.append(plot_functions(journal, os.path.join(folder, "functions.png")))
+    return paths
 
 
 def _save(fig: Any, plt: Any, path: os.PathLike) -> str:

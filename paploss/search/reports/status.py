@@ -25,6 +25,7 @@ import numpy as np
 from paploss.search.journal import SearchJournal, TrialRecord
 from paploss.search.launchers.trial_launcher import error_summary
 from paploss.search.proposers import journal_proposer
+from paploss.search.space import space_from_dict
 from paploss.search.trials.runner import RESULT_FILE, load_result, trial_folder_name
 
 __all__ = [
@@ -120,13 +121,13 @@ def format_status(journal: SearchJournal, show_trials: bool = False) -> str:
     """A plain-text report: the search, a table of rounds and (optionally) of trials."""
     settings = journal.settings
     loop = settings.get("search", {})
-    space = settings.get("space", {})
+    space = _stored_space(settings)
     summaries = round_summaries(journal)
     closed = sum(s.status == "closed" for s in summaries)
     lines = [
         f"journal: {journal.path}",
         f"model:   {settings.get('model', {}).get('config')}",
-        f"space:   {len(space.get('names', []))} dimensions ({', '.join(space.get('heads', []))})",
+        f"space:   {'unknown' if space is None else space.summary()}",
         f"rounds:  {closed} closed of {loop.get('rounds')} planned"
         + (
             f", round {summaries[-1].round} open"
@@ -140,6 +141,9 @@ def format_status(journal: SearchJournal, show_trials: bool = False) -> str:
             f"best:    reward {best.reward:.4f} (round {best.round} trial {best.index}, "
             f"{best.role}) in {best.folder}"
         )
+        loss = None if space is None else space.describe_candidate(best.overrides)
+        if loss:
+            lines.append(f"         {loss}")
         problem = result_file_problem(journal, best)
         if problem:
             lines.append(f"warning: the best trial's {problem}")
@@ -190,6 +194,8 @@ def format_status(journal: SearchJournal, show_trials: bool = False) -> str:
             seconds = t.metrics.get("total_s")
             note = _screening_note(t, min_gain) or t.metrics.get("reason")
             note = note or error_summary(t.error or "")
+            if not note and space is not None:
+                note = space.describe_candidate(t.overrides) or ""
             trial_rows.append(
                 [
                     str(t.round),
@@ -249,6 +255,8 @@ def _screening_note(trial: TrialRecord, min_gain: Any) -> Optional[str]:
     """Why screening kept a trial from training (for the trial table)."""
     record = trial.metrics.get("screening") or {}
     if trial.status == "rejected":
+        if record.get("reason"):
+            return f"invalid: {record['reason']}"
         score = _number(record.get("score"))
         if score is None:
             return "rejected by screening"
@@ -259,6 +267,14 @@ def _screening_note(trial: TrialRecord, min_gain: Any) -> Optional[str]:
         if original:
             return f"duplicate of {original}" + ("" if trial.status == "duplicate" else " (failed)")
     return None
+
+
+def _stored_space(settings: Dict[str, Any]) -> Optional[Any]:
+    """The search space the journal's settings describe, or None when it cannot be rebuilt."""
+    try:
+        return space_from_dict(settings.get("space") or {})
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def _number(value: Any) -> Optional[float]:

@@ -4,7 +4,8 @@ Before a round is stored, every sample is screened (:class:`~paploss.search.scre
 Screener`): a candidate whose gradient fingerprint equals that of an earlier candidate (of any
 round, not failed) is stored as ``duplicate`` with that candidate's reward (once known) and
 ``metrics.screening.duplicate_of``; a candidate that fails the loss-rejection protocol is stored
-as ``rejected`` with ``screening.rejection.rejected_reward``. Neither gets a folder or a job, both
+as ``rejected`` with ``screening.rejection.rejected_reward`` (so is a loss-graph candidate that
+is invalid on the probes). Neither gets a folder or a job, both
 count in the method's update. The policy mean (role ``mean``) is exempt (always trained); its
 fingerprint is registered all the same. Fingerprints are stored in
 ``metrics.screening.fingerprint``, and the registry of fingerprints is rebuilt from the journal
@@ -12,8 +13,11 @@ before each new round, so a resumed search detects duplicates of trials from bef
 candidates already in the journal are never screened again. Once a round's trials are final,
 :meth:`CandidateScreening.resolve_duplicates` gives its duplicates the reward of their originals.
 
-The screener (one network forward to record the batch, the probe rankings) is built on first
-use, so a search without screening never loads it.
+The screener is the search space's (``space.build_screener``: the
+:class:`~paploss.search.screening.screener.Screener` of PAP-loss parameters, the
+:class:`~paploss.lossgraph.screening.GraphScreener` of loss graphs). It is built on first use
+(one network forward to record the batch, the probes), so a search without screening never
+loads it.
 """
 
 from __future__ import annotations
@@ -49,7 +53,7 @@ class CandidateScreening:
             the duplicates' rewards).
         model_config: the searched model's merged config file (what trials train).
         trials_dir: the search's trial folder (the proxy config's ``OUTPUT_DIR``).
-        heads: the searched heads.
+        space: the search space (it builds the screener of its candidates).
     """
 
     def __init__(
@@ -59,47 +63,64 @@ class CandidateScreening:
         *,
         model_config: str,
         trials_dir: str,
-        heads: Sequence[str],
+        space: Any,
     ) -> None:
         self.settings = settings
         self.journal = journal
         self._model_config = model_config
         self._trials_dir = trials_dir
-        self._heads = tuple(heads)
-        self._screener: Optional[Any] = None  # Screener, built on first use
+        self._space = space
+        self._screener: Optional[Any] = None  # the space's screener, built on first use
+        self._seconds = 0.0  # spent screening since the last log_round
 
     @property
     def active(self) -> bool:
         """Whether candidates have been screened by this object (its screener is built)."""
         return self._screener is not None
 
-    def screen_round(self, round_index: int, trials: List[NewTrial]) -> List[NewTrial]:
+    def screen_round(
+        self, round_index: int, trials: List[NewTrial], earlier: Sequence[NewTrial] = ()
+    ) -> List[NewTrial]:
         """The round's candidates with their screening decisions (unchanged without screening).
+
+        Args:
+            round_index: the round.
+            trials: candidates to screen, trials ``len(earlier)``, ``len(earlier) + 1``, ... of
+                the round.
+            earlier: the round's candidates screened before (by an earlier call).
 
         Raises:
             ScreeningSetupError: when the screening cannot be set up (first round only).
         """
-        screener = self._screener_for_round()
+        screener = self._screener_for_round(keep_registry=bool(earlier))
         if screener is None:
             return trials
         start = time.perf_counter()
-        decided: List[NewTrial] = []
+        decided: List[NewTrial] = list(earlier)
         with torch_threads(self.settings.proxy.num_threads):
-            for index, trial in enumerate(trials):
+            for index, trial in enumerate(trials, start=len(decided)):
                 decided.append(self._screen(screener, trial, (round_index, index), decided))
-        samples = [t for t in decided if t.role == "sample"]
+        self._seconds += time.perf_counter() - start
+        return decided[len(earlier) :]
+
+    def log_round(self, round_index: int, trials: Sequence[NewTrial]) -> None:
+        """Log what the screening decided about the round's ``trials`` (once all are screened),
+        with the time spent since the last such log."""
+        if not self.active:
+            return
+        samples = [t for t in trials if t.role == "sample"]
         logger.info(
             "round %d/%d: screened %d sample(s) in %.1f s: %d rejected, %d duplicate(s), "
             "%d to train",
             round_index + 1,
             self.settings.search.rounds,
             len(samples),
-            time.perf_counter() - start,
+            self._seconds,
             sum(t.status == "rejected" for t in samples),
             sum(t.status == "duplicate" for t in samples),
             sum(t.status == "pending" for t in samples),
         )
-        return decided
+        self._seconds = 0.0
 
     def _screen(
         self,
@@ -127,12 +148,15 @@ class CandidateScreening:
         record = decision.metrics()
         metrics = {**trial.metrics, "screening": record}
         if decision.status == "rejected":
-            logger.info(
-                "%s rejected: AP gain %.2f < %g",
-                trial_folder_name(*key),
-                decision.score,
-                self.settings.screening.rejection.min_ap_gain,
-            )
+            if decision.invalid:
+                logger.info("%s rejected as invalid: %s", trial_folder_name(*key), decision.reason)
+            else:
+                logger.info(
+                    "%s rejected: AP gain %.2f < %g",
+                    trial_folder_name(*key),
+                    decision.score,
+                    self.settings.screening.rejection.min_ap_gain,
+                )
             return dataclasses.replace(
                 trial, status="rejected", reward=decision.reward, metrics=metrics, folder=None
             )
@@ -174,16 +198,17 @@ class CandidateScreening:
             return None
         return trial.status, trial.reward
 
-    def _screener_for_round(self) -> Optional[Any]:
-        """The search's screener (built on first use) with its registry rebuilt from the journal,
-        or None when screening of candidates is off."""
+    def _screener_for_round(self, keep_registry: bool = False) -> Optional[Any]:
+        """The search's screener (built on first use) with its registry rebuilt from the journal
+        (kept as it is with ``keep_registry``: more candidates of a round being screened), or
+        None when screening of candidates is off."""
         screening = self.settings.screening
         if not screening.screens_candidates:
             return None
         if self._screener is None:
             from paploss.engine import setup_cfg
-            from paploss.search.screening.screener import Screener
 
+            keep_registry = False
             proxy = self.settings.proxy
             start = time.perf_counter()
             try:
@@ -192,15 +217,16 @@ class CandidateScreening:
                     proxy.config_opts(self.settings.search.seed, self._trials_dir),
                 )
                 with torch_threads(proxy.num_threads):
-                    self._screener = Screener.build(
-                        screening, cfg, dataset=proxy.train_dataset, heads=list(self._heads)
+                    self._screener = self._space.build_screener(
+                        screening, cfg, dataset=proxy.train_dataset
                     )
             except (ValueError, RuntimeError, KeyError) as exc:
                 raise ScreeningSetupError(
                     f"cannot set up the screening of candidates: {exc}"
                 ) from None
             logger.info("screening set up in %.1f s", time.perf_counter() - start)
-        self._screener.registry = self._registry_from_journal()
+        if not keep_registry:
+            self._screener.registry = self._registry_from_journal()
         return self._screener
 
     def _registry_from_journal(self) -> Any:

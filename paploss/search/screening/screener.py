@@ -10,7 +10,9 @@
     decision.metrics()     # JSON-able, for the journal
 
 :class:`paploss.search.screening.candidates.CandidateScreening` does this for the search
-controller before each round is stored. The third screening technique, the early stop of
+controller before each round is stored. :class:`paploss.lossgraph.screening.GraphScreener`
+screens loss-graph candidates with the same decision (:meth:`Screener.screen`), its own head
+loss and fingerprint, and a validity check on the probes first. The third screening technique, the early stop of
 invalid trainings, is a training hook (:class:`paploss.engine.hooks.InvalidTrainingHook`) that
 every proxy training installs. The settings are
 :class:`~paploss.search.settings.ScreeningSettings`.
@@ -36,7 +38,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Dict, Hashable, List, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, Hashable, List, Mapping, Optional, Sequence, Tuple
 
 from paploss.heads import pap_heads
 from paploss.search.screening.batch import HeadBatch, build_screening_batches
@@ -113,12 +115,16 @@ class ScreeningDecision:
 
     Attributes:
         status: ``"accepted"`` (train it), ``"rejected"`` or ``"duplicate"``.
-        fingerprint: the candidate's fingerprint digest (None with the check disabled).
+        fingerprint: the candidate's fingerprint digest (None with the check disabled, or for an
+            invalid candidate).
         duplicate_of: the key of the earlier equivalent trial (``duplicate`` only).
         rejection: per-head results of the rejection protocol (empty when it did not run).
         reward: the reward to record now: ``rejected_reward`` for ``rejected``, else None (a
             duplicate takes its original's reward once that is known).
         seconds: wall time of the screening.
+        reason: why the candidate was rejected as invalid on the probes (before the rejection
+            protocol; loss graphs only), else None.
+        probe_seconds: wall time of the probes (validity and fingerprint).
     """
 
     status: str
@@ -127,6 +133,13 @@ class ScreeningDecision:
     rejection: Dict[str, RejectionResult] = field(default_factory=dict)
     reward: Optional[float] = None
     seconds: float = 0.0
+    reason: Optional[str] = None
+    probe_seconds: float = 0.0
+
+    @property
+    def invalid(self) -> bool:
+        """Whether the candidate was rejected as invalid on the probes."""
+        return self.reason is not None
 
     @property
     def journal_status(self) -> str:
@@ -150,6 +163,9 @@ class ScreeningDecision:
             "score": self.score,
             "rejection": {head: r.to_dict() for head, r in self.rejection.items()},
             "seconds": self.seconds,
+            "invalid": self.invalid,
+            "reason": self.reason,
+            "probe_seconds": self.probe_seconds,
         }
 
 
@@ -191,10 +207,15 @@ class Screener:
                 head: RejectionProtocol(batch, settings.rejection)
                 for head, batch in batches.items()
             }
-        self.probes = probes
-        if settings.equivalence.enabled and probes is None:
-            self.probes = GradientProbes.from_settings(settings.equivalence)
+        self.probes = probes if probes is not None else self.default_probes()
         self.registry = registry if registry is not None else EquivalenceRegistry()
+
+    def default_probes(self) -> Optional[Any]:
+        """The probes when none are given: from ``settings.equivalence`` (None with the check
+        disabled)."""
+        if not self.settings.equivalence.enabled:
+            return None
+        return GradientProbes.from_settings(self.settings.equivalence)
 
     @classmethod
     def build(
@@ -250,8 +271,22 @@ class Screener:
         losses = self.head_losses(overrides, heads=list(self.protocols))
         return {head: protocol.run(losses[head]) for head, protocol in self.protocols.items()}
 
+    def probe(self, overrides: Mapping[str, Any]) -> Tuple[Optional[str], Optional[str]]:
+        """``(fingerprint digest, invalid reason)`` of a candidate on the probes.
+
+        The digest is None with the equivalence check disabled; the reason is None for a valid
+        candidate (every PAP-loss candidate is: its functions are monotone by construction).
+        """
+        if not self.settings.equivalence.enabled:
+            return None, None
+        return self.fingerprint(overrides).digest, None
+
     def screen(self, overrides: Mapping[str, Any], key: Hashable) -> ScreeningDecision:
         """Decide about one candidate and register its fingerprint under ``key``.
+
+        In order: invalid on the probes (:meth:`probe`) → ``rejected``; a fingerprint an earlier
+        candidate had → ``duplicate``; an AP gain of the rejection protocol below
+        ``rejection.min_ap_gain`` on any screened head → ``rejected``; else ``accepted``.
 
         Args:
             overrides: the candidate's config values (``SearchSpace.to_overrides(theta)``).
@@ -262,15 +297,25 @@ class Screener:
             The decision; ``accepted`` when screening is disabled.
         """
         start = time.perf_counter()
-        digest = None
-        if self.settings.equivalence.enabled:
-            digest = self.fingerprint(overrides).digest
+        rejected_reward = float(self.settings.rejection.rejected_reward)
+        digest, reason = self.probe(overrides)
+        probe_seconds = time.perf_counter() - start
+        if reason is not None:
+            return ScreeningDecision(
+                status="rejected",
+                reward=rejected_reward,
+                reason=reason,
+                probe_seconds=probe_seconds,
+                seconds=time.perf_counter() - start,
+            )
+        if digest is not None:
             earlier = self.registry.lookup(digest)
             if earlier is not None and earlier != key:
                 return ScreeningDecision(
                     status="duplicate",
                     fingerprint=digest,
                     duplicate_of=earlier,
+                    probe_seconds=probe_seconds,
                     seconds=time.perf_counter() - start,
                 )
             self.registry.register(digest, key)
@@ -279,11 +324,12 @@ class Screener:
         if self.protocols:
             rejection = self.reject_score(overrides)
             if min(r.gain for r in rejection.values()) < self.settings.rejection.min_ap_gain:
-                status, reward = "rejected", float(self.settings.rejection.rejected_reward)
+                status, reward = "rejected", rejected_reward
         return ScreeningDecision(
             status=status,
             fingerprint=digest,
             rejection=rejection,
             reward=reward,
+            probe_seconds=probe_seconds,
             seconds=time.perf_counter() - start,
         )
