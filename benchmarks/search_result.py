@@ -35,7 +35,6 @@ import compare_losses  # noqa: E402
 
 from paploss.search import cli  # noqa: E402
 
-DETECTOR_OF_ARCHITECTURE = {"RetinaNet": "retinanet", "GeneralizedRCNN": "faster_rcnn"}
 
 
 def searched_detector(search_folder: str) -> str:
@@ -44,11 +43,11 @@ def searched_detector(search_folder: str) -> str:
 
     cfg = load_config(os.path.join(search_folder, "model_config.yaml"))
     architecture = cfg.MODEL.META_ARCHITECTURE
-    if cfg.MODEL.MASK_ON:
-        return "mask_rcnn"
-    if architecture not in DETECTOR_OF_ARCHITECTURE:
-        raise SystemExit(f"the loss table has no rows for a {architecture} model")
-    return DETECTOR_OF_ARCHITECTURE[architecture]
+    if architecture.endswith("RetinaNet"):
+        return "retinanet"
+    if architecture == "GeneralizedRCNN":
+        return "mask_rcnn" if cfg.MODEL.MASK_ON else "faster_rcnn"
+    raise SystemExit(f"the loss table has no rows for a {architecture} model")
 
 
 def verdict(records: List[dict], searched_row: str) -> List[str]:
