@@ -36,7 +36,6 @@ import compare_losses  # noqa: E402
 from paploss.search import cli  # noqa: E402
 
 
-
 def searched_detector(search_folder: str) -> str:
     """The loss table's detector name of the searched model config."""
     from paploss.engine import load_config
