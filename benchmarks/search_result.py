@@ -23,7 +23,6 @@ folders under ``<output>/table``)::
 
 import argparse
 import os
-import statistics
 import sys
 from typing import List, Optional, Sequence
 
@@ -49,29 +48,25 @@ def searched_detector(search_folder: str) -> str:
     raise SystemExit(f"the loss table has no rows for a {architecture} model")
 
 
-def verdict(records: List[dict], searched_row: str) -> List[str]:
-    """Lines that say whether the goal is met, by how much."""
-    rows = {}
-    for record in records:
-        if record["status"] == "ok" and record["group"] == "main":
-            rows.setdefault(record["row"], []).append(record["AP"])
+def verdict(summary: List[dict], searched_row: str) -> List[str]:
+    """Lines that say whether the goal is met, by how much (``summary``: the table's rows)."""
+    rows = {
+        entry["row"]: (entry["AP"]["mean"], entry["AP"]["std"])
+        for entry in summary
+        if entry["group"] == "main" and entry["seeds"]
+    }
     if searched_row not in rows or "pap identity" not in rows:
         return ["verdict: not enough finished trainings to compare"]
-
-    def mean_std(values):
-        return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-    searched, searched_std = mean_std(rows[searched_row])
-    identity, identity_std = mean_std(rows["pap identity"])
-    handcrafted = {name: mean_std(v)[0] for name, v in rows.items() if name != searched_row}
-    best_name = max(handcrafted, key=handcrafted.get)
+    (searched, searched_std), (identity, identity_std) = rows[searched_row], rows["pap identity"]
+    others = {name: ap for name, (ap, _) in rows.items() if name != searched_row}
+    best_name = max(others, key=others.get)
     noise = max(searched_std, identity_std)
     return [
-        f"searched {searched:.2f} vs PAP identity {identity:.2f}: "
-        f"{searched - identity:+.2f} AP ({'more' if searched - identity > noise else 'not more'} "
-        f"than the larger seed std {noise:.2f})",
-        f"searched vs the best other row ({best_name}, {handcrafted[best_name]:.2f}): "
-        f"{searched - handcrafted[best_name]:+.2f} AP",
+        f"searched {searched:.2f} vs PAP identity {identity:.2f}: {searched - identity:+.2f} AP "
+        f"({'more' if searched - identity > noise else 'not more'} than the larger seed std "
+        f"{noise:.2f})",
+        f"searched vs the best other row ({best_name}, {others[best_name]:.2f}): "
+        f"{searched - others[best_name]:+.2f} AP",
     ]
 
 
@@ -113,10 +108,10 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
         table += ["--iterations", f"{detector}={args.iterations}"]
     if args.device:
         table += ["--device", args.device]
-    records = compare_losses.main(table)
-    for line in verdict(records, row):
+    summary = compare_losses.main(table)
+    for line in verdict(summary, row):
         print(line)
-    return records
+    return summary
 
 
 if __name__ == "__main__":
