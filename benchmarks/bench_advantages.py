@@ -81,6 +81,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict[str, Dict[str, List[float
     parser.add_argument("--noise", type=float, default=0.5, help="seed noise std, AP points")
     parser.add_argument("--broken", type=float, default=0.15, help="share of 0-reward candidates")
     args = parser.parse_args(argv)
+    if args.seeds < 2 or args.rounds < 1 or args.candidates < 1:
+        raise SystemExit("--seeds must be >= 2 (the table gives a std), --rounds/--candidates >= 1")
 
     results = {b: {"start": [], "final": [], "best": []} for b in BASELINES}
     for baseline in BASELINES:
