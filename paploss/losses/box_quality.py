@@ -38,18 +38,20 @@ def paired_iou_giou(
 
 
 def paired_box_areas(
-    boxes: torch.Tensor, other: torch.Tensor
+    boxes: torch.Tensor, other: torch.Tensor, clamp_enclosing: bool = False
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Areas of matched box pairs, differentiable in both inputs.
 
     Args:
         boxes: ``[N, 4]`` XYXY.
         other: ``[N, 4]`` XYXY.
+        clamp_enclosing: also clamp the enclosing box's width and height at 0 (so that an
+            inverted box cannot give a negative enclosing area).
 
     Returns:
         ``(area, other_area, intersection, union, enclosing)``, each ``[N]``. The areas of the
-        boxes and of their intersection are clamped at 0; the enclosing box's is not (it is
-        non-negative for well-formed boxes).
+        boxes and of their intersection are clamped at 0; the enclosing box's only with
+        ``clamp_enclosing`` (it is non-negative for well-formed boxes).
     """
     x1, y1, x2, y2 = boxes.unbind(dim=1)
     ox1, oy1, ox2, oy2 = other.unbind(dim=1)
@@ -59,10 +61,11 @@ def paired_box_areas(
         torch.min(y2, oy2) - torch.max(y1, oy1)
     ).clamp_min(0)
     union = area + other_area - inter
-    enclosing = (torch.max(x2, ox2) - torch.min(x1, ox1)) * (
-        torch.max(y2, oy2) - torch.min(y1, oy1)
-    )
-    return area, other_area, inter, union, enclosing
+    width = torch.max(x2, ox2) - torch.min(x1, ox1)
+    height = torch.max(y2, oy2) - torch.min(y1, oy1)
+    if clamp_enclosing:
+        width, height = width.clamp_min(0), height.clamp_min(0)
+    return area, other_area, inter, union, width * height
 
 
 def box_quality(boxes: torch.Tensor, other: torch.Tensor, kind: str = "giou") -> torch.Tensor:

@@ -151,14 +151,8 @@ def paired_box_areas(
     Returns:
         ``(pred, gt, intersection, union, enclosing)``, each ``[P]``; differentiable.
     """
-    pred, gt, inter, union, enclosing = box_areas(pred_boxes, gt_boxes)
-    # Clamped here (not in box_areas): an inverted predicted box must not give a negative hull.
-    x1, y1, x2, y2 = pred_boxes.unbind(dim=1)
-    gx1, gy1, gx2, gy2 = gt_boxes.unbind(dim=1)
-    enclosing = (torch.max(x2, gx2) - torch.min(x1, gx1)).clamp_min(0) * (
-        torch.max(y2, gy2) - torch.min(y1, gy1)
-    ).clamp_min(0)
-    return pred, gt, inter, union, enclosing
+    # An inverted predicted box must not give a negative hull: its sides are clamped too.
+    return box_areas(pred_boxes, gt_boxes, clamp_enclosing=True)
 
 
 def box_inputs(
