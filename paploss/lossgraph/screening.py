@@ -34,7 +34,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
-from paploss.search.screening.batch import HeadBatch, build_screening_batches
+from paploss.search.screening.batch import HeadBatch
 from paploss.search.screening.equivalence import EquivalenceRegistry
 from paploss.search.screening.rejection import RejectionProtocol, RejectionResult
 from paploss.search.screening.screener import Screener, ScreeningDecision
@@ -133,16 +133,8 @@ class GraphScreener(Screener):
             dataset: the proxy training split (used unless ``rejection.dataset`` is set).
             branches: the searched branches.
         """
-        batch = None
-        if settings.rejection.enabled:
-            batch = build_screening_batches(
-                cfg,
-                dataset=settings.rejection.dataset or dataset,
-                num_images=settings.rejection.num_images,
-                seed=settings.rejection.seed,
-                heads=[HEAD],
-            )[HEAD]
-        return cls(settings, batch, cfg=cfg, branches=branches)
+        batches = cls.rejection_batches(settings, cfg, dataset, [HEAD])
+        return cls(settings, None if batches is None else batches[HEAD], cfg=cfg, branches=branches)
 
     @property
     def protocol(self) -> Optional[RejectionProtocol]:

@@ -234,16 +234,23 @@ class Screener:
             dataset: the proxy training split (used unless ``rejection.dataset`` is set).
             heads: searched heads (default: every PAP head of the model).
         """
-        batches = None
-        if settings.rejection.enabled:
-            batches = build_screening_batches(
-                cfg,
-                dataset=settings.rejection.dataset or dataset,
-                num_images=settings.rejection.num_images,
-                seed=settings.rejection.seed,
-                heads=heads,
-            )
-        return cls(settings, batches, cfg=cfg)
+        return cls(settings, cls.rejection_batches(settings, cfg, dataset, heads), cfg=cfg)
+
+    @staticmethod
+    def rejection_batches(
+        settings: ScreeningSettings, cfg: Any, dataset: str, heads: Optional[Sequence[str]]
+    ) -> Optional[Dict[str, HeadBatch]]:
+        """The loss-rejection batches of ``heads`` (one forward of the random detector, on
+        ``rejection.dataset`` or else ``dataset``), or None with rejection disabled."""
+        if not settings.rejection.enabled:
+            return None
+        return build_screening_batches(
+            cfg,
+            dataset=settings.rejection.dataset or dataset,
+            num_images=settings.rejection.num_images,
+            seed=settings.rejection.seed,
+            heads=heads,
+        )
 
     def head_losses(
         self, overrides: Mapping[str, Any], heads: Optional[Sequence[str]] = None
