@@ -43,7 +43,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from compare_losses import DEFAULT_ITERATIONS  # noqa: E402
+from compare_losses import DEFAULT_ITERATIONS, mean_std  # noqa: E402
 
 from paploss.search.settings import ProxySettings, SearchSettings, load_settings  # noqa: E402
 from paploss.search.trials.runner import TrialResult, TrialSpec, run_trial  # noqa: E402
@@ -128,12 +128,6 @@ def _spec(candidate, index, seed, proxy, config, folder, init_weights, early_sto
         early_stop=early_stop,
         init_weights=init_weights,
     )
-
-
-def _mean_std(values: Sequence[float]) -> Tuple[float, float]:
-    if not values:
-        return math.nan, math.nan
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
 def fidelity(proxy: Dict[str, List[float]], reference: Dict[str, List[float]]) -> Dict:
@@ -282,8 +276,8 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
         "| --- | ---: | ---: |",
     ]
     for candidate in candidates:
-        p_mean, p_std = _mean_std(proxy_rewards[candidate.name])
-        r_mean, r_std = _mean_std(reference_aps[candidate.name])
+        p_mean, p_std = mean_std(proxy_rewards[candidate.name])
+        r_mean, r_std = mean_std(reference_aps[candidate.name])
         reference = "–" if math.isnan(r_mean) else f"{r_mean:.2f} ± {r_std:.2f}"
         lines.append(f"| {candidate.name} | {p_mean:.2f} ± {p_std:.2f} | {reference} |")
     lines.append("")

@@ -322,7 +322,8 @@ def estimated_wall_seconds(jobs: Sequence[Job], parallel: int) -> float:
     return max(slots) if jobs else 0.0
 
 
-def _mean_std(values: List[float]) -> Tuple[float, float]:
+def mean_std(values: Sequence[float]) -> Tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value; NaN for none or a NaN value)."""
     if not values or any(math.isnan(v) for v in values):
         return math.nan, math.nan
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
@@ -351,7 +352,7 @@ def summarise(records: List[dict]) -> List[dict]:
         if detector in DETECTORS_WITH_MASKS:
             metrics += [name for name, _ in MASK_METRICS]
         for metric in metrics:
-            entry[metric] = dict(zip(("mean", "std"), _mean_std([r[metric] for r in ok])))
+            entry[metric] = dict(zip(("mean", "std"), mean_std([r[metric] for r in ok])))
         summary.append(entry)
     return summary
 
