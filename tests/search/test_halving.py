@@ -1,6 +1,7 @@
 """Successive halving inside a search round (``search.halving``): settings, the partial trial's
 identity, the controller's partial wave, selection and full wave, and its resume."""
 
+import json
 import sys
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from search_testing import MODEL_CONFIG, journal_snapshot, tiny_search_overrides
 
 from paploss.search.controller import SearchController
 from paploss.search.journal import SearchJournal
+from paploss.search.reports.status import format_status
 from paploss.search.settings import (
     ProxySettings,
     SearchLoopSettings,
@@ -102,6 +104,8 @@ def test_the_better_half_and_the_policy_mean_continue_the_others_keep_their_part
     with SearchJournal.open(str(tmp_path / "journal.sqlite"), read_only=True) as journal:
         trials = journal.trials(round=0)
         stats = journal.get_round(0).update_stats
+        table = format_status(journal, show_trials=True)
+    assert table.count("partial reward (stopped after 6 iterations)") == 2
     assert [t.role for t in trials] == ["sample"] * 5 + ["mean"]
     assert all(t.metrics["partial_reward"] == -t.index for t in trials)
     assert all(t.metrics["partial_iterations"] == 6 for t in trials)  # of proxy.iterations=12
@@ -148,3 +152,36 @@ def test_a_search_killed_between_or_in_its_waves_resumes_to_the_same_journal(
     )
     with SearchJournal.open(str(output / "journal.sqlite"), read_only=True) as journal:
         assert sum(t.metrics.get("halving") == "stopped" for t in journal.trials()) == 2
+
+
+@pytest.mark.slow
+def test_continued_trials_of_a_real_search_score_as_in_a_search_without_halving(
+    tmp_path: Path,
+) -> None:
+    """Real proxy trainings: a continued trial (partial training, evaluation, then the rest of
+    the schedule from its checkpoint) gets exactly the reward of the same trial in a search
+    without halving; the stopped sample keeps its partial reward and loses its checkpoints."""
+    overrides = tiny_search_overrides(tmp_path, rounds=1, candidates=2)
+    plain = tmp_path / "plain"
+    SearchController(load_settings(None, overrides), plain).run()
+    halved = tmp_path / "halved"
+    SearchController(load_settings(None, overrides + ["search.halving=0.5"]), halved).run()
+
+    with SearchJournal.open(str(plain / "journal.sqlite"), read_only=True) as journal:
+        reference = {t.index: t for t in journal.trials()}
+    with SearchJournal.open(str(halved / "journal.sqlite"), read_only=True) as journal:
+        trials = journal.trials()
+    assert [t.status for t in trials] == ["done"] * 3
+    assert [t.metrics["halving"] for t in trials].count("stopped") == 1
+    for trial in trials:
+        assert trial.theta == reference[trial.index].theta
+        folder = halved / trial.folder
+        partial = json.loads((folder / "result_partial.json").read_text())
+        assert partial["reward"] == trial.metrics["partial_reward"]
+        assert not list((folder / "train").glob("*.pth")), "no checkpoint is left behind"
+        if trial.metrics["halving"] == "continued":
+            assert trial.reward == reference[trial.index].reward
+        else:
+            assert trial.reward == trial.metrics["partial_reward"]
+            assert not (folder / "result.json").exists()
+    assert trials[2].metrics["halving"] == "continued"  # the policy mean

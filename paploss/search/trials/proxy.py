@@ -82,9 +82,7 @@ class ProxyTrainer(Trainer):
             kept = self.insert_before_checkpointer(kept, [early_stop])
         if self._stop_after is None:
             return kept
-        position = next(
-            i for i, h in enumerate(kept) if isinstance(h, hooks.PeriodicCheckpointer)
-        )
+        position = next(i for i, h in enumerate(kept) if isinstance(h, hooks.PeriodicCheckpointer))
         stop = _StopCheckpoint(kept[position], self._stop_after, int(self.cfg.SOLVER.MAX_ITER))
         return kept[: position + 1] + [stop] + kept[position + 1 :]
 

@@ -157,7 +157,9 @@ class TrialSpec:
     def __post_init__(self) -> None:
         stop = self.stop_after
         if stop is not None and not (
-            isinstance(stop, int) and not isinstance(stop, bool) and 0 < stop < self.proxy.iterations
+            isinstance(stop, int)
+            and not isinstance(stop, bool)
+            and 0 < stop < self.proxy.iterations
         ):
             raise ValueError(
                 f"stop_after must be an integer in [1, {self.proxy.iterations - 1}] (below "
