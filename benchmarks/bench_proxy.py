@@ -16,6 +16,16 @@ The table gives each candidate's proxy reward (mean ± std over seeds) and refer
 * **Spearman ρ** between the candidates' mean proxy rewards and their mean reference APs.
 * **seconds per trial**: the median of training + evaluation time of the proxy trials.
 
+With ``--halving H`` every candidate × seed also runs the partial training of the search's
+successive halving (``search.halving``: the same trial stopped after ``ceil(H * iterations)``
+iterations of its schedule, in a folder of its own, so the full trials are reused), and the
+script prints whether the partial reward ranks candidates as the full proxy reward does:
+Spearman ρ between the candidates' mean partial and mean full rewards, per seed how many of the
+top ``ceil(K/2)`` candidates by full reward the partial selection keeps (and whether it keeps the
+best), and the compute of a halving round relative to a full one (in iterations, and measured:
+partial trainings + evaluations, plus the continued candidates' remaining training and second
+evaluation).
+
 Trials keep their folders under ``--output`` and are reused by a later call with the same
 settings (the reference trainings too, across proxies), so proxies are compared by calling the
 script once per proxy::
@@ -24,6 +34,7 @@ script once per proxy::
     python benchmarks/bench_proxy.py --set proxy.warm_start.iterations=1500    # warm start
     python benchmarks/bench_proxy.py --config configs/search/default.yaml \\
         --set proxy.iterations=800 --reference-seeds 2 --reference-device cuda
+    python benchmarks/bench_proxy.py --seeds 3 --halving 0.5                   # halving
 """
 
 import argparse
@@ -45,8 +56,14 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from compare_losses import DEFAULT_ITERATIONS, mean_std  # noqa: E402
 
+from paploss.search.settings import SearchLoopSettings  # noqa: E402
 from paploss.search.settings import ProxySettings, SearchSettings, load_settings  # noqa: E402
-from paploss.search.trials.runner import TrialResult, TrialSpec, run_trial  # noqa: E402
+from paploss.search.trials.runner import (  # noqa: E402
+    TrialResult,
+    TrialSpec,
+    remove_checkpoints,
+    run_trial,
+)
 from paploss.search.trials.warm_start import (  # noqa: E402
     WARM_START_FOLDER,
     warm_start_spec,
@@ -130,6 +147,65 @@ def _spec(candidate, index, seed, proxy, config, folder, init_weights, early_sto
     )
 
 
+def _top(rewards: Sequence[float], count: int) -> List[int]:
+    """Indices of the ``count`` highest rewards, ties by index (the search's selection)."""
+    return sorted(range(len(rewards)), key=lambda i: (-rewards[i], i))[:count]
+
+
+def halving_fidelity(
+    names: Sequence[str],
+    full: Dict[Tuple[str, int], TrialResult],
+    partial: Dict[Tuple[str, int], TrialResult],
+    seeds: int,
+    share: float,
+) -> Dict:
+    """How well the partial reward picks the better half of the candidates (see the module
+    docstring), and the compute of a halving round relative to a full one."""
+    from scipy.stats import spearmanr
+
+    def reward(result: TrialResult) -> float:
+        return float(result.reward) if result.scored else math.nan
+
+    keep = math.ceil(len(names) / 2)
+    overlaps, best_kept = [], []
+    for seed in range(seeds):
+        full_r = [reward(full[(n, seed)]) for n in names]
+        part_r = [reward(partial[(n, seed)]) for n in names]
+        if any(math.isnan(r) for r in full_r + part_r):
+            continue
+        best = _top(full_r, 1)[0]
+        selected = set(_top(part_r, keep))
+        overlaps.append(len(set(_top(full_r, keep)) & selected))
+        best_kept.append(best in selected)
+    full_means = [statistics.fmean(reward(full[(n, s)]) for s in range(seeds)) for n in names]
+    part_means = [statistics.fmean(reward(partial[(n, s)]) for s in range(seeds)) for n in names]
+    rho = float(spearmanr(part_means, full_means)[0])
+
+    def seconds(result: TrialResult) -> Tuple[float, float]:
+        return result.metrics.get("train_s", math.nan), result.metrics.get("eval_s", math.nan)
+
+    full_s = partial_s = 0.0
+    for seed in range(seeds):
+        part_r = [reward(partial[(n, seed)]) for n in names]
+        continued = set(_top([-math.inf if math.isnan(r) else r for r in part_r], keep))
+        for i, name in enumerate(names):
+            train_s, eval_s = seconds(full[(name, seed)])
+            p_train, p_eval = seconds(partial[(name, seed)])
+            full_s += train_s + eval_s
+            partial_s += p_train + p_eval
+            if i in continued:
+                partial_s += train_s * (1 - share) + eval_s
+    return {
+        "spearman_partial_full": rho,
+        "partial_means": dict(zip(names, part_means)),
+        "top_half_overlap": overlaps,
+        "best_kept": best_kept,
+        "keep": keep,
+        "iteration_ratio": (len(names) * share + keep * (1 - share)) / len(names),
+        "time_ratio": partial_s / full_s if full_s > 0 else math.nan,
+    }
+
+
 def fidelity(proxy: Dict[str, List[float]], reference: Dict[str, List[float]]) -> Dict:
     """Signal-to-noise ratio of the proxy rewards and their Spearman ρ with the reference APs."""
     from scipy.stats import spearmanr
@@ -172,6 +248,9 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     parser.add_argument("--reference-device", help="MODEL.DEVICE of the reference trainings")
     parser.add_argument("--reference-only", action="store_true",
                         help="run only the reference trainings")  # fmt: skip
+    parser.add_argument("--halving", type=float, default=0.0,
+                        help="also run the partial trainings of search.halving=H and compare "
+                        "their ranking with the full proxy's")  # fmt: skip
     parser.add_argument("--jobs", type=int, default=1, help="trainings in parallel")
     parser.add_argument("--output", default=os.path.join("output", "bench_proxy"))
     args = parser.parse_args(argv)
@@ -179,6 +258,12 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
         raise SystemExit("--candidates and --seeds must be >= 2, --jobs >= 1")
 
     settings = load_settings(args.config, args.set)
+    try:
+        stop_after = SearchLoopSettings(halving=args.halving).partial_iterations(
+            settings.proxy.iterations
+        )
+    except ValueError as exc:
+        raise SystemExit(f"--halving: {exc}") from None
     config = settings.model.config
     published = args.published_config
     if published is None and "identity" in os.path.basename(config):
@@ -244,10 +329,22 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
                     candidate, i, seed, settings.proxy, config, proxy_folder, weights, early_stop
                 )
                 futures[pool.submit(run_trial, spec)] = ("proxy", candidate.name, seed)
+                if stop_after is not None:
+                    folder = os.path.join(proxy_folder, f"partial_{stop_after}")
+                    partial = _spec(
+                        candidate, i, seed, settings.proxy, config, folder, weights, early_stop
+                    )
+                    partial = dataclasses.replace(partial, stop_after=stop_after)
+                    futures[pool.submit(run_trial, partial)] = ("partial", candidate.name, seed)
         for future in concurrent.futures.as_completed(futures):
             kind, name, seed = futures[future]
             result = future.result()
             results[(kind, name, seed)] = result
+            if kind == "partial" and not result.reused:  # nothing continues from it here
+                slug = name.replace(" ", "_")
+                remove_checkpoints(
+                    os.path.join(proxy_folder, f"partial_{stop_after}", slug, f"seed{seed}")
+                )
             print(
                 f"  [{len(results)}/{len(futures)} {time.time() - start:5.0f} s] {kind} {name} "
                 f"seed {seed}: {result.status} "
@@ -288,6 +385,42 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
         f"{summary['seconds_per_trial']:.0f} s per proxy trial (median, train + eval, "
         f"{settings.proxy.num_threads} thread(s), {args.jobs} trainings in parallel)"
     )
+    halving = None
+    if stop_after is not None:
+        names = [c.name for c in candidates]
+        partial_results = {n: [] for n in names}
+        for (kind, name, _), result in results.items():
+            if kind == "partial" and result.scored:
+                partial_results[name].append(result)
+        halving = halving_fidelity(
+            names,
+            {(n, s): r for (k, n, s), r in results.items() if k == "proxy"},
+            {(n, s): r for (k, n, s), r in results.items() if k == "partial"},
+            args.seeds,
+            args.halving,
+        )
+        lines += [
+            "",
+            f"successive halving {args.halving:g}: partial training {stop_after} of "
+            f"{settings.proxy.iterations} iterations; the better {halving['keep']} of "
+            f"{len(names)} continue",
+            "",
+            "| candidate | partial reward (mean ± std) | full proxy reward (mean ± std) |",
+            "| --- | ---: | ---: |",
+        ]
+        for name in names:
+            p_mean, p_std = mean_std([float(r.reward) for r in partial_results[name]])
+            f_mean, f_std = mean_std(proxy_rewards[name])
+            lines.append(f"| {name} | {p_mean:.2f} ± {p_std:.2f} | {f_mean:.2f} ± {f_std:.2f} |")
+        overlaps = ", ".join(f"{o}/{halving['keep']}" for o in halving["top_half_overlap"])
+        lines += [
+            "",
+            f"Spearman ρ partial vs full {halving['spearman_partial_full']:.2f}; top-half "
+            f"overlap per seed {overlaps}; best candidate kept in "
+            f"{sum(halving['best_kept'])}/{len(halving['best_kept'])} seeds; compute of a "
+            f"halving round / a full round: {halving['iteration_ratio']:.2f} in iterations, "
+            f"{halving['time_ratio']:.2f} measured (evaluations included)",
+        ]
     text = "\n".join(lines)
     print(text)
     record = {
@@ -299,10 +432,13 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
         "reference_iterations": ref_iterations,
         **summary,
     }
+    if halving is not None:
+        record["halving"] = {"share": args.halving, "stop_after": stop_after, **halving}
     os.makedirs(proxy_folder, exist_ok=True)
-    with open(os.path.join(proxy_folder, "summary.json"), "w") as f:
+    suffix = "" if stop_after is None else f"_halving_{stop_after}"
+    with open(os.path.join(proxy_folder, f"summary{suffix}.json"), "w") as f:
         json.dump(record, f, indent=1)
-    with open(os.path.join(proxy_folder, "table.md"), "w") as f:
+    with open(os.path.join(proxy_folder, f"table{suffix}.md"), "w") as f:
         f.write(text + "\n")
     return record
 

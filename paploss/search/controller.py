@@ -11,6 +11,10 @@ One round::
     journal.begin_round(...)     candidates with their screening decisions + the proposer's state
                                  *after* proposing (random generators included)
     launch the trials, record each outcome as it arrives, retry failures up to max_attempts
+    with search.halving (successive halving): the trials first train a prefix of the proxy
+                                 (partial wave), the better half of the samples by that partial
+                                 reward and the policy mean continue to the full proxy (full
+                                 wave); the others keep their partial reward
     duplicates take the reward of their earlier equivalent candidate
     proposer.observe(scored)     e.g. PPO on the scored samples (diverged ones with their
                                  penalty, rejected ones with screening.rejection.rejected_reward)
@@ -52,6 +56,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -76,7 +81,13 @@ from paploss.search.screening.candidates import (
     duplicate_of,
 )
 from paploss.search.settings import LAUNCHER_KINDS, SearchSettings, settings_summary
-from paploss.search.trials.runner import TrialResult, TrialSpec, run_trial, trial_folder_name
+from paploss.search.trials.runner import (
+    TrialResult,
+    TrialSpec,
+    remove_checkpoints,
+    run_trial,
+    trial_folder_name,
+)
 from paploss.search.trials.warm_start import WARM_START_FOLDER, warm_start_spec, warm_start_weights
 from paploss.utils.imports import import_modules
 from paploss.utils.io import atomic_write
@@ -95,6 +106,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 TrialFunction = Callable[[TrialSpec], TrialResult]
+
+#: Trial metrics of the successive halving (``search.halving``): the reward and iterations of the
+#: partial training, and whether the trial then ``continued`` or was ``stopped``.
+PARTIAL_REWARD, PARTIAL_ITERATIONS, HALVING = "partial_reward", "partial_iterations", "halving"
 
 
 class SearchError(RuntimeError):
@@ -561,6 +576,8 @@ class SearchController:
             num_rejected=sum(t.status == "rejected" for t in trials),
             num_duplicates=sum(t.status == "duplicate" for t in trials),
         )
+        if self._halving:
+            stats["num_stopped"] = sum(t.metrics.get(HALVING) == "stopped" for t in trials)
         journal.end_round(round_index, proposer.state_dict(), stats)
         best = journal.best_trial()
         screened = self._screening is not None and self._screening.active
@@ -583,7 +600,13 @@ class SearchController:
 
     # ------------------------------------------------------------------ trials
     def _run_trials(self, round_index: int) -> None:
-        """Run every unfinished trial of the round, retrying failures up to max_attempts."""
+        """Run every unfinished trial of the round, retrying failures up to max_attempts.
+
+        With ``search.halving``: first the partial trainings of the trials without a partial
+        result, then the selection (:meth:`_select_halves`), then the full trainings of the
+        continued trials. Each step starts from what the journal holds, so a resumed controller
+        continues where the last one stopped.
+        """
         journal = self._journal
         assert journal is not None
         while True:
@@ -593,10 +616,88 @@ class SearchController:
                 assert self._screening is not None
                 self._screening.resolve_duplicates(round_index)
                 return
-            self._run_wave(round_index, unfinished, n_total=len(trials))
+            partial = [t for t in unfinished if self._stop_after(t) is not None]
+            if partial:
+                n_done = sum(PARTIAL_ITERATIONS in t.metrics for t in trials)
+                self._run_wave(round_index, partial, n_done, n_done + len(partial), "partial")
+            elif self._halving and any(HALVING not in t.metrics for t in unfinished):
+                self._select_halves(round_index)
+            else:
+                n_total = len(trials)
+                self._run_wave(round_index, unfinished, n_total - len(unfinished), n_total)
 
-    def _run_wave(self, round_index: int, trials: Sequence[TrialRecord], n_total: int) -> None:
-        """Launch (or re-attach) ``trials`` once and record every outcome."""
+    @property
+    def _halving(self) -> bool:
+        return self.settings.search.halving > 0
+
+    def _stop_after(self, trial: TrialRecord) -> Optional[int]:
+        """The iterations of ``trial``'s partial training while it still needs one (with
+        ``search.halving``, no partial result yet), else None (its full training)."""
+        if PARTIAL_ITERATIONS in trial.metrics:
+            return None
+        return self.settings.search.partial_iterations(self.settings.proxy.iterations)
+
+    def _select_halves(self, round_index: int) -> None:
+        """The successive halving's selection, from the stored partial rewards only (so a
+        resumed controller selects the same trials): the better ``ceil(n/2)`` of the ``n``
+        samples with a partial reward (ties by trial index) and the policy mean continue; the
+        other samples are final with their partial reward."""
+        journal = self._journal
+        assert journal is not None
+        trials = journal.trials(round=round_index)
+        ranked = sorted(
+            (t for t in trials if t.role == "sample" and PARTIAL_REWARD in t.metrics),
+            key=lambda t: (-float(t.metrics[PARTIAL_REWARD]), t.index),
+        )
+        keep = {t.index for t in ranked[: math.ceil(len(ranked) / 2)]}
+        keep |= {t.index for t in trials if t.role == "mean"}
+        for trial in trials:
+            if trial.is_final or HALVING in trial.metrics or PARTIAL_REWARD not in trial.metrics:
+                continue
+            metrics = dict(trial.metrics)
+            if trial.index in keep:
+                metrics[HALVING] = "continued"
+                journal.update_trial(round_index, trial.index, metrics=metrics)
+                continue
+            metrics[HALVING] = "stopped"
+            journal.update_trial(
+                round_index,
+                trial.index,
+                status="done",
+                reward=float(metrics[PARTIAL_REWARD]),
+                metrics=metrics,
+                finished_at=time.time(),
+            )
+            if not self.settings.proxy.keep_checkpoints:
+                assert trial.folder is not None
+                remove_checkpoints(self.output.root / trial.folder)
+        partial = [t for t in trials if PARTIAL_REWARD in t.metrics]
+        chosen = [t for t in partial if t.index in keep]
+
+        def rewards(selected: List[TrialRecord]) -> str:
+            values = sorted((float(t.metrics[PARTIAL_REWARD]) for t in selected), reverse=True)
+            return ", ".join(f"{v:.4f}" for v in values) or "none"
+
+        logger.info(
+            "round %d/%d: halving: %d of %d continue (partial rewards %s; stopped %s)",
+            round_index + 1,
+            self.settings.search.rounds,
+            len(chosen),
+            len(partial),
+            rewards(chosen),
+            rewards([t for t in partial if t.index not in keep]),
+        )
+
+    def _run_wave(
+        self,
+        round_index: int,
+        trials: Sequence[TrialRecord],
+        n_done: int,
+        n_total: int,
+        stage: str = "full",
+    ) -> None:
+        """Launch (or re-attach) ``trials`` once and record every outcome. ``n_done`` of
+        ``n_total`` trials have finished this ``stage`` (``partial``/``full``) before."""
         journal = self._journal
         assert journal is not None
         launcher = self._make_launcher()
@@ -612,7 +713,7 @@ class SearchController:
             handles += [(t, h, True) for t, h in zip(attach, attached)]
             logger.info("re-attached %d running trial job(s)", len(attach))
         if launch:
-            specs = [self._spec(t) for t in launch]
+            specs = [self._spec(t, self._stop_after(t)) for t in launch]
             submitted = launcher.submit(self.trial_fn, specs)
             now = time.time()
             for trial, handle in zip(launch, submitted):
@@ -627,7 +728,6 @@ class SearchController:
             self._trials_run += len(launch)
 
         recorded_ids = {id(h): h.job_id for _, h, _ in handles}
-        n_done = n_total - len(trials)
         pending = list(handles)
         while pending:
             newly = launcher.poll([h for _, h, _ in pending])
@@ -648,7 +748,7 @@ class SearchController:
                     continue
                 if self._record(round_index, trial, handle.outcome, was_attached):
                     n_done += 1
-                    self._log_progress(round_index, trial.index, n_done, n_total)
+                    self._log_progress(round_index, trial.index, n_done, n_total, stage)
             pending = still
             if pending and not newly:
                 time.sleep(launcher.poll_interval_s)
@@ -656,11 +756,14 @@ class SearchController:
     def _record(
         self, round_index: int, trial: TrialRecord, outcome: TrialOutcome, was_attached: bool
     ) -> bool:
-        """Store one outcome; returns whether the trial is now final."""
+        """Store one outcome; returns whether the trial is now final (or, for a partial
+        training, has its partial result)."""
         journal = self._journal
         assert journal is not None
         result = outcome.result if outcome.ok else None
-        foreign = result.mismatch(self._spec(trial)) if isinstance(result, TrialResult) else None
+        stop_after = self._stop_after(trial)
+        spec = self._spec(trial, stop_after)
+        foreign = result.mismatch(spec) if isinstance(result, TrialResult) else None
         if foreign is not None:
             # A result file of another trial (or of this trial with other settings) under this
             # trial's job id: refused, the trial runs again.
@@ -675,8 +778,24 @@ class SearchController:
             if result.reason:
                 metrics["reason"] = result.reason
             metrics["reused"] = bool(result.reused)
-            if "screening" in trial.metrics:  # the fingerprint: a resumed search needs it
-                metrics["screening"] = trial.metrics["screening"]
+            for key in ("screening", PARTIAL_REWARD, PARTIAL_ITERATIONS, HALVING):
+                if key in trial.metrics:  # the fingerprint (a resumed search needs it), halving
+                    metrics[key] = trial.metrics[key]
+            if stop_after is not None:
+                metrics[PARTIAL_ITERATIONS] = stop_after
+            if stop_after is not None and result.status == "done":
+                # Not final: the selection decides whether it stops here or continues (with
+                # attempts of its own for the full training).
+                metrics[PARTIAL_REWARD] = result.reward
+                journal.update_trial(
+                    round_index,
+                    trial.index,
+                    status="pending",
+                    metrics=metrics,
+                    attempts=0,
+                    error=None,
+                )
+                return True
             journal.update_trial(
                 round_index,
                 trial.index,
@@ -736,31 +855,39 @@ class SearchController:
             )
         return final
 
-    def _log_progress(self, round_index: int, index: int, n_done: int, n_total: int) -> None:
+    def _log_progress(
+        self, round_index: int, index: int, n_done: int, n_total: int, stage: str = "full"
+    ) -> None:
         journal = self._journal
         assert journal is not None
         trial = journal.trial(round_index, index)
-        if not trial.is_final:
+        partial = trial.metrics.get(PARTIAL_REWARD) if not trial.is_final else None
+        if not trial.is_final and partial is None:
             return
         best = journal.best_trial()
-        reward = "-" if trial.reward is None else f"{trial.reward:.4f}"
+        if partial is not None:
+            reward = f"partial reward {partial:.4f}"
+        else:
+            reward = "reward " + ("-" if trial.reward is None else f"{trial.reward:.4f}")
         seconds = trial.metrics.get("total_s")
         timing = f" in {seconds:.0f} s" if isinstance(seconds, (int, float)) else ""
         logger.info(
-            "round %d/%d: trials done %d/%d | %s (%s) %s, reward %s%s | best so far %s",
+            "round %d/%d: %s done %d/%d | %s (%s) %s, %s%s | best so far %s",
             round_index + 1,
             self.settings.search.rounds,
+            "partial trainings" if stage == "partial" else "trials",
             n_done,
             n_total,
             trial_folder_name(round_index, index),
             trial.role,
-            trial.status,
+            "done" if partial is not None else trial.status,
             reward,
             timing,
             "n/a" if best is None else f"{best.reward:.4f}",
         )
 
-    def _spec(self, trial: TrialRecord) -> TrialSpec:
+    def _spec(self, trial: TrialRecord, stop_after: Optional[int] = None) -> TrialSpec:
+        """The spec of ``trial``'s training (``stop_after``: its partial training)."""
         assert trial.folder is not None
         early_stop = self.settings.screening.early_stop
         return TrialSpec(
@@ -778,6 +905,7 @@ class SearchController:
             init_weights=self._init_weights,
             imports=self.settings.model.imports,
             python_path=self.settings.model.python_path,
+            stop_after=stop_after,
         )
 
     def _prepare_warm_start(self) -> Optional[str]:

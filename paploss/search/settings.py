@@ -419,6 +419,17 @@ class SearchLoopSettings(_Section):
         seed: seed of the method's sampling and of the per-round training seeds.
         max_attempts: a trial that fails (raises or crashes) is launched at most this often;
             then it is marked ``failed`` and left out of the update.
+        halving: successive halving inside a round (0: off; otherwise a share in (0, 1), e.g.
+            0.5). Every trial of the round first trains the first ``ceil(halving *
+            proxy.iterations)`` iterations of the proxy's schedule (the same ``MAX_ITER`` and
+            LR steps as the full proxy: a prefix of the full training, not a shorter schedule;
+            :meth:`partial_iterations`) and is evaluated. Then the better half of the round's
+            samples with a partial reward (``ceil(n/2)`` of ``n``, ranked by that reward, ties by
+            trial index) continue from their checkpoint to the full ``proxy.iterations``; the
+            policy-mean trial (role ``mean``) always continues (it reports the policy). The
+            stopped samples keep their partial reward (status ``done``, metrics ``halving:
+            stopped``); a sample that diverges in its partial training is final (``diverged``).
+            A round then costs ``n·h + ceil(n/2)·(1 − h)`` trainings instead of ``n``.
     """
 
     KEY: ClassVar[str] = "search"
@@ -431,6 +442,7 @@ class SearchLoopSettings(_Section):
     baseline: str = "round_mean"
     seed: int = 0
     max_attempts: int = 2
+    halving: float = 0.0
 
     def validate(self) -> None:
         _require(
@@ -452,10 +464,26 @@ class SearchLoopSettings(_Section):
             self.baseline != "policy_mean" or self.score_mean,
             "search.baseline 'policy_mean' needs search.score_mean: true",
         )
+        _require(
+            is_number(self.halving) and (self.halving == 0 or 0 < self.halving < 1),
+            f"search.halving must be 0 (off) or a share in (0, 1), got {self.halving!r}",
+        )
+
+    def partial_iterations(self, iterations: int) -> Optional[int]:
+        """Iterations of the partial training of :attr:`halving` for a proxy of ``iterations``
+        (``ceil(halving * iterations)``), or None when halving is off."""
+        if not self.halving:
+            return None
+        # rounded first: 0.3 * 10 is 3.0000000000000004 in floating point
+        return max(1, math.ceil(round(self.halving * iterations, 9)))
 
     #: Keys left out of :meth:`to_dict` while they hold their default, so that journals written
     #: before the keys existed keep their settings (and resume).
-    LATER_KEYS: ClassVar[Dict[str, Any]] = {"method": DEFAULT_METHOD, "max_proposals": 0}
+    LATER_KEYS: ClassVar[Dict[str, Any]] = {
+        "method": DEFAULT_METHOD,
+        "max_proposals": 0,
+        "halving": 0.0,
+    }
 
     def to_dict(self) -> Dict[str, Any]:
         """Plain data without the :attr:`LATER_KEYS` that hold their default."""
@@ -869,6 +897,12 @@ class SearchSettings(_Section):
         )
         if self.evolution:
             self.evolution_settings()
+        partial = self.search.partial_iterations(self.proxy.iterations)
+        _require(
+            partial is None or partial < self.proxy.iterations,
+            f"search.halving: {self.search.halving} of proxy.iterations ({self.proxy.iterations}) "
+            f"leaves no iterations to continue with; choose a smaller share",
+        )
 
     def evolution_settings(self) -> Any:
         """The :class:`paploss.lossgraph.EvolutionSettings` of the ``evolution`` section, seeded
@@ -1008,6 +1042,12 @@ def settings_summary(settings: SearchSettings) -> List[str]:
     )
     if loop.max_proposals:
         rounds += f", up to {loop.max_proposals} proposals per round to find them"
+    partial = loop.partial_iterations(proxy.iterations)
+    if partial is not None:
+        rounds += (
+            f"; successive halving: every trial trains {partial} of {proxy.iterations} "
+            f"iterations, the better half of the samples and the policy mean continue"
+        )
     return [
         f"model: {model.config}"
         + (f" (imports {', '.join(model.imports)})" if model.imports else ""),

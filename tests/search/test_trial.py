@@ -283,3 +283,35 @@ def test_mask_ap_reward_of_a_model_without_masks_fails_naming_the_key(tmp_path: 
     ), result.reason
     with pytest.raises(SettingsError, match="proxy.reward_task must be one of .'bbox', 'segm'."):
         ProxySettings(reward_task="keypoints")
+
+
+def test_a_partial_training_continued_ends_as_an_uninterrupted_one(tmp_path: Path) -> None:
+    """Successive halving: a trial trained to ``stop_after`` (a prefix of the full schedule),
+    evaluated, then continued from its checkpoint ends with the weights and reward of a trial
+    trained without a stop."""
+    proxy = dataclasses.replace(TINY, iterations=6, checkpoint_period=4, keep_checkpoints=True)
+    whole = run_trial(_spec(tmp_path / "whole", proxy))
+    assert whole.status == "done", whole.error
+
+    folder = tmp_path / "halved"
+    full = _spec(folder, proxy)
+    partial = dataclasses.replace(full, stop_after=3)
+    assert "stop_after" not in full.identity() and partial.identity()["stop_after"] == 3
+    assert partial.digest() != full.digest() and partial.folder_digest() == full.digest()
+    first = run_trial(partial)
+    assert first.status == "done" and first.spec_digest == partial.digest(), first.error
+    assert first.metrics["iterations"] == 3 and first.reward != whole.reward
+    assert load_result(folder) is None and load_result(folder, partial=True).reward == first.reward
+    assert (folder / "train" / "model_0000002.pth").is_file(), "the checkpoint at the stop"
+    assert not (folder / "train" / "model_final.pth").exists()
+    assert run_trial(partial).reused  # a partial result is reused like a full one
+
+    second = run_trial(full)
+    assert second.status == "done" and second.spec_digest == full.digest(), second.error
+    assert [s["resumed_from"] for s in read_starts(folder)] == [0, 3]
+    assert second.metrics["iterations"] == 3 and second.reward == whole.reward
+    reference, weights = _final_weights(tmp_path / "whole"), _final_weights(folder)
+    assert all(torch.equal(reference[key], weights[key]) for key in reference)
+    assert json.loads((folder / "spec.json").read_text())["digest"] == full.digest()
+    with pytest.raises(ValueError, match="stop_after must be an integer in .1, 5."):
+        dataclasses.replace(full, stop_after=6)

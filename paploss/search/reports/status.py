@@ -193,7 +193,7 @@ def format_status(journal: SearchJournal, show_trials: bool = False) -> str:
         for t in journal.trials():
             seconds = t.metrics.get("total_s")
             note = _screening_note(t, min_gain) or t.metrics.get("reason")
-            note = note or error_summary(t.error or "")
+            note = note or error_summary(t.error or "") or _halving_note(t)
             if not note and space is not None:
                 note = space.describe_candidate(t.overrides) or ""
             trial_rows.append(
@@ -228,6 +228,14 @@ def format_status(journal: SearchJournal, show_trials: bool = False) -> str:
             trial_rows,
         )
     return "\n".join(lines)
+
+
+def _halving_note(trial: TrialRecord) -> str:
+    """``partial reward (stopped after 200 iterations)`` for a trial the successive halving
+    stopped (``search.halving``), else empty."""
+    if trial.metrics.get("halving") != "stopped":
+        return ""
+    return f"partial reward (stopped after {trial.metrics.get('partial_iterations')} iterations)"
 
 
 def _screening_line(journal: SearchJournal, summaries: Sequence[RoundSummary]) -> Optional[str]:

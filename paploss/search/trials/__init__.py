@@ -21,6 +21,7 @@ _LAZY = {
     "run_trial": "runner",
     "load_result": "runner",
     "read_starts": "runner",
+    "remove_checkpoints": "runner",
     "torch_threads": "runner",
     "trial_folder_name": "runner",
     "ProxyTrainer": "proxy",

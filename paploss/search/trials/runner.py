@@ -33,6 +33,7 @@ imported fails the trial with a one-line reason.
         log.txt         the training log
         train/          Detectron2's OUTPUT_DIR: checkpoints, metrics.json, inference/
         result.json     the final result (done or diverged), written atomically
+        result_partial.json   the result of the partial training (``stop_after``), if any
         .lock           held (flock) by the process working in the folder
 
 A folder with a ``result.json`` returns it at once; a folder with checkpoints resumes from the
@@ -40,6 +41,14 @@ last one (exactly: see :mod:`paploss.search.trials.proxy`), which is how a reque
 (submitit requeues the :class:`~paploss.search.launchers.trial_launcher.CheckpointableTrial`
 wrapper on time-out or preemption) or a re-launched trial after a controller restart continues. Checkpoints are deleted
 once the result is written unless ``proxy.keep_checkpoints``.
+
+**Partial trainings.** A spec with ``stop_after`` (the search's successive halving,
+``search.halving``) trains only the first ``stop_after`` iterations of the proxy's schedule,
+saves a checkpoint there, is evaluated and writes ``result_partial.json``; its checkpoints are
+kept. The same spec without ``stop_after`` is the same trial (one folder: ``spec.json`` holds the
+spec without ``stop_after``) and continues from that checkpoint to the end, exactly as an
+uninterrupted training (same weights, same reward). A partial result carries the digest of the
+partial spec, so it is never taken for the full one.
 
 **Several GPUs.** With ``proxy.num_gpus > 1`` the training runs through Detectron2's ``launch``
 with one process per GPU on a port derived from the job id
@@ -79,12 +88,14 @@ __all__ = [
     "torch_threads",
     "load_result",
     "read_starts",
+    "remove_checkpoints",
 ]
 
 logger = logging.getLogger(__name__)
 
 TRIAL_RESULT_STATUSES = ("done", "diverged", "failed")
 RESULT_FILE = "result.json"
+PARTIAL_RESULT_FILE = "result_partial.json"
 SPEC_FILE = "spec.json"
 STARTS_FILE = "starts.jsonl"
 LOG_FILE = "log.txt"
@@ -122,6 +133,9 @@ class TrialSpec:
         imports: Python modules the job imports before it reads the config (``model.imports``:
             a project's package, which registers its config keys, heads and optimizer).
         python_path: folders put in front of ``sys.path`` first (``model.python_path``).
+        stop_after: a partial training: stop after this many iterations of the proxy's schedule
+            (below ``proxy.iterations``), save a checkpoint, evaluate, keep the checkpoints
+            (see the module docstring); None: the full training.
     """
 
     trial_id: str
@@ -138,6 +152,24 @@ class TrialSpec:
     init_weights: Optional[str] = None
     imports: Tuple[str, ...] = ()
     python_path: Tuple[str, ...] = ()
+    stop_after: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        stop = self.stop_after
+        if stop is not None and not (
+            isinstance(stop, int)
+            and not isinstance(stop, bool)
+            and 0 < stop < self.proxy.iterations
+        ):
+            raise ValueError(
+                f"stop_after must be an integer in [1, {self.proxy.iterations - 1}] (below "
+                f"proxy.iterations), got {stop!r}"
+            )
+
+    @property
+    def result_file(self) -> str:
+        """Name of the file that stores this spec's result in the trial folder."""
+        return RESULT_FILE if self.stop_after is None else PARTIAL_RESULT_FILE
 
     def identity(self) -> Dict[str, Any]:
         """What makes two specs the same trial (the model config by its content, not its path;
@@ -153,12 +185,23 @@ class TrialSpec:
         }
         if self.imports:  # absent otherwise: the digests of earlier trials stay as they were
             identity["imports"] = list(self.imports)
+        if self.stop_after is not None:  # likewise
+            identity["stop_after"] = int(self.stop_after)
         return identity
 
     def digest(self) -> str:
-        """SHA-256 of :meth:`identity` (stored in ``spec.json`` and ``result.json``)."""
+        """SHA-256 of :meth:`identity` (stored in ``result.json`` / ``result_partial.json``)."""
         text = json.dumps(self.identity(), sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+    def full(self) -> "TrialSpec":
+        """This trial's full training (the spec without ``stop_after``)."""
+        return self if self.stop_after is None else dataclasses.replace(self, stop_after=None)
+
+    def folder_digest(self) -> str:
+        """The digest of :meth:`full`: what ``spec.json`` holds, the same for the partial and
+        the full training of a trial (they share the folder)."""
+        return self.full().digest()
 
     def config_opts(self) -> List[Any]:
         """All config overrides of this trial's training, candidate values last."""
@@ -296,7 +339,7 @@ def run_trial(spec: TrialSpec) -> TrialResult:
 
 
 def _run_locked(spec: TrialSpec, folder: Path, started_at: float) -> TrialResult:
-    stored = load_result(folder)
+    stored = load_result(folder, partial=spec.stop_after is not None)
     if stored is not None:
         if stored.spec_digest != spec.digest():
             raise TrialFolderError(
@@ -310,8 +353,10 @@ def _run_locked(spec: TrialSpec, folder: Path, started_at: float) -> TrialResult
             result = _run_distributed(spec, started_at)
         else:
             result = _train_and_score(spec, started_at)
-    if not spec.proxy.keep_checkpoints:
-        _remove_checkpoints(folder / TRAIN_DIR)
+    # A partial training keeps its checkpoint for the full one (unless that was its last
+    # training: diverged); the controller removes those of trials stopped there.
+    if not spec.proxy.keep_checkpoints and (spec.stop_after is None or result.status != "done"):
+        remove_checkpoints(folder)
     return result
 
 
@@ -333,9 +378,10 @@ def _folder_lock(folder: Path) -> Iterator[None]:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
-def load_result(folder: os.PathLike) -> Optional[TrialResult]:
-    """The final result stored in a trial folder, or None (missing or unreadable file)."""
-    path = Path(folder) / RESULT_FILE
+def load_result(folder: os.PathLike, partial: bool = False) -> Optional[TrialResult]:
+    """The final result stored in a trial folder (``partial``: that of its partial training),
+    or None (missing or unreadable file)."""
+    path = Path(folder) / (PARTIAL_RESULT_FILE if partial else RESULT_FILE)
     try:
         with open(path, "r") as handle:
             return TrialResult.from_dict(json.load(handle), reused=True)
@@ -370,9 +416,14 @@ def _train_and_score(spec: TrialSpec, started_at: float, rank: int = 0) -> Trial
     spec.proxy.check_model_config(cfg, spec.config_file)
     os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
     seed_all_rng(spec.seed + rank)
-    trainer = ProxyTrainer(cfg, early_stop=spec.early_stop)
+    trainer = ProxyTrainer(cfg, early_stop=spec.early_stop, stop_after=spec.stop_after)
     trainer.resume_or_load(resume=True)
     resumed_from = int(trainer.start_iter)
+    if spec.stop_after is not None and resumed_from > spec.stop_after:
+        raise TrialFolderError(
+            f"{spec.output_dir} has trained to iteration {resumed_from}, beyond the partial "
+            f"training's {spec.stop_after}; its partial result cannot be made any more"
+        )
     if rank == 0:
         _record_start(Path(spec.output_dir), resumed_from)
 
@@ -425,7 +476,7 @@ def _train_and_score(spec: TrialSpec, started_at: float, rank: int = 0) -> Trial
         spec_digest=spec.digest(),
     )
     if rank == 0:
-        _write_json(Path(spec.output_dir) / RESULT_FILE, result.to_dict())
+        _write_json(Path(spec.output_dir) / spec.result_file, result.to_dict())
     return result
 
 
@@ -500,11 +551,11 @@ def _run_distributed(spec: TrialSpec, started_at: float) -> TrialResult:
             args=(spec, started_at),
         )
     except Exception:
-        result = load_result(spec.output_dir)
+        result = load_result(spec.output_dir, partial=spec.stop_after is not None)
         if result is None or result.status != "diverged":
             raise
         return dataclasses.replace(result, reused=False)
-    result = load_result(spec.output_dir)
+    result = load_result(spec.output_dir, partial=spec.stop_after is not None)
     if result is None:
         raise RuntimeError("the distributed training ended without rank 0 writing a result")
     return dataclasses.replace(result, reused=False)
@@ -514,7 +565,8 @@ def _run_distributed(spec: TrialSpec, started_at: float) -> TrialResult:
 
 
 def _claim_folder(folder: Path, spec: TrialSpec) -> None:
-    """Write ``spec.json``, or check that the one there describes the same trial."""
+    """Write ``spec.json``, or check that the one there describes the same trial (the full
+    spec: the partial and the full training of a trial share the folder)."""
     path = folder / SPEC_FILE
     if path.exists():
         try:
@@ -522,12 +574,12 @@ def _claim_folder(folder: Path, spec: TrialSpec) -> None:
                 digest = json.load(handle).get("digest")
         except (OSError, ValueError) as exc:
             raise TrialFolderError(f"{path} is unreadable ({exc}); remove the folder") from None
-        if digest != spec.digest():
+        if digest != spec.folder_digest():
             raise TrialFolderError(
                 f"{folder} belongs to another trial (its {SPEC_FILE} differs); use a new folder"
             )
         return
-    _write_json(path, spec.to_dict())
+    _write_json(path, spec.full().to_dict())
 
 
 def _record_start(folder: Path, resumed_from: int) -> None:
@@ -551,7 +603,9 @@ def _write_json(path: Path, data: Mapping[str, Any]) -> None:
 _CHECKPOINT_NAME = re.compile(r"^model_(\d+|final)\.pth$")
 
 
-def _remove_checkpoints(train_dir: Path) -> None:
+def remove_checkpoints(folder: os.PathLike) -> None:
+    """Delete the checkpoints of the trial in ``folder`` (its results and logs stay)."""
+    train_dir = Path(folder) / TRAIN_DIR
     if not train_dir.is_dir():
         return
     for path in train_dir.iterdir():
