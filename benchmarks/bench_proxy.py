@@ -56,6 +56,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from compare_losses import DEFAULT_ITERATIONS, mean_std  # noqa: E402
 
+from paploss.search.controller import better_half  # noqa: E402
 from paploss.search.settings import SearchLoopSettings  # noqa: E402
 from paploss.search.settings import ProxySettings, SearchSettings, load_settings  # noqa: E402
 from paploss.search.trials.runner import (  # noqa: E402
@@ -147,11 +148,6 @@ def _spec(candidate, index, seed, proxy, config, folder, init_weights, early_sto
     )
 
 
-def _top(rewards: Sequence[float], count: int) -> List[int]:
-    """Indices of the ``count`` highest rewards, ties by index (the search's selection)."""
-    return sorted(range(len(rewards)), key=lambda i: (-rewards[i], i))[:count]
-
-
 def halving_fidelity(
     names: Sequence[str],
     full: Dict[Tuple[str, int], TrialResult],
@@ -173,10 +169,9 @@ def halving_fidelity(
         part_r = [reward(partial[(n, seed)]) for n in names]
         if any(math.isnan(r) for r in full_r + part_r):
             continue
-        best = _top(full_r, 1)[0]
-        selected = set(_top(part_r, keep))
-        overlaps.append(len(set(_top(full_r, keep)) & selected))
-        best_kept.append(best in selected)
+        top_full, selected = better_half(full_r), set(better_half(part_r))
+        overlaps.append(len(set(top_full) & selected))
+        best_kept.append(top_full[0] in selected)
     full_means = [statistics.fmean(reward(full[(n, s)]) for s in range(seeds)) for n in names]
     part_means = [statistics.fmean(reward(partial[(n, s)]) for s in range(seeds)) for n in names]
     rho = float(spearmanr(part_means, full_means)[0])
@@ -187,7 +182,7 @@ def halving_fidelity(
     full_s = partial_s = 0.0
     for seed in range(seeds):
         part_r = [reward(partial[(n, seed)]) for n in names]
-        continued = set(_top([-math.inf if math.isnan(r) else r for r in part_r], keep))
+        continued = set(better_half([-math.inf if math.isnan(r) else r for r in part_r]))
         for i, name in enumerate(names):
             train_s, eval_s = seconds(full[(name, seed)])
             p_train, p_eval = seconds(partial[(name, seed)])
@@ -308,6 +303,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     results: Dict[Tuple[str, str, int], TrialResult] = {}
     with concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
         futures = {}
+        partial_folders: Dict[Tuple[str, int], str] = {}  # (candidate, seed) -> its folder
         for seed in range(args.reference_seeds):  # the longest first
             for i, candidate in enumerate(candidates):
                 spec = _spec(candidate, i, seed, ref_proxy, config, ref_folder, None, None)
@@ -336,15 +332,13 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
                     )
                     partial = dataclasses.replace(partial, stop_after=stop_after)
                     futures[pool.submit(run_trial, partial)] = ("partial", candidate.name, seed)
+                    partial_folders[(candidate.name, seed)] = partial.output_dir
         for future in concurrent.futures.as_completed(futures):
             kind, name, seed = futures[future]
             result = future.result()
             results[(kind, name, seed)] = result
             if kind == "partial" and not result.reused:  # nothing continues from it here
-                slug = name.replace(" ", "_")
-                remove_checkpoints(
-                    os.path.join(proxy_folder, f"partial_{stop_after}", slug, f"seed{seed}")
-                )
+                remove_checkpoints(partial_folders[(name, seed)])
             print(
                 f"  [{len(results)}/{len(futures)} {time.time() - start:5.0f} s] {kind} {name} "
                 f"seed {seed}: {result.status} "

@@ -101,6 +101,7 @@ __all__ = [
     "model_config_changed",
     "model_config_digest",
     "round_seed",
+    "better_half",
 ]
 
 logger = logging.getLogger(__name__)
@@ -189,6 +190,17 @@ def round_seed(search_seed: int, round_index: int) -> int:
     """Training seed shared by the trials of round ``round_index`` (common random numbers)."""
     state = np.random.SeedSequence([int(search_seed), int(round_index)]).generate_state(1)
     return int(state[0] & 0x7FFFFFFF)
+
+
+def better_half(rewards: Sequence[float]) -> List[int]:
+    """The successive halving's selection (``search.halving``): the positions of the
+    ``ceil(n/2)`` highest of ``n`` partial rewards, ties by position.
+
+    Args:
+        rewards: the partial rewards of a round's samples, in trial order.
+    """
+    order = sorted(range(len(rewards)), key=lambda i: (-float(rewards[i]), i))
+    return order[: math.ceil(len(rewards) / 2)]
 
 
 def model_config_digest(config_file: str) -> str:
@@ -645,11 +657,9 @@ class SearchController:
         journal = self._journal
         assert journal is not None
         trials = journal.trials(round=round_index)
-        ranked = sorted(
-            (t for t in trials if t.role == "sample" and PARTIAL_REWARD in t.metrics),
-            key=lambda t: (-float(t.metrics[PARTIAL_REWARD]), t.index),
-        )
-        keep = {t.index for t in ranked[: math.ceil(len(ranked) / 2)]}
+        samples = [t for t in trials if t.role == "sample" and PARTIAL_REWARD in t.metrics]
+        rewards = [float(t.metrics[PARTIAL_REWARD]) for t in samples]
+        keep = {samples[i].index for i in better_half(rewards)}
         keep |= {t.index for t in trials if t.role == "mean"}
         for trial in trials:
             if trial.is_final or HALVING in trial.metrics or PARTIAL_REWARD not in trial.metrics:

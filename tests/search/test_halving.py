@@ -185,3 +185,12 @@ def test_continued_trials_of_a_real_search_score_as_in_a_search_without_halving(
             assert trial.reward == trial.metrics["partial_reward"]
             assert not (folder / "result.json").exists()
     assert trials[2].metrics["halving"] == "continued"  # the policy mean
+
+
+def test_better_half_keeps_the_higher_rewards_ties_by_position():
+    from paploss.search.controller import better_half
+
+    assert better_half([0.2, 0.9, 0.5]) == [1, 2]  # ceil(3/2) = 2, best first
+    assert better_half([0.3, 0.3, 0.1, 0.3]) == [0, 1]  # a tie goes to the earlier trial
+    assert better_half([0.0]) == [0]
+    assert better_half([]) == []
