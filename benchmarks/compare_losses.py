@@ -153,6 +153,9 @@ def _rows() -> List[Row]:
             ("3 anchor scales per octave", ("MODEL.ANCHOR_GENERATOR.SIZES", three_scales)),
             # not a departure: the box-gradient scale of the published functions alone
             ("box gradient λ 4.12 (published)", ("MODEL.PAPLOSS.RETINANET.GRAD_SCALE", "4.1231")),
+            ("box deltas (1, 1, 1, 1) + λ 4.12",
+             ("MODEL.RETINANET.BBOX_REG_WEIGHTS", "(1.0, 1.0, 1.0, 1.0)",
+              "MODEL.PAPLOSS.RETINANET.GRAD_SCALE", "4.1231")),
         ]
     ]  # fmt: skip
     rows.append(
@@ -172,6 +175,10 @@ def _rows() -> List[Row]:
             # not a departure: the box-gradient scales of the published functions alone
             ("box gradient λ 1.70 / 7.13 (published)",
              ("MODEL.PAPLOSS.RPN.GRAD_SCALE", "1.695", "MODEL.PAPLOSS.ROI_HEADS.GRAD_SCALE",
+              "7.1324"), "faster_rcnn_all"),
+            ("RPN box deltas (1, 1, 1, 1) + λ 1.70 / 7.13",
+             ("MODEL.RPN.BBOX_REG_WEIGHTS", "(1.0, 1.0, 1.0, 1.0)",
+              "MODEL.PAPLOSS.RPN.GRAD_SCALE", "1.695", "MODEL.PAPLOSS.ROI_HEADS.GRAD_SCALE",
               "7.1324"), "faster_rcnn_all"),
         ]
     ]  # fmt: skip

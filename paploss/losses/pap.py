@@ -63,12 +63,16 @@ class PAPLossComponents(NamedTuple):
         localization: ``1/|P| sum_i (1 - I1(u_i))``.
         ranking: ``1/|P| sum_i I3(u_i) R_i``.
         num_positives: ``|P|``.
+        precision_error: ``1/|P| sum_i R_i``, detached: the positives' mean precision error. A
+            diagnosis, not part of the loss: with identity functions a positive's box gradient
+            is ``1 - R_i``, so while it is near 1 the box branch learns next to nothing.
     """
 
     loss: torch.Tensor
     localization: torch.Tensor
     ranking: torch.Tensor
     num_positives: int
+    precision_error: torch.Tensor
 
 
 # (logits [M], in_sums [M] bool, positive_index [P], weights [M], functions)
@@ -153,7 +157,7 @@ def _components(logits, targets, quality, functions, topk, ratio_terms: RatioTer
     num_positives = int(positive_index.numel())
     if num_positives == 0:
         zero = (logits * 0).sum() + (quality[positive_index] * 0).sum().to(logits.dtype)
-        return PAPLossComponents(zero, zero, zero, 0)
+        return PAPLossComponents(zero, zero, zero, 0, zero.detach())
 
     # Qualities are read only at positives (u = 0 elsewhere, so 1 - I2(u) = 1 at negatives).
     u = quality[positive_index].to(logits.dtype)  # [P]
@@ -165,7 +169,10 @@ def _components(logits, targets, quality, functions, topk, ratio_terms: RatioTer
     normalizer = num_positives + NORMALIZER_EPS
     localization = (1 - functions["I1"](u)).sum() / normalizer
     ranking = (functions["I3"](u) * ratios).sum() / normalizer
-    return PAPLossComponents(localization + ranking, localization, ranking, num_positives)
+    precision_error = ratios.detach().mean()
+    return PAPLossComponents(
+        localization + ranking, localization, ranking, num_positives, precision_error
+    )
 
 
 def pap_loss_components(

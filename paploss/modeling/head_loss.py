@@ -290,7 +290,9 @@ class PAPHeadLoss(RankingHeadLoss):
     The quality of a positive is ``(GIoU + 1) / 2`` or the IoU of its decoded predicted box, or
     with ``"mask_iou"`` also reads its predicted mask (:meth:`quality`); λ scales only the
     gradient that reaches the box (and mask) branch through the quality.
-    Scalars: ``pap_ranking``, ``pap_localization`` (their sum is the loss), ``num_positives``.
+    Scalars: ``pap_ranking``, ``pap_localization`` (their sum is the loss), ``num_positives``,
+    ``pap_precision_error`` (the positives' mean precision error R_i: with identity functions a
+    positive's box gradient is ``1 - R_i``, so a value near 1 says the boxes barely learn).
     """
 
     loss_name = "pap"
@@ -384,6 +386,7 @@ class PAPHeadLoss(RankingHeadLoss):
         scalars = {
             "pap_localization": parts.localization.item(),
             "pap_ranking": parts.ranking.item(),
+            "pap_precision_error": parts.precision_error.item(),
         }
         return parts.loss, scalars
 

@@ -58,6 +58,8 @@ def test_hand_computed_single_positive(loss_fn):
     torch.testing.assert_close(components.loss, torch.tensor(13 / 14, dtype=F64))
     torch.testing.assert_close(components.localization, torch.tensor(0.5, dtype=F64))
     torch.testing.assert_close(components.ranking, torch.tensor(3 / 7, dtype=F64))
+    torch.testing.assert_close(components.precision_error, torch.tensor(6 / 7, dtype=F64))
+    assert not components.precision_error.requires_grad
     # dL/dN_A = I3(u) / D_A = .5 / 1.75 = 2/7. dN_A/ds_B = H2'(x) dx/ds_B v_B = 1 * 1/2 * 1;
     # C is saturated (no gradient); the self pair cancels; dN_A/ds_A = -1/2 (from B only).
     # So dL/ds = (-1/7, 1/7, 0, 0); the ignored D gets nothing.
@@ -88,6 +90,8 @@ def test_hand_computed_two_positives(loss_fn, h):
     torch.testing.assert_close(components.loss, torch.tensor(0.548, dtype=F64))
     torch.testing.assert_close(components.localization, torch.tensor(0.3, dtype=F64))
     torch.testing.assert_close(components.ranking, torch.tensor(0.248, dtype=F64))
+    # R1 = .1 / .5 = .2, R2 = 1.4 / 2.5 = .56: mean precision error .38.
+    torch.testing.assert_close(components.precision_error, torch.tensor(0.38, dtype=F64))
     # dL/du1 = 1/2 [-1 + N1/D1 + u1 (-.5)/D1 + u2 (-1)/D2] = 1/2 [-1 + .2 - .8 - .24] = -.92
     # dL/du2 = 1/2 [-1 + N2/D2 + u2 (-.5)/D2] = 1/2 [-1 + .56 - .12] = -.28
     torch.testing.assert_close(grad_quality, torch.tensor([-0.92, 0, -0.28, 0], dtype=F64))

@@ -69,6 +69,7 @@ def test_retinanet_loss_equals_pap_loss_on_hand_flattened_tensors(synthetic_batc
     parts = storage.history("retinanet/pap_localization").latest()
     parts += storage.history("retinanet/pap_ranking").latest()
     assert parts == pytest.approx(losses["loss_pap"].item(), rel=1e-5)
+    assert 0 < storage.history("retinanet/pap_precision_error").latest() <= 1
 
 
 def _head_grads(model, batch, names):
