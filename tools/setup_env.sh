@@ -26,7 +26,7 @@ TORCH_SPEC=("torch==2.14.1" "torchvision==0.29.1")
 RUNTIME_DEPS=(
   "numpy" "scipy" "Pillow<10" "pycocotools" "fvcore" "iopath" "yacs" "tabulate" "termcolor"
   "cloudpickle" "tqdm" "tensorboard" "omegaconf" "hydra-core" "matplotlib" "submitit" "pyyaml"
-  "setuptools<81" "pytest" "pytest-timeout"
+  "cmaes" "setuptools<81" "pytest" "pytest-timeout"
 )
 
 if [ "$WITH_SLURM" = 1 ]; then
@@ -43,7 +43,7 @@ fi
 
 STAMP="$VENV/.paploss-setup-stamp"
 WANT_STAMP=$(cat "$0" "$ROOT/pyproject.toml" | sha256sum | cut -d' ' -f1)
-CHECK='import torch, torchvision, detectron2, pycocotools, scipy, submitit, paploss'
+CHECK='import torch, torchvision, detectron2, pycocotools, scipy, submitit, cmaes, paploss'
 
 if [ -x "$VENV/bin/python" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT_STAMP" ] \
     && "$VENV/bin/python" -c "$CHECK" 2>/dev/null; then

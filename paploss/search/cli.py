@@ -166,6 +166,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             f"  best reward:     {best.reward:.4f} (bbox AP on {settings.proxy.val_dataset}, "
             f"round {best.round} trial {best.index}: {best.folder})"
         )
+        lines.append(f"  chosen:          {summary.best_how}")
     paths = _write_report(output)
     lines += paths
     print("\n".join(lines))

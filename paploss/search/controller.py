@@ -75,6 +75,7 @@ from paploss.search.launchers.trial_launcher import (
     error_summary,
 )
 from paploss.search.proposers import Candidate, Proposer, ScoredCandidate, proposer_class
+from paploss.search.recheck import declared_best, recheck_candidates
 from paploss.search.screening.candidates import (
     CandidateScreening,
     ScreeningSetupError,
@@ -171,12 +172,14 @@ class SearchSummary:
     """What a finished (or stopped) search produced.
 
     Attributes:
-        rounds_closed: number of closed rounds.
+        rounds_closed: number of closed search rounds (recheck rounds not counted).
         trials_run: trials launched by this controller run (reused results not counted).
-        best: the best ``done`` trial, if any.
+        best: the search's best candidate's trial, if any
+            (:func:`~paploss.search.recheck.declared_best`).
         final_mean: the search method's current point (``ppo``: μ after the last closed
             round), or None for a method without one.
         wall_s: duration of this controller run.
+        best_how: how the best was chosen, with its rewards (one line), if any.
     """
 
     rounds_closed: int
@@ -184,6 +187,7 @@ class SearchSummary:
     best: Optional[TrialRecord]
     final_mean: Optional[List[float]]
     wall_s: float
+    best_how: Optional[str] = None
 
 
 def round_seed(search_seed: int, round_index: int) -> int:
@@ -293,25 +297,27 @@ class SearchController:
             journal, proposer = self._journal, self._proposer
             assert journal is not None and proposer is not None
             total = self.settings.search.rounds
-            if self._first_round() < total:
+            if self._first_round() < self._rounds_with_rechecks:
                 self._init_weights = self._prepare_warm_start()
             for round_index in range(self._first_round(), total):
                 self._run_round(round_index)
-            rounds = journal.rounds()
-            closed = [r for r in rounds if r.status == "closed"]
+            for round_index in range(max(total, self._first_round()), self._rounds_with_rechecks):
+                self._run_recheck_round(round_index)
+            closed = [r for r in journal.rounds() if r.status == "closed" and r.round < total]
+            best = declared_best(journal)
             summary = SearchSummary(
                 rounds_closed=len(closed),
                 trials_run=self._trials_run,
-                best=journal.best_trial(),
+                best=None if best is None else best.trial,
                 final_mean=_optional_list(proposer.point()),
                 wall_s=time.monotonic() - start,
+                best_how=None if best is None else best.describe(),
             )
-            best = summary.best
             logger.info(
-                "search finished: %d rounds, %d trial(s) run now, best reward %s in %.0f s",
+                "search finished: %d rounds, %d trial(s) run now, %s in %.0f s",
                 summary.rounds_closed,
                 summary.trials_run,
-                "n/a" if best is None else f"{best.reward:.4f} ({best.folder})",
+                "no best yet" if best is None else f"{best.describe()} ({best.trial.folder})",
                 summary.wall_s,
             )
             return summary
@@ -356,7 +362,7 @@ class SearchController:
         if exists:
             self._journal = SearchJournal.open(str(output.journal), stored)
             logger.info("resuming the search in %s", output.root)
-            if self._first_round() < self.settings.search.rounds:
+            if self._first_round() < self._rounds_with_rechecks:
                 self._check_launcher()
             if not output.model_config.exists():
                 atomic_write(output.model_config, merged_config)
@@ -420,6 +426,12 @@ class SearchController:
                 options.kind, self.output.jobs, **options.launcher_options()
             )
         return self._launcher
+
+    @property
+    def _rounds_with_rechecks(self) -> int:
+        """The search rounds and the recheck rounds after them (``search.recheck``)."""
+        loop = self.settings.search
+        return loop.rounds + (loop.recheck.seeds if loop.recheck.enabled else 0)
 
     def _first_round(self) -> int:
         journal = self._journal
@@ -610,6 +622,44 @@ class SearchController:
             _clause(proposer.describe_update(stats), " | "),
         )
 
+    def _run_recheck_round(self, round_index: int) -> None:
+        """One recheck round (``search.recheck``, :mod:`paploss.search.recheck`): the best
+        candidates of the search rounds trained again with the round's seed. The search method
+        does not learn from it; its state is stored unchanged."""
+        journal, proposer = self._journal, self._proposer
+        assert journal is not None and proposer is not None
+        loop = self.settings.search
+        number = f"{round_index - loop.rounds + 1}/{loop.recheck.seeds}"
+        if journal.open_round() is None:
+            seed = round_seed(loop.seed, round_index)
+            originals = recheck_candidates(journal, loop.rounds, loop.recheck.top)
+            if not originals:
+                raise SearchError(f"recheck {number}: no trial of the search rounds is done")
+            trials = [
+                NewTrial(
+                    theta=list(trial.theta),
+                    overrides=dict(trial.overrides),
+                    seed=seed,
+                    role="recheck",
+                    folder=os.path.join("trials", trial_folder_name(round_index, index)),
+                )
+                for index, trial in enumerate(originals)
+            ]
+            journal.begin_round(round_index, proposer.state_dict(), trials)
+            logger.info(
+                "recheck %s: the best %d candidate(s) trained again with seed %d (%s)",
+                number,
+                len(trials),
+                seed,
+                ", ".join(f"{t.folder}: {t.reward:.4f}" for t in originals),
+            )
+        else:
+            logger.info("recheck %s: resuming", number)
+        self._run_trials(round_index)
+        journal.end_round(round_index, proposer.state_dict(), {"recheck": True})
+        best = declared_best(journal)
+        logger.info("recheck %s closed: %s", number, "n/a" if best is None else best.describe())
+
     # ------------------------------------------------------------------ trials
     def _run_trials(self, round_index: int) -> None:
         """Run every unfinished trial of the round, retrying failures up to max_attempts.
@@ -632,7 +682,11 @@ class SearchController:
             if partial:
                 n_done = sum(PARTIAL_ITERATIONS in t.metrics for t in trials)
                 self._run_wave(round_index, partial, n_done, n_done + len(partial), "partial")
-            elif self._halving and any(HALVING not in t.metrics for t in unfinished):
+            elif (
+                self._halving
+                and round_index < self.settings.search.rounds
+                and any(HALVING not in t.metrics for t in unfinished)
+            ):
                 self._select_halves(round_index)
             else:
                 n_total = len(trials)
@@ -645,7 +699,7 @@ class SearchController:
     def _stop_after(self, trial: TrialRecord) -> Optional[int]:
         """The iterations of ``trial``'s partial training while it still needs one (with
         ``search.halving``, no partial result yet), else None (its full training)."""
-        if PARTIAL_ITERATIONS in trial.metrics:
+        if PARTIAL_ITERATIONS in trial.metrics or trial.role == "recheck":
             return None
         return self.settings.search.partial_iterations(self.settings.proxy.iterations)
 

@@ -75,7 +75,10 @@ FINAL_TRIAL_STATUSES = ("done", "diverged", "failed", "rejected", "duplicate")
 #: Statuses whose reward enters the policy update: trained (done, diverged) or screened (rejected,
 #: duplicate; a duplicate once its original's reward is known).
 SCORED_TRIAL_STATUSES = ("done", "diverged", "rejected", "duplicate")
-TRIAL_ROLES = ("sample", "mean")
+#: Roles of a trial: a candidate the method learns from, the method's reference point (e.g. the
+#: policy mean), or a retraining of one of the best with another seed (``search.recheck``; a
+#: journal created before the role existed never holds one, its settings have no recheck).
+TRIAL_ROLES = ("sample", "mean", "recheck")
 
 _SQLITE_HEADER = b"SQLite format 3\x00"
 _SQLITE_READONLY_ROLLBACK = getattr(sqlite3, "SQLITE_READONLY_ROLLBACK", 776)

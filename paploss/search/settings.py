@@ -7,6 +7,7 @@ A search is described by a YAML file (``configs/search/*.yaml``) with these sect
                AP for a Mask R-CNN (reward_task: bbox | segm)           (ProxySettings)
     search:    method, rounds, candidates per round, seeds, retries    (SearchLoopSettings)
     policy:    σ schedule and PPO hyper-parameters of the ``ppo`` method (SigmaSchedule, PPOConfig)
+    cmaes:     step size and learning-rate adaptation of the ``cmaes`` method (CMAESSettings)
     evolution: population, tournament and graph limits of the ``evolution`` and ``random``
                methods (the fields of :class:`paploss.lossgraph.EvolutionSettings` but ``seed``)
     screening: loss rejection, gradient-equivalence check and early stop of invalid trainings
@@ -62,6 +63,9 @@ __all__ = [
     "ProxySettings",
     "WarmStartSettings",
     "SearchLoopSettings",
+    "RecheckSettings",
+    "CMAESSettings",
+    "INIT_POINTS",
     "SigmaSchedule",
     "PPOConfig",
     "PolicySettings",
@@ -86,6 +90,8 @@ REWARD_TASKS = ("bbox", "segm")
 BASELINES = ("round_mean", "policy_mean", "rank")
 #: The search method (proposer) of a search that names none.
 DEFAULT_METHOD = "ppo"
+#: Named start points of ``search.init`` (besides a config file).
+INIT_POINTS = ("identity", "published")
 SIGMA_KINDS = ("exponential", "linear", "cosine", "constant")
 REJECTION_OPTIMIZERS = ("adam", "sgd")
 _BASE_KEY = "_BASE_"
@@ -395,6 +401,57 @@ class ProxySettings(_Section):
 
 
 @dataclass(frozen=True)
+class RecheckSettings(_Section):
+    """The winner's-curse guard (``search.recheck``): the best of a search by one noisy proxy
+    reward is often a lucky draw, so before the search declares its best, its ``top`` trials by
+    reward (distinct candidates, samples and policy means alike) are trained again with
+    ``seeds`` other training seeds (one recheck round per seed, after the last round, seeded
+    like a further round). The search's best is then the candidate with the highest mean over
+    its original and recheck rewards.
+
+    Attributes:
+        top: candidates retrained (0: off; the best is the single highest reward).
+        seeds: recheck trainings of each, each with another seed.
+    """
+
+    KEY: ClassVar[str] = "search.recheck"
+
+    top: int = 0
+    seeds: int = 1
+
+    def validate(self) -> None:
+        _int(self.top, self.key("top"), minimum=0)
+        _int(self.seeds, self.key("seeds"), minimum=1)
+
+    @property
+    def enabled(self) -> bool:
+        return self.top > 0
+
+
+@dataclass(frozen=True)
+class CMAESSettings(_Section):
+    """Settings of the ``cmaes`` method (``cmaes:``): CMA-ES over θ on the ``cmaes`` library,
+    a population of ``search.candidates`` per round, started at ``search.init``.
+
+    Attributes:
+        sigma: initial step size in θ units (θ ∈ [0, 1] per dimension).
+        lr_adapt: the library's learning-rate adaptation for noisy rewards (LRA-CMA-ES).
+    """
+
+    KEY: ClassVar[str] = "cmaes"
+
+    sigma: float = 0.1
+    lr_adapt: bool = False
+
+    def validate(self) -> None:
+        _require(
+            is_number(self.sigma) and 0 < self.sigma <= 1,
+            f"{self.key('sigma')} must be in (0, 1], got {self.sigma!r}",
+        )
+        _bool(self.lr_adapt, self.key("lr_adapt"))
+
+
+@dataclass(frozen=True)
 class SearchLoopSettings(_Section):
     """The search method, its rounds and candidates.
 
@@ -430,6 +487,15 @@ class SearchLoopSettings(_Section):
             stopped samples keep their partial reward (status ``done``, metrics ``halving:
             stopped``); a sample that diverges in its partial training is final (``diverged``).
             A round then costs ``n·h + ceil(n/2)·(1 − h)`` trainings instead of ``n``.
+        init: where a method over θ (``ppo``, ``cmaes``) starts: ``identity`` (identity
+            functions, λ = 1), ``published`` (the published searched parameters of each searched
+            head, :mod:`paploss.losses.published`) or a Detectron2 config file whose
+            ``MODEL.PAPLOSS`` values are the start (e.g. an exported search result; relative to
+            the settings file, like ``model.config``). The loss-graph methods start from random
+            graphs and take only ``identity``.
+        recheck: the winner's-curse guard (:class:`RecheckSettings`): after the last round the
+            best trials are trained again with other seeds and the export is the best by the
+            mean of all their rewards.
     """
 
     KEY: ClassVar[str] = "search"
@@ -443,6 +509,8 @@ class SearchLoopSettings(_Section):
     seed: int = 0
     max_attempts: int = 2
     halving: float = 0.0
+    init: str = "identity"
+    recheck: RecheckSettings = RecheckSettings()
 
     def validate(self) -> None:
         _require(
@@ -468,6 +536,11 @@ class SearchLoopSettings(_Section):
             is_number(self.halving) and (self.halving == 0 or 0 < self.halving < 1),
             f"search.halving must be 0 (off) or a share in (0, 1), got {self.halving!r}",
         )
+        _require(
+            isinstance(self.init, str) and (self.init in INIT_POINTS or os.path.isfile(self.init)),
+            f"search.init must be one of {', '.join(INIT_POINTS)} or an existing config file, "
+            f"got {self.init!r}",
+        )
 
     def partial_iterations(self, iterations: int) -> Optional[int]:
         """Iterations of the partial training of :attr:`halving` for a proxy of ``iterations``
@@ -483,6 +556,8 @@ class SearchLoopSettings(_Section):
         "method": DEFAULT_METHOD,
         "max_proposals": 0,
         "halving": 0.0,
+        "init": "identity",
+        "recheck": {"top": 0, "seeds": 1},
     }
 
     def to_dict(self) -> Dict[str, Any]:
@@ -865,7 +940,7 @@ class LauncherSettings(_Section):
 
 #: Sections whose settings determine a search's result (stored in its journal), in the order
 #: their values are checked; ``evolution`` only when it is set.
-_JOURNAL_SECTIONS = ("model", "proxy", "search", "policy", "screening", "evolution")
+_JOURNAL_SECTIONS = ("model", "proxy", "search", "policy", "screening", "evolution", "cmaes")
 
 
 @dataclass(frozen=True)
@@ -882,6 +957,7 @@ class SearchSettings(_Section):
     policy: PolicySettings = PolicySettings()
     screening: ScreeningSettings = ScreeningSettings()
     evolution: Dict[str, Any] = field(default_factory=dict)
+    cmaes: CMAESSettings = CMAESSettings()
     launcher: LauncherSettings = LauncherSettings()
     source: Optional[str] = None
 
@@ -930,6 +1006,8 @@ class SearchSettings(_Section):
         data = {}
         for name in _JOURNAL_SECTIONS:
             section = getattr(self, name)
+            if name == "cmaes" and self.search.method != "cmaes":
+                continue  # stored with its method only (journals from before it stay equal)
             if isinstance(section, _Section):
                 data[name] = section.to_dict()
             elif section:  # evolution: stored when set (journals from before it stay equal)
@@ -1025,6 +1103,7 @@ def load_settings(
     model_override = (extra.get("model") or {}).get("config")
     if isinstance(model_override, str) and model_override:
         extra["model"]["config"] = os.path.abspath(model_override)
+    _resolve_init(extra, os.getcwd())
     path_override = (extra.get("model") or {}).get("python_path")
     if path_override is not None:
         extra["model"]["python_path"] = _resolved_folders(path_override, os.getcwd())
@@ -1187,6 +1266,7 @@ def _read_with_bases(path: str, depth: int) -> Dict[str, Any]:
         model["config"] = os.path.normpath(os.path.join(directory, model["config"]))
     if isinstance(model, dict) and model.get("python_path") is not None:
         model["python_path"] = _resolved_folders(model["python_path"], directory)
+    _resolve_init(data, directory)
     base_path = data.pop(_BASE_KEY, None)
     if base_path is None:
         return _regroup_dotted_maps(data)
@@ -1194,6 +1274,14 @@ def _read_with_bases(path: str, depth: int) -> Dict[str, Any]:
         raise SettingsError(f"{path}: _BASE_ must be a file name, got {base_path!r}")
     base = _read_with_bases(os.path.normpath(os.path.join(directory, base_path)), depth + 1)
     return _merge(base, _regroup_dotted_maps(data))
+
+
+def _resolve_init(data: Dict[str, Any], directory: str) -> None:
+    """A config file named by ``search.init`` made absolute against ``directory``."""
+    loop = data.get("search")
+    init = loop.get("init") if isinstance(loop, dict) else None
+    if isinstance(init, str) and init and init not in INIT_POINTS:
+        loop["init"] = os.path.normpath(os.path.join(directory, os.path.expanduser(init)))
 
 
 def _resolved_folders(value: Any, directory: str) -> Any:

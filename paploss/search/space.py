@@ -43,6 +43,8 @@ from paploss.losses import (
     MIN_KNOT_SPACING,
     knots_to_theta,
     lambda_from_theta,
+    published_grad_scale,
+    published_knots,
     theta_from_lambda,
     theta_to_knots,
 )
@@ -63,6 +65,13 @@ _LAMBDA = "lambda"
 _IDENTITY_LAMBDA_THETA = 0.5
 _MISSING = object()
 _MAX_DIGITS = 12
+
+#: The published parameter set (:mod:`paploss.losses.published`) of each built-in head.
+PUBLISHED_SETS = {
+    "RETINANET": "retinanet",
+    "RPN": "faster_rcnn_rpn",
+    "ROI_HEADS": "faster_rcnn_roi",
+}
 
 
 def _function_key(head: str, function: str) -> str:
@@ -301,6 +310,50 @@ class SearchSpace:
         for group, span in self._groups.items():
             theta[span] = _IDENTITY_LAMBDA_THETA if _is_lambda(group) else IDENTITY_THETA
         return theta
+
+    def published_theta(self) -> np.ndarray:
+        """``[dim]`` θ of the published searched parameters of every searched head.
+
+        Raises:
+            ValueError: for a head without published parameters (only ``RETINANET``, ``RPN`` and
+                ``ROI_HEADS`` have them).
+        """
+        overrides: Dict[str, Any] = {}
+        for group in self._groups:
+            head, name = group.rsplit(".", 1)
+            if head not in PUBLISHED_SETS:
+                raise ValueError(
+                    f"search.init 'published': the {head} head has no published parameters "
+                    f"(published: {', '.join(PUBLISHED_SETS)})"
+                )
+            published = PUBLISHED_SETS[head]
+            overrides[_group_key(group)] = (
+                published_grad_scale(published)
+                if _is_lambda(group)
+                else published_knots(published)[name]
+            )
+        return self.from_overrides(overrides)
+
+    def initial_theta(self, init: str) -> np.ndarray:
+        """``[dim]`` θ where a search starts (``search.init``).
+
+        Args:
+            init: ``identity``, ``published`` (:meth:`published_theta`) or a Detectron2 config
+                file whose ``MODEL.PAPLOSS`` values are the start (:meth:`theta_from_config`).
+
+        Raises:
+            ValueError: naming ``search.init``, for a start the space cannot take.
+        """
+        if init == "identity":
+            return self.identity_theta()
+        if init == "published":
+            return self.published_theta()
+        from paploss.engine import load_config
+
+        try:
+            return self.theta_from_config(load_config(init))
+        except (KeyError, ValueError) as exc:
+            raise ValueError(f"search.init {init!r}: {exc}") from None
 
     def check_theta(self, theta: Any) -> np.ndarray:
         """Return ``theta`` as a ``[dim]`` float64 array after checking its shape and range.

@@ -255,15 +255,22 @@ def test_console_script_and_help() -> None:
 
 def test_default_search_settings() -> None:
     settings = load_settings(str(REPO_ROOT / "configs" / "search" / "default.yaml"))
-    assert settings.model.config == MODEL_CONFIG
+    assert settings.model.config == str(
+        REPO_ROOT / "configs" / "synthetic" / "pap_retinanet_published_unit_deltas.yaml"
+    )
+    assert (settings.search.method, settings.search.init) == ("cmaes", "published")
     assert settings.launcher.kind == "local" and settings.launcher.parallel == 2
     assert settings.proxy.train_dataset == "synthetic_shapes_search_train"
     assert settings.proxy.val_dataset == "synthetic_shapes_search_val"
     trials = settings.search.rounds * (settings.search.candidates + settings.search.score_mean)
+    trials += settings.search.recheck.top * settings.search.recheck.seeds
     images = trials * settings.proxy.iterations * settings.proxy.ims_per_batch
     # The ~15-minute budget on 2 CPU cores: about 0.02 s per training image on one core.
     assert images * 0.02 / settings.launcher.parallel <= 15 * 60
-    assert settings.policy.sigma.num_rounds == settings.search.rounds
+    # The bigger search differs only in its size.
+    bigger = load_settings(str(REPO_ROOT / "configs" / "search" / "cmaes_retinanet.yaml"))
+    assert bigger.proxy == settings.proxy and bigger.model == settings.model
+    assert (bigger.search.rounds, bigger.search.candidates) == (6, 7)
 
 
 def test_mask_rcnn_search_settings_and_space() -> None:

@@ -6,13 +6,14 @@ method; ``search.method`` selects one by its registered name.
   proposes and observes, and :data:`PROPOSER_REGISTRY`.
 * :mod:`~paploss.search.proposers.policy`: the truncated-normal policy over θ and its PPO update.
 * :mod:`~paploss.search.proposers.ppo`: the ``ppo`` method built on it.
+* :mod:`~paploss.search.proposers.cma_es`: the ``cmaes`` method (CMA-ES over θ).
 * :mod:`~paploss.search.proposers.evolution`: the ``evolution`` and ``random`` methods, loss
   graphs searched from scratch.
 
 Importing this package registers the built-in methods.
 """
 
-from . import evolution, ppo  # noqa: F401  (registers "ppo", "evolution", "random")
+from . import cma_es, evolution, ppo  # noqa: F401  (registers the built-in methods)
 from .base import (
     PROPOSER_REGISTRY,
     Candidate,
@@ -22,12 +23,14 @@ from .base import (
     journal_proposer,
     proposer_class,
 )
+from .cma_es import CMAESProposer
 from .evolution import EvolutionProposer, RandomSearchProposer
 from .policy import TruncatedNormalPolicy, UpdateStats
 from .ppo import PPOProposer
 
 __all__ = [
     "PROPOSER_REGISTRY",
+    "CMAESProposer",
     "Candidate",
     "EvolutionProposer",
     "PPOProposer",

@@ -78,9 +78,15 @@ class EvolutionProposer(Proposer):
         """A fresh search with the ``evolution`` section, seeded by ``search.seed``.
 
         Raises:
-            ValueError: with ``search.score_mean`` (the method has no mean to score).
+            ValueError: with ``search.score_mean`` (the method has no mean to score) or a
+                ``search.init`` other than ``identity``.
         """
         loop = settings.search
+        if loop.init != "identity":
+            raise ValueError(
+                f"search.init: the {cls.NAME} method starts from random graphs; remove "
+                f"search.init ({loop.init!r})"
+            )
         if loop.score_mean:
             raise ValueError(
                 f"search.score_mean: the {cls.NAME} method has no mean to score; set "

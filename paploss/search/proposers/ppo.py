@@ -66,11 +66,12 @@ class PPOProposer(Proposer):
 
     @classmethod
     def from_settings(cls, settings: "SearchSettings", space: "SearchSpace") -> "PPOProposer":
-        """The policy starts at the identity functions (λ = 1) of ``space``."""
+        """The policy mean starts at ``search.init`` of ``space`` (by default the identity
+        functions, λ = 1)."""
         loop, policy = settings.search, settings.policy
         return cls(
             TruncatedNormalPolicy(
-                space.identity_theta(),
+                space.initial_theta(loop.init),
                 sigma_schedule=policy.sigma,
                 ppo=policy.ppo,
                 seed=loop.seed,

@@ -16,6 +16,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 import yaml
 
 from paploss.search.journal import SearchJournal, TrialRecord
+from paploss.search.recheck import declared_best
 from paploss.search.reports.status import result_file_problem, search_method
 from paploss.search.space import round_overrides, space_from_dict
 from paploss.utils.io import atomic_write
@@ -99,15 +100,13 @@ def export_config(
     trial: Optional[TrialRecord] = None
     warnings: List[str] = []
     if which == "best":
-        trial = journal.best_trial()
-        if trial is None:
+        declared = declared_best(journal)
+        if declared is None:
             raise ValueError(f"{journal.path}: no trial has finished yet: nothing to export")
+        trial = declared.trial
         rounded = space.export_overrides(trial.theta, trial.overrides)
         after_round = trial.round
-        provenance = (
-            f"best trial: round {trial.round}, trial {trial.index} ({trial.role}), "
-            f"proxy reward {trial.reward:.4f}"
-        )
+        provenance = declared.describe()
         problem = result_file_problem(journal, trial)
         if problem:
             warnings.append(f"the exported trial's {problem}")

@@ -14,6 +14,7 @@ import numpy as np
 
 from paploss.losses import FUNCTION_NAMES
 from paploss.search.journal import SearchJournal
+from paploss.search.recheck import declared_best
 from paploss.search.reports.export import space_from_journal
 from paploss.search.reports.status import round_summaries, search_method
 from paploss.search.space import SearchSpace
@@ -127,10 +128,14 @@ def plot_functions(journal: SearchJournal, path: os.PathLike) -> str:
         raise ValueError(f"{journal.path}: a search of {space.WHAT} has no functions to plot")
     plt = _pyplot()
     curves: List[Tuple[str, Dict[str, Any], str]] = []
-    best = journal.best_trial()
-    if best is not None:
+    declared = declared_best(journal)
+    if declared is not None:
         curves.append(
-            (f"best trial (reward {best.reward:.4f})", space.to_overrides(best.theta), "-")
+            (
+                f"best trial (reward {declared.mean_reward:.4f})",
+                space.to_overrides(declared.trial.theta),
+                "-",
+            )
         )
     closed = [r for r in journal.rounds() if r.status == "closed"]
     method = search_method(journal)

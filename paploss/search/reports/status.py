@@ -25,6 +25,7 @@ import numpy as np
 from paploss.search.journal import SearchJournal, TrialRecord
 from paploss.search.launchers.trial_launcher import error_summary
 from paploss.search.proposers import journal_proposer
+from paploss.search.recheck import declared_best, search_rounds
 from paploss.search.space import space_from_dict
 from paploss.search.trials.runner import RESULT_FILE, load_result, trial_folder_name
 
@@ -70,14 +71,18 @@ class RoundSummary:
 
 
 def round_summaries(journal: SearchJournal) -> List[RoundSummary]:
-    """One :class:`RoundSummary` per round of the journal."""
+    """One :class:`RoundSummary` per search round of the journal (recheck rounds, see
+    :mod:`paploss.search.recheck`, are left out)."""
     summaries = []
+    total_rounds = search_rounds(journal)
     best: Optional[float] = None
     trials_by_round: Dict[int, List[TrialRecord]] = {}
     for trial in journal.trials():
         trials_by_round.setdefault(trial.round, []).append(trial)
     method = search_method(journal)
     for record in journal.rounds():
+        if record.round >= total_rounds:
+            break
         trials = trials_by_round.get(record.round, [])
         counts: Dict[str, int] = {}
         for trial in trials:
@@ -135,12 +140,14 @@ def format_status(journal: SearchJournal, show_trials: bool = False) -> str:
             else ""
         ),
     ]
-    best = journal.best_trial()
-    if best is not None:
+    declared = declared_best(journal)
+    best = None if declared is None else declared.trial
+    if declared is not None and best is not None:
         lines.append(
             f"best:    reward {best.reward:.4f} (round {best.round} trial {best.index}, "
             f"{best.role}) in {best.folder}"
         )
+        lines.append(f"         {declared.describe()}")
         loss = None if space is None else space.describe_candidate(best.overrides)
         if loss:
             lines.append(f"         {loss}")
