@@ -270,7 +270,7 @@ def test_default_search_settings() -> None:
     # The bigger search differs only in its size.
     bigger = load_settings(str(REPO_ROOT / "configs" / "search" / "cmaes_retinanet.yaml"))
     assert bigger.proxy == settings.proxy and bigger.model == settings.model
-    assert (bigger.search.rounds, bigger.search.candidates) == (6, 7)
+    assert (bigger.search.rounds, bigger.search.candidates) == (4, 7)
 
 
 def test_mask_rcnn_search_settings_and_space() -> None:
