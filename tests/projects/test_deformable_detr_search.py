@@ -14,7 +14,14 @@ from deformable_detr import META_ARCHITECTURE, load_config
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
-from paploss.engine import Trainer, setup_cfg
+from paploss.engine import (
+    ConfigDataError,
+    Trainer,
+    class_count_keys,
+    heads_used,
+    register_class_count_keys,
+    setup_cfg,
+)
 from paploss.heads import architecture_heads, pap_heads, register_pap_heads
 from paploss.losses import FUNCTION_NAMES, PAPFunctions, lambda_from_theta
 from paploss.modeling import record_rankings
@@ -81,6 +88,50 @@ def test_head_registration_checks_its_arguments():
         register_pap_heads("PAPRetinaNet", ["RETINANET"])
     with pytest.raises(ValueError, match="model.imports"):
         heads_from_config({"MODEL": {"META_ARCHITECTURE": "UnknownDETR"}})
+
+
+def _train_classes(cfg):
+    from detectron2.data import MetadataCatalog
+
+    return list(MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).thing_classes)
+
+
+def test_the_start_up_data_check_compares_the_detr_class_count():
+    """MODEL.DEFORMABLE_DETR.NUM_CLASSES is checked against the datasets like Detectron2's own
+    class counts, in paploss's setup and in the project's train_net.py (one line naming the key,
+    before anything trains)."""
+    cfg = setup_cfg(PAP_CONFIG)  # 4 classes, as the synthetic set
+    assert heads_used(cfg).class_keys == ("MODEL.DEFORMABLE_DETR.NUM_CLASSES",)
+    assert heads_used(cfg).anchor_head is None
+    with pytest.raises(ConfigDataError) as error:
+        setup_cfg(PAP_CONFIG, ["MODEL.DEFORMABLE_DETR.NUM_CLASSES", 80])
+    (problem,) = error.value.problems
+    assert problem.startswith(
+        "MODEL.DEFORMABLE_DETR.NUM_CLASSES is 80 but dataset 'synthetic_shapes_train' "
+    )
+    assert problem.endswith("has 4 classes " + str(_train_classes(cfg)) + "; set "
+                            "MODEL.DEFORMABLE_DETR.NUM_CLASSES 4")  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, os.path.join(PROJECT, "train_net.py"), "--config-file", PAP_CONFIG,
+         "MODEL.DEFORMABLE_DETR.NUM_CLASSES", "3"],
+        capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )  # fmt: skip
+    assert result.returncode == 2, result.stdout + result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith(
+        "error: MODEL.DEFORMABLE_DETR.NUM_CLASSES is 3 but dataset"
+    ), result.stderr
+    assert "set MODEL.DEFORMABLE_DETR.NUM_CLASSES 4" in errors[0]
+
+
+def test_class_count_registration_checks_its_arguments():
+    register_class_count_keys(META_ARCHITECTURE, ["MODEL.DEFORMABLE_DETR.NUM_CLASSES"])  # no-op
+    assert class_count_keys(META_ARCHITECTURE) == ("MODEL.DEFORMABLE_DETR.NUM_CLASSES",)
+    with pytest.raises(ValueError, match="already has the class-count keys"):
+        register_class_count_keys(META_ARCHITECTURE, ["MODEL.DEFORMABLE_DETR.NUM_QUERIES"])
+    with pytest.raises(ValueError, match="keys must be a list of config keys"):
+        register_class_count_keys("OtherDETR", "MODEL.DEFORMABLE_DETR.NUM_CLASSES")
+    assert class_count_keys("OtherDETR") is None
 
 
 def test_the_project_keys_are_added_to_its_configs_only():
