@@ -26,6 +26,7 @@ from paploss.heads import architecture_heads, pap_heads, register_pap_heads
 from paploss.losses import FUNCTION_NAMES, PAPFunctions, lambda_from_theta
 from paploss.modeling import record_rankings
 from paploss.search.journal import SearchJournal
+from paploss.search.reports.export import train_command
 from paploss.search.screening import RejectionProtocol, candidate_head_losses
 from paploss.search.screening.batch import (
     build_screening_batches,
@@ -158,6 +159,25 @@ def test_paploss_trainers_build_the_project_optimizer():
     assert isinstance(Trainer.build_optimizer(retinanet, build_model(retinanet)), torch.optim.SGD)
 
 
+def test_search_settings_name_the_projects_training_script(tmp_path):
+    """model.train_script: relative to the settings file, absolute once loaded, stored in the
+    journal settings (left out while empty), and a missing file is a one-line error."""
+    settings = load_settings(SEARCH_CONFIG)
+    script = os.path.join(PROJECT, "train_net.py")
+    assert settings.model.train_script == script
+    assert settings.journal_settings()["model"]["train_script"] == script
+    assert train_command(settings.journal_settings(), str(tmp_path / "best.yaml")) == (
+        f"python {os.path.relpath(script)} --config-file {tmp_path / 'best.yaml'}"
+    )  # paths below the working directory (the repository root) are shown relative
+    default = load_settings(SEARCH_CONFIG, ['model.train_script=""'])
+    assert "train_script" not in default.journal_settings()["model"]
+    assert train_command(default.journal_settings(), "best.yaml") == (
+        "python tools/train_net.py --config-file best.yaml"
+    )
+    with pytest.raises(SettingsError, match=r"^model.train_script: '.*nowhere.py' is not a file$"):
+        load_settings(SEARCH_CONFIG, ["model.train_script=nowhere.py"])
+
+
 def test_search_settings_import_the_project_and_name_a_bad_module():
     settings = load_settings(SEARCH_CONFIG)
     assert settings.model.imports == ("deformable_detr",)
@@ -259,3 +279,16 @@ def test_a_tiny_search_of_the_detr_config_trains_its_candidates(tmp_path):
         assert rejection["gain"] >= 5.0 and trial.metrics["screening"]["fingerprint"]
     spec = (output / trials[0].folder / "spec.json").read_text()
     assert '"imports": [' in spec and "deformable_detr" in spec
+
+    # The export names the project's train_net.py (model.train_script) as what trains it.
+    exported = tmp_path / "best.yaml"
+    command = [sys.executable, "-m", "paploss.search.cli", "export", "--output", str(output)]
+    result = subprocess.run(
+        command + ["--to", str(exported)], capture_output=True, text=True, timeout=300, env=env,
+        cwd=REPO_ROOT,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    script = os.path.relpath(os.path.join(PROJECT, "train_net.py"), REPO_ROOT)
+    hint = f"python {script} --config-file {exported}"
+    assert f"train it: {hint}" in result.stdout.splitlines(), result.stdout
+    assert f"# Train it: {hint}\n" in exported.read_text()
