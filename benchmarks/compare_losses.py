@@ -102,7 +102,13 @@ DEFAULT_LR_STEP_FRACTIONS = (0.75, 0.92)
 #: Reference seconds per iteration (batch 8, one torch thread, this project's 2-core CPU machine)
 #: used to start the longest trainings first and to estimate the wall time. Mask R-CNN: two runs
 #: of 20 iterations of each row, two at a time on a busy machine (stock 1.27 / 1.56, PAP box
-#: quality 1.49 / 1.57, PAP mask_iou quality 1.35 / 1.67, RS 3.31 / 2.69).
+#: quality 1.49 / 1.57, PAP mask_iou quality 1.35 / 1.67, RS 3.31 / 2.69; the PAP rows then
+#: ranked 128 sampled RoIs). Since the PAP rows rank all RoIs (the Faster R-CNN PAP recipe) their
+#: cost grows as the RPN finds the objects: every positive RoI also trains the mask branch. PAP
+#: box quality, one run on a heavily loaded machine (load average about 8): 2.3, 7.3 and 8.4 s per
+#: iteration over iterations 1-20, 21-40 and 41-60, and 7.4 / 25.9 in a second run beside a test
+#: run; so the "mask_rcnn_all" reference below is optimistic for them. Deformable DETR: 0.48-0.55
+#: in the project's measurements (two side by side), 0.93-1.04 here on the loaded machine.
 SECONDS_PER_ITERATION = {
     "retinanet": 0.11,
     "faster_rcnn_sampled": 0.43,
