@@ -1,24 +1,30 @@
 #!/usr/bin/env python
 """Train every (detector, loss) row over several seeds under one optimiser; print a mean ± std table.
 
-Each row is a synthetic config (plus overrides) trained by ``tools/train_net.py`` in its own
-process with one torch thread, for every seed, on the same schedule, batch and datasets, and
-evaluated with COCO AP on the test set. Every row of a table shares one optimiser: gradient
-clipping on for all rows (each parameter's gradient norm at most 0.3, the default: without it
-AP-Loss, aLRP and PAP with identity functions diverge or do not learn at these batch sizes and
-learning rates, so a table without it compares losses with trainings that failed) or ``--clip
-off`` for all rows (the setting of ``configs/Base-Synthetic.yaml`` and of the published code);
-``--clip both`` makes both tables. The table reports, per row, the mean ± sample standard
-deviation over the seeds of AP, AP50, AP75 (box AP), of the mask AP for detectors with masks
-(Mask R-CNN; the column appears when such rows are in the table), and the median seconds per
-iteration.
+Each row is a synthetic config (plus overrides) trained by its detector's training script
+(``tools/train_net.py``; Deformable DETR: ``projects/DeformableDETR/train_net.py``, which imports
+the project) in its own process with one torch thread, for every seed, on its detector's schedule
+(iterations, batch, LR steps) and the same datasets, and evaluated with COCO AP on the test set.
+Every row of a table shares one optimiser per detector (the configs': SGD for RetinaNet, Faster
+and Mask R-CNN, the published AdamW for Deformable DETR) and one gradient-clipping setting: on for
+all rows (the default; each parameter's gradient norm at most 0.3, Deformable DETR the whole
+model's at 0.1 as published: without it AP-Loss, aLRP and PAP with identity functions diverge or
+do not learn at these batch sizes and learning rates, so a table without it compares losses with
+trainings that failed) or ``--clip off`` for all rows (the setting of
+``configs/Base-Synthetic.yaml`` and of the published RetinaNet and Faster R-CNN code); ``--clip
+both`` makes both tables. The table reports, per row, the mean ± sample standard deviation over
+the seeds of AP, AP50, AP75 (box AP), of the mask AP for detectors with masks (Mask R-CNN; the
+column appears when such rows are in the table), and the median seconds per iteration.
 
 Rows:
 
 * ``main``: stock, AP-Loss, aLRP, RS and PAP (identity and published functions) for RetinaNet and
   Faster R-CNN, each config as shipped (the PAP configs carry the published PAP recipe); Mask
   R-CNN stock, RS, PAP with the box quality and PAP with the mask-IoU quality
-  (``configs/synthetic/*mask_rcnn*.yaml`` as shipped).
+  (``configs/synthetic/*mask_rcnn*.yaml`` as shipped; the PAP ones in the recipe of the Faster
+  R-CNN PAP rows); Deformable DETR stock, PAP with identity and with RetinaNet's published
+  functions, and RS, every ranking loss with the project's L1 term
+  (``projects/DeformableDETR/configs/deformable_detr_tiny_*.yaml``).
 * ``ablation``: PAP with identity functions with one recipe choice at a time switched back to
   what the PAP heads used before: RPN ranking all anchors, R-CNN proposals with ground-truth
   boxes added (all, or Detectron2's 128-RoI sample), box-delta weights (1, 1, 1, 1), 3 RetinaNet
@@ -40,6 +46,7 @@ folder, or pass ``--fresh``, to retrain). The summary goes to ``<output>/results
         --iterations 400 --jobs 2
     python benchmarks/compare_losses.py --iterations retinanet=1500 faster_rcnn=600 --clip both
     python benchmarks/compare_losses.py --detectors mask_rcnn --seeds 3 --jobs 2
+    python benchmarks/compare_losses.py --detectors deformable_detr --seeds 3 --jobs 2
 """
 
 import argparse
@@ -58,34 +65,66 @@ import time
 from typing import Dict, List, Optional, Sequence, Tuple
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DETECTORS = ("retinanet", "faster_rcnn", "mask_rcnn")
+DETECTORS = ("retinanet", "faster_rcnn", "mask_rcnn", "deformable_detr")
 DETECTOR_NAMES = {
     "retinanet": "RetinaNet",
     "faster_rcnn": "Faster R-CNN",
     "mask_rcnn": "Mask R-CNN",
+    "deformable_detr": "Deformable DETR",
 }
+#: The script that trains a detector's rows, relative to the repository root (a Detectron2
+#: project's own ``train_net.py`` imports the project); others: ``tools/train_net.py``.
+TRAINING_SCRIPTS = {"deformable_detr": os.path.join("projects", "DeformableDETR", "train_net.py")}
+DEFAULT_TRAINING_SCRIPT = os.path.join("tools", "train_net.py")
 #: Detectors that predict instance masks: their rows also report COCO mask (segm) AP.
 DETECTORS_WITH_MASKS = ("mask_rcnn",)
 #: Default iterations per detector (batch 8, 600 training images: 75 iterations per epoch).
 #: At 400 iterations stock RetinaNet is at 1.75 AP (noise); at 1500 it reaches 16-20 AP. Faster
 #: R-CNN learns faster per iteration (its RPN and sampled RoIs see many positives): after 300
 #: iterations (4 epochs, clipping on) every row is at 13-35 AP, stock at 13.7 ± 0.6 over 3 seeds;
-#: its all-RoI rows cost three RetinaNet iterations each.
-DEFAULT_ITERATIONS = {"retinanet": 1500, "faster_rcnn": 300, "mask_rcnn": 500}
+#: its all-RoI rows cost three RetinaNet iterations each. Mask R-CNN is the same detector with a
+#: mask branch: the Faster R-CNN schedule, so that its box AP compares with the Faster R-CNN
+#: rows. Deformable DETR keeps its project's tiny schedule (2000 iterations x 4 images, 13
+#: epochs: DETR-style models learn slowly; stock at 18.9 / 20.0 AP on seeds 0 / 1).
+DEFAULT_ITERATIONS = {
+    "retinanet": 1500,
+    "faster_rcnn": 300,
+    "mask_rcnn": 300,
+    "deformable_detr": 2000,
+}
+#: Default images per iteration per detector (the tiny Deformable DETR config's batch: its
+#: AdamW learning rate is set for it).
+DEFAULT_BATCH = {"retinanet": 8, "faster_rcnn": 8, "mask_rcnn": 8, "deformable_detr": 4}
+#: LR drops (x 0.1) at these fractions of the iterations; Deformable DETR: the published single
+#: drop at 40 of 50 epochs, as its tiny config.
+LR_STEP_FRACTIONS = {"deformable_detr": (0.8,)}
+DEFAULT_LR_STEP_FRACTIONS = (0.75, 0.92)
 #: Reference seconds per iteration (batch 8, one torch thread, this project's 2-core CPU machine)
 #: used to start the longest trainings first and to estimate the wall time. Mask R-CNN: two runs
 #: of 20 iterations of each row, two at a time on a busy machine (stock 1.27 / 1.56, PAP box
-#: quality 1.49 / 1.57, PAP mask_iou quality 1.35 / 1.67, RS 3.31 / 2.69).
+#: quality 1.49 / 1.57, PAP mask_iou quality 1.35 / 1.67, RS 3.31 / 2.69; the PAP rows then
+#: ranked 128 sampled RoIs). Since the PAP rows rank all RoIs (the Faster R-CNN PAP recipe) their
+#: cost grows as the RPN finds the objects: every positive RoI also trains the mask branch. PAP
+#: box quality, one run on a heavily loaded machine (load average about 8): 2.3, 7.3 and 8.4 s per
+#: iteration over iterations 1-20, 21-40 and 41-60, and 7.4 / 25.9 in a second run beside a test
+#: run; so the "mask_rcnn_all" reference below is optimistic for them. Deformable DETR: 0.48-0.55
+#: in the project's measurements (two side by side), 0.93-1.04 here on the loaded machine.
 SECONDS_PER_ITERATION = {
     "retinanet": 0.11,
     "faster_rcnn_sampled": 0.43,
     "faster_rcnn_all": 1.27,
     "mask_rcnn_sampled": 1.5,
     "mask_rcnn_all": 3.0,
+    "deformable_detr": 0.5,
 }
 #: Start-up and evaluation (200 images) of one training, in seconds, same machine; the mask AP
 #: evaluation pastes and encodes every detection's mask (about 85 s of the Mask R-CNN's).
-OVERHEAD_SECONDS = {"retinanet": 30.0, "faster_rcnn": 30.0, "mask_rcnn": 105.0}
+OVERHEAD_SECONDS = {
+    "retinanet": 30.0,
+    "faster_rcnn": 30.0,
+    "mask_rcnn": 105.0,
+    "deformable_detr": 30.0,
+}
 #: The gradient-clipping setting of a table when ``--clip`` is not given (see the module
 #: docstring): on, the one setting in which every loss of the table trains.
 DEFAULT_CLIP = "on"
@@ -197,11 +236,21 @@ def _rows() -> List[Row]:
             ("stock (CE + smooth L1, BCE masks; 128 sampled RoIs)", "mask_rcnn_stock",
              "mask_rcnn_sampled"),
             ("rs (all RoIs)", "rs_mask_rcnn", "mask_rcnn_all"),
-            ("pap identity, box quality (128 sampled RoIs)", "pap_mask_rcnn", "mask_rcnn_sampled"),
-            ("pap identity, mask_iou quality (128 sampled RoIs)", "pap_mask_rcnn_mask_iou",
-             "mask_rcnn_sampled"),
+            ("pap identity, box quality (all RoIs)", "pap_mask_rcnn", "mask_rcnn_all"),
+            ("pap identity, mask_iou quality (all RoIs)", "pap_mask_rcnn_mask_iou",
+             "mask_rcnn_all"),
         ]
     ]  # fmt: skip
+    detr = "projects/DeformableDETR/configs/deformable_detr_tiny_{}.yaml"
+    rows += [
+        Row("deformable_detr", name, detr.format(config), cost="deformable_detr")
+        for name, config in [
+            ("stock (focal + L1 + GIoU)", "stock"),
+            ("pap identity + L1", "pap"),
+            ("pap published (RetinaNet's functions, λ 4.12) + L1", "pap_published"),
+            ("rs + L1", "rs"),
+        ]
+    ]
     return rows
 
 
@@ -216,6 +265,7 @@ class Job:
     clip: bool
     seed: int
     iterations: int
+    batch: int
 
     @property
     def clip_in_training(self) -> bool:
@@ -238,30 +288,58 @@ class Job:
         return SECONDS_PER_ITERATION[self.row.cost] * self.iterations + overhead
 
 
-def parse_iterations(values: Sequence[str]) -> Dict[str, int]:
-    """``["1500"]`` (every detector) or ``["retinanet=1500", "faster_rcnn=600"]``."""
-    iterations = dict(DEFAULT_ITERATIONS)
+def parse_per_detector(
+    values: Sequence[str], defaults: Dict[str, int], option: str, minimum: int
+) -> Dict[str, int]:
+    """``["1500"]`` (every detector) or ``["retinanet=1500", "faster_rcnn=600"]`` over
+    ``defaults``; ``option`` names the argument in errors, ``minimum`` is the smallest count."""
+    counts = dict(defaults)
     for value in values:
         detector, _, count = value.rpartition("=")
         targets = [detector] if detector else list(DETECTORS)
         if detector and detector not in DETECTORS:
-            raise SystemExit(f"--iterations: unknown detector {detector!r} (use {DETECTORS})")
-        if not count.isdigit() or int(count) < 10:
-            raise SystemExit(f"--iterations: {value!r} is not a count >= 10 (or detector=count)")
+            raise SystemExit(f"{option}: unknown detector {detector!r} (use {DETECTORS})")
+        if not count.isdigit() or int(count) < minimum:
+            raise SystemExit(f"{option}: {value!r} is not a count >= {minimum} (or detector=count)")
         for target in targets:
-            iterations[target] = int(count)
-    return iterations
+            counts[target] = int(count)
+    return counts
+
+
+def parse_iterations(values: Sequence[str]) -> Dict[str, int]:
+    """``["1500"]`` (every detector) or ``["retinanet=1500", "faster_rcnn=600"]``."""
+    return parse_per_detector(values, DEFAULT_ITERATIONS, "--iterations", 10)
+
+
+def parse_batch(values: Sequence[str]) -> Dict[str, int]:
+    """``["8"]`` (every detector) or ``["deformable_detr=4", ...]``."""
+    return parse_per_detector(values, DEFAULT_BATCH, "--batch", 1)
+
+
+def clip_opts(detector: str, clip: bool) -> List[str]:
+    """The overrides that switch a detector's gradient clipping on or off: Detectron2's
+    per-parameter clipping (``configs/Base-Synthetic.yaml``: norm 0.3), or for Deformable DETR,
+    whose optimizer refuses that, its published clipping of the whole model's gradient norm."""
+    if detector == "deformable_detr":
+        return ["MODEL.DEFORMABLE_DETR.OPTIMIZER.CLIP_MAX_NORM", "0.1" if clip else "0.0"]
+    return ["SOLVER.CLIP_GRADIENTS.ENABLED", str(clip)]
+
+
+def training_script(detector: str) -> str:
+    """The script that trains ``detector``'s rows, relative to the repository root."""
+    return TRAINING_SCRIPTS.get(detector, DEFAULT_TRAINING_SCRIPT)
 
 
 def training_command(job: Job, args: argparse.Namespace) -> List[str]:
     n = job.iterations
-    steps = f"({int(n * 0.75)}, {int(n * 0.92)})"
-    clip = ["SOLVER.CLIP_GRADIENTS.ENABLED", str(job.clip_in_training)]
+    fractions = LR_STEP_FRACTIONS.get(job.row.detector, DEFAULT_LR_STEP_FRACTIONS)
+    steps = str(tuple(int(n * fraction) for fraction in fractions))
+    clip = clip_opts(job.row.detector, job.clip_in_training)
     device = ["MODEL.DEVICE", args.device] if args.device else []
-    return [sys.executable, os.path.join(ROOT, "tools", "train_net.py"),
+    return [sys.executable, os.path.join(ROOT, training_script(job.row.detector)),
             "--config-file", job.row.config,
             "SOLVER.MAX_ITER", str(n), "SOLVER.STEPS", steps, "SEED", str(job.seed),
-            "SOLVER.IMS_PER_BATCH", str(args.batch), "DATASETS.TEST", f"('{args.test_set}',)",
+            "SOLVER.IMS_PER_BATCH", str(job.batch), "DATASETS.TEST", f"('{args.test_set}',)",
             "SOLVER.CHECKPOINT_PERIOD", str(10 * n), "TEST.EVAL_PERIOD", "0",
             "OUTPUT_DIR", job.folder(args.output),
             *job.row.opts, *clip, *device, *args.opts]  # fmt: skip
@@ -316,6 +394,7 @@ def run_job(job: Job, args: argparse.Namespace) -> dict:
         "clip": job.clip,
         "seed": job.seed,
         "iterations": job.iterations,
+        "batch": job.batch,
         "command": command[1:],
         "wall_s": round(time.time() - start, 1),
     }
@@ -426,11 +505,13 @@ def added_row(detector: str, name: str, config: str) -> Row:
         raise SystemExit(f"--add-row: unknown detector {detector!r} (use {DETECTORS})")
     if not os.path.isfile(config):
         raise SystemExit(f"--add-row: config file {config!r} does not exist")
-    cost = detector if detector == "retinanet" else f"{detector}_all"
+    cost = detector if detector in ("retinanet", "deformable_detr") else f"{detector}_all"
     return Row(detector, name, os.path.abspath(config), cost=cost)
 
 
-def build_jobs(args: argparse.Namespace, iterations: Dict[str, int]) -> List[Job]:
+def build_jobs(
+    args: argparse.Namespace, iterations: Dict[str, int], batch: Dict[str, int]
+) -> List[Job]:
     clips = {"off": [False], "on": [True], "both": [False, True]}[args.clip]
     jobs = []
     for clip in clips:
@@ -440,7 +521,7 @@ def build_jobs(args: argparse.Namespace, iterations: Dict[str, int]) -> List[Job
             if args.match and not re.search(args.match, f"{row.detector} | {row.name}"):
                 continue
             for seed in range(args.first_seed, args.first_seed + args.seeds):
-                jobs.append(Job(row, clip, seed, iterations[row.detector]))
+                jobs.append(Job(row, clip, seed, iterations[row.detector], batch[row.detector]))
     return jobs
 
 
@@ -467,7 +548,11 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
     parser.add_argument("--rows", choices=("all", "main", "ablation"), default="all")
     parser.add_argument("--detectors", nargs="+", choices=DETECTORS, default=list(DETECTORS))
     parser.add_argument("--match", help="only rows whose 'detector | row' matches this regex")
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument(
+        "--batch", nargs="+", default=[], metavar="N|DETECTOR=N",
+        help=f"images per iteration: one count for every detector or per detector "
+        f"(default {DEFAULT_BATCH})",
+    )  # fmt: skip
     parser.add_argument("--test-set", default="synthetic_shapes_val")
     parser.add_argument("--output", default=os.path.join("output", "compare_losses"))
     parser.add_argument("--device", help="MODEL.DEVICE of every run (default: the configs' cpu)")
@@ -490,10 +575,15 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
         raise SystemExit("--seeds and --jobs must be >= 1")
     args.output = os.path.abspath(args.output)
     iterations = parse_iterations(args.iterations)
-    jobs = build_jobs(args, iterations)
+    batch = parse_batch(args.batch)
+    jobs = build_jobs(args, iterations, batch)
+    # the settings of the detectors in the table (all of them only if none is)
+    shown = {job.row.detector for job in jobs} or set(DETECTORS)
+    iterations = {d: n for d, n in iterations.items() if d in shown}
+    batch = {d: n for d, n in batch.items() if d in shown}
     estimate = estimated_wall_seconds(jobs, args.jobs)
     print(
-        f"{len(jobs)} trainings ({args.seeds} seeds), iterations {iterations}, batch {args.batch}, "
+        f"{len(jobs)} trainings ({args.seeds} seeds), iterations {iterations}, batch {batch}, "
         f"clipping {args.clip}, test {args.test_set}, {args.jobs} in parallel; estimated wall "
         f"time {estimate / 60:.1f} min at the reference CPU s/iter {SECONDS_PER_ITERATION}"
         + (f" (not for --device {args.device})" if args.device else "")
@@ -533,7 +623,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
     table = markdown_table(summary)
     header = (
         f"{len(jobs)} trainings, seeds {args.first_seed}..{args.first_seed + args.seeds - 1}, "
-        f"iterations {iterations}, batch {args.batch}, clipping {args.clip}, COCO AP on "
+        f"iterations {iterations}, batch {batch}, clipping {args.clip}, COCO AP on "
         f"{args.test_set}, {args.jobs} in parallel with 1 torch thread each, "
         f"{(time.time() - start) / 60:.1f} min wall ({datetime.date.today().isoformat()})"
     )

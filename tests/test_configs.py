@@ -74,3 +74,41 @@ def test_coco_configs_follow_the_published_512_protocol(path):
     pap = "pap" in os.path.basename(path)
     assert cfg.MODEL.PAPLOSS.TOPK == (100000 if pap else 0)
     assert cfg.SOLVER.BASE_LR == (0.016 if retinanet else 0.024 if pap else 0.04)
+
+
+def _flat(node, prefix=""):
+    """A config as ``{dotted key: value}``."""
+    flat = {}
+    for key, value in node.items():
+        if isinstance(value, dict):
+            flat.update(_flat(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+#: What a synthetic Mask R-CNN config adds to its Faster R-CNN: the mask branch and its input.
+_MASK_KEYS = ("MODEL.MASK_ON", "INPUT.MASK_FORMAT", "MODEL.ROI_MASK_HEAD.", "OUTPUT_DIR")
+
+
+@pytest.mark.parametrize(
+    "mask_config, quality",
+    [("pap_mask_rcnn", "giou"), ("pap_mask_rcnn_mask_iou", "mask_iou")],
+)
+def test_pap_mask_rcnn_follows_the_pap_faster_rcnn_recipe(mask_config, quality):
+    """The merged PAP Mask R-CNN configs differ from pap_faster_rcnn_identity.yaml only by the
+    mask branch (and the mask-aware quality): the same RPN anchor sampling and box deltas, RoIs
+    ranked without ground truth added, exact j-sums, and no gradient clipping of their own (the
+    loss table sets it for every row)."""
+    frcnn = _flat(load_config("configs/synthetic/pap_faster_rcnn_identity.yaml"))
+    mask = _flat(load_config(f"configs/synthetic/{mask_config}.yaml"))
+    differing = {
+        key
+        for key in set(frcnn) | set(mask)
+        if frcnn.get(key) != mask.get(key) and not key.startswith(_MASK_KEYS)
+    }
+    expected = set() if quality == "giou" else {"MODEL.PAPLOSS.QUALITY"}
+    assert differing == expected
+    assert mask["MODEL.PAPLOSS.QUALITY"] == quality
+    assert not mask["SOLVER.CLIP_GRADIENTS.ENABLED"]
+    assert mask["MODEL.MASK_ON"]

@@ -1,10 +1,13 @@
 """Training and evaluation on top of Detectron2's ``DefaultTrainer`` (exact resume, early stop of
 invalid trainings), config set-up, the start-up checks of a config against its datasets, and the
-config keys and optimizers that projects register (:mod:`paploss.engine.extensions`)."""
+config keys, optimizers and class-count keys that projects register (:mod:`paploss.engine.extensions`).
+"""
 
 from .extensions import (
+    class_count_keys,
     config_extensions,
     optimizer_builder,
+    register_class_count_keys,
     register_config_extension,
     register_optimizer,
 )
@@ -29,6 +32,7 @@ __all__ = [
     "RandomStateHook",
     "ResumableTrainingSampler",
     "Trainer",
+    "class_count_keys",
     "config_extensions",
     "default_output_dir",
     "fast_coco_eval_available",
@@ -36,6 +40,7 @@ __all__ = [
     "heads_used",
     "load_config",
     "optimizer_builder",
+    "register_class_count_keys",
     "register_config_extension",
     "register_optimizer",
     "set_random_state",

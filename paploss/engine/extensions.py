@@ -11,7 +11,11 @@ import projects):
   like Detectron2's own;
 * **optimizer**: :func:`register_optimizer` names the function that builds a meta-architecture's
   optimizer; :class:`paploss.engine.Trainer` (and so every proxy training of a search) uses it
-  instead of Detectron2's SGD.
+  instead of Detectron2's SGD;
+* **class counts**: :func:`register_class_count_keys` names the config keys of a
+  meta-architecture's class counts, which the start-up data check
+  (:func:`paploss.engine.validate_config_data`) compares with the datasets' categories as it does
+  Detectron2's own (``MODEL.RETINANET.NUM_CLASSES``, ``MODEL.ROI_HEADS.NUM_CLASSES``).
 
 A search imports the project's modules in the controller and in every trial process (search
 setting ``model.imports``), which is what makes these registrations visible there. Example
@@ -19,6 +23,7 @@ setting ``model.imports``), which is what makes these registrations visible ther
 
     register_config_extension(add_deformable_detr_config, meta_architectures=["PAPDeformableDETR"])
     register_optimizer("PAPDeformableDETR", build_optimizer)
+    register_class_count_keys("PAPDeformableDETR", ["MODEL.DEFORMABLE_DETR.NUM_CLASSES"])
 """
 
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
@@ -26,8 +31,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 __all__ = [
     "ConfigExtension",
     "OptimizerBuilder",
+    "class_count_keys",
     "config_extensions",
     "optimizer_builder",
+    "register_class_count_keys",
     "register_config_extension",
     "register_optimizer",
 ]
@@ -40,6 +47,7 @@ OptimizerBuilder = Callable[[Any, Any], Any]
 #: (function, meta-architectures or None for all), in registration order.
 _CONFIG_EXTENSIONS: List[Tuple[ConfigExtension, Optional[Tuple[str, ...]]]] = []
 _OPTIMIZERS: Dict[str, OptimizerBuilder] = {}
+_CLASS_COUNT_KEYS: Dict[str, Tuple[str, ...]] = {}
 
 
 def register_config_extension(
@@ -111,6 +119,31 @@ def register_optimizer(meta_architecture: str, builder: OptimizerBuilder) -> Non
 def optimizer_builder(meta_architecture: str) -> Optional[OptimizerBuilder]:
     """The optimizer builder registered for ``meta_architecture``, or None (Detectron2's)."""
     return _OPTIMIZERS.get(meta_architecture)
+
+
+def register_class_count_keys(meta_architecture: str, keys: Sequence[str]) -> None:
+    """Declare the config keys of ``meta_architecture``'s class counts (e.g.
+    ``["MODEL.DEFORMABLE_DETR.NUM_CLASSES"]``), checked against the datasets at start-up.
+
+    Registering the same keys again is a no-op.
+
+    Raises:
+        ValueError: for a bad name or keys, or other keys registered for the name.
+    """
+    if not isinstance(meta_architecture, str) or not meta_architecture:
+        raise ValueError(f"meta_architecture must be a name, got {meta_architecture!r}")
+    if isinstance(keys, str) or not all(isinstance(k, str) and k for k in keys) or not keys:
+        raise ValueError(f"keys must be a list of config keys, got {keys!r}")
+    keys = tuple(keys)
+    known = _CLASS_COUNT_KEYS.get(meta_architecture)
+    if known is not None and known != keys:
+        raise ValueError(f"{meta_architecture} already has the class-count keys {list(known)}")
+    _CLASS_COUNT_KEYS[meta_architecture] = keys
+
+
+def class_count_keys(meta_architecture: str) -> Optional[Tuple[str, ...]]:
+    """The class-count keys registered for ``meta_architecture``, or None."""
+    return _CLASS_COUNT_KEYS.get(meta_architecture)
 
 
 def _name(fn: Any) -> str:

@@ -19,6 +19,8 @@ from detectron2.data import DatasetCatalog, MetadataCatalog
 
 from paploss.data import DatasetError, display_path
 
+from .extensions import class_count_keys
+
 __all__ = [
     "ConfigDataError",
     "DataReport",
@@ -65,7 +67,10 @@ def heads_used(cfg: CfgNode) -> HeadsUsed:
 
     RetinaNet and its subclasses (``PAPRetinaNet``) read ``MODEL.RETINANET``; ``GeneralizedRCNN``
     reads ``MODEL.ROI_HEADS.NUM_CLASSES`` and, with an RPN-type proposal generator (``RPN``,
-    ``PAPRPN``), ``MODEL.RPN``'s anchors. Other architectures report nothing.
+    ``PAPRPN``), ``MODEL.RPN``'s anchors. A project's meta-architecture reports the class-count
+    keys it registered (:func:`paploss.engine.extensions.register_class_count_keys`, e.g.
+    ``MODEL.DEFORMABLE_DETR.NUM_CLASSES``) and no anchor head. Other architectures report
+    nothing.
 
     Raises:
         ValueError: if the meta-architecture or proposal generator is not registered.
@@ -81,6 +86,9 @@ def heads_used(cfg: CfgNode) -> HeadsUsed:
         raise ValueError(
             f"MODEL.META_ARCHITECTURE '{name}' is not a registered meta-architecture"
         ) from None
+    registered = class_count_keys(name)
+    if registered is not None:
+        return HeadsUsed(registered, None)
     if issubclass(meta_arch, RetinaNet):
         return HeadsUsed(("MODEL.RETINANET.NUM_CLASSES",), "RETINANET")
     if not issubclass(meta_arch, (GeneralizedRCNN, ProposalNetwork)):

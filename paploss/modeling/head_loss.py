@@ -132,6 +132,31 @@ def _value_balance(target: torch.Tensor, loss: torch.Tensor) -> torch.Tensor:
     return torch.where(positive, target.detach() / torch.where(positive, detached, 1.0), 0.0)
 
 
+def rank_sort_terms(
+    ranking: HeadRanking, delta: float
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The terms of Rank & Sort Loss with its score-weighted, value-balanced GIoU box loss.
+
+    A positive's continuous label is the IoU of its detached predicted box with its ground truth;
+    the box loss is the GIoU loss weighted by each positive's detached best class score
+    (:func:`positive_score_weights`), normalised by the sum of the weights. The loss of a head is
+    ``L_RS + λ_box * L_box`` (:class:`RSHeadLoss`, and the Deformable DETR project's ``rs``).
+
+    Args:
+        ranking: the head's ranking.
+        delta: half-width of the smoothed step of the ranking, >= 0.
+
+    Returns:
+        ``(L_RS, L_box, λ_box)``: the Rank & Sort Loss, the (unweighted) box loss and the
+        detached weight that balances it to ``L_RS`` in value (0 when ``L_box`` is 0).
+    """
+    iou, giou = paired_iou_giou(ranking.pred_boxes, ranking.gt_boxes)
+    quality = ranking.per_entry(iou.detach().clamp(0.0, 1.0))
+    rs = rank_sort_loss(ranking.flat_logits, ranking.targets, quality, delta)
+    box_loss = _weighted_mean(positive_score_weights(ranking), 1 - giou)
+    return rs, box_loss, _value_balance(rs, box_loss)
+
+
 def _config_functions(node, key: str) -> PAPFunctions:
     try:
         return PAPFunctions.from_knots({name: node[name] for name in node.keys()})
@@ -613,12 +638,7 @@ class RSHeadLoss(RankingHeadLoss):
         return ret
 
     def compute(self, ranking: HeadRanking) -> Tuple[torch.Tensor, Dict[str, float]]:
-        iou, giou = paired_iou_giou(ranking.pred_boxes, ranking.gt_boxes)
-        quality = ranking.per_entry(iou.detach().clamp(0.0, 1.0))
-        rs = rank_sort_loss(ranking.flat_logits, ranking.targets, quality, self.delta)
-
-        box_loss = _weighted_mean(positive_score_weights(ranking), 1 - giou)
-        box_weight = _value_balance(rs, box_loss)
+        rs, box_loss, box_weight = rank_sort_terms(ranking, self.delta)
         total = self.loss_weight * (rs + box_weight.to(rs.dtype) * box_loss.to(rs.dtype))
         scalars = {
             "rs_cls": rs.item(),

@@ -196,9 +196,7 @@ def _write_report(output: Any) -> List[str]:
             exported = export_config(journal, output.export("best"), which="best")
             _warn_export(exported)
             lines.append(f"  exported config: {_show(exported.path)}")
-            lines.append(
-                f"  train it:        python tools/train_net.py --config-file {_show(exported.path)}"
-            )
+            lines.append(f"  train it:        {exported.train_command}")
             _warn_if_model_config_changed(journal)
         plots = write_plots(journal, output.plots)
     for number, path in enumerate(plots):
@@ -232,7 +230,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         else f"policy mean after round {exported.round}"
     )
     print(f"exported {args.which} parameters ({what}) to {_show(exported.path)}")
-    print(f"train it: python tools/train_net.py --config-file {_show(exported.path)}")
+    print(f"train it: {exported.train_command}")
     with _open_journal(args.output) as journal:
         _warn_if_model_config_changed(journal)
     return 0

@@ -177,6 +177,10 @@ class ModelSettings(_Section):
         python_path: folders put in front of ``sys.path`` before ``imports`` are imported, e.g.
             the project folder that holds the package; relative paths are relative to the file
             that sets them (absolute once loaded).
+        train_script: the script that trains the model's configs, named in the exported
+            config's "train it" hint (e.g. a Detectron2 project's own ``train_net.py``, which
+            imports the project); relative to the file that sets it (absolute once loaded).
+            Empty: paploss's ``tools/train_net.py``.
     """
 
     KEY: ClassVar[str] = "model"
@@ -186,8 +190,14 @@ class ModelSettings(_Section):
     fixed: Dict[str, Any] = field(default_factory=dict)
     imports: Tuple[str, ...] = ()
     python_path: Tuple[str, ...] = ()
+    train_script: str = ""
 
     def validate(self) -> None:
+        _require(
+            isinstance(self.train_script, str)
+            and (not self.train_script or os.path.isfile(self.train_script)),
+            f"model.train_script: {self.train_script!r} is not a file",
+        )
         for folder in self.python_path:
             _require(
                 isinstance(folder, str) and os.path.isdir(folder),
@@ -199,10 +209,11 @@ class ModelSettings(_Section):
             raise SettingsError(str(exc)) from None
 
     def to_dict(self) -> Dict[str, Any]:
-        """Plain data; ``imports`` and ``python_path`` are left out while they are empty, so that
-        journals written before the keys existed keep their settings (and resume)."""
+        """Plain data; ``imports``, ``python_path`` and ``train_script`` are left out while they
+        are empty, so that journals written before the keys existed keep their settings (and
+        resume)."""
         data = super().to_dict()
-        for name in ("imports", "python_path"):
+        for name in ("imports", "python_path", "train_script"):
             if not data[name]:
                 del data[name]
         return data
@@ -1107,6 +1118,9 @@ def load_settings(
     path_override = (extra.get("model") or {}).get("python_path")
     if path_override is not None:
         extra["model"]["python_path"] = _resolved_folders(path_override, os.getcwd())
+    script_override = (extra.get("model") or {}).get("train_script")
+    if isinstance(script_override, str) and script_override:
+        extra["model"]["train_script"] = os.path.abspath(script_override)
     data = _merge(data, extra)
     return SearchSettings.from_dict(data, source=None if path is None else os.path.abspath(path))
 
@@ -1266,6 +1280,11 @@ def _read_with_bases(path: str, depth: int) -> Dict[str, Any]:
         model["config"] = os.path.normpath(os.path.join(directory, model["config"]))
     if isinstance(model, dict) and model.get("python_path") is not None:
         model["python_path"] = _resolved_folders(model["python_path"], directory)
+    if isinstance(model, dict) and isinstance(model.get("train_script"), str):
+        if model["train_script"]:
+            model["train_script"] = os.path.normpath(
+                os.path.join(directory, os.path.expanduser(model["train_script"]))
+            )
     _resolve_init(data, directory)
     base_path = data.pop(_BASE_KEY, None)
     if base_path is None:

@@ -322,3 +322,50 @@ def test_published_training_augmentations_crop_half_of_the_images(detr_batch):
         assert (boxes[:, 2] <= width).all() and (boxes[:, 3] <= height).all()
         sizes.add((height, width))
     assert any(h != w for h, w in sizes)  # a crop made a square image non-square
+
+
+def _hand_rs_loss(logits, boxes, matched, delta):
+    """Rank & Sort Loss over every (query, class) entry plus the GIoU loss weighted by each
+    matched query's detached best class score and balanced by value, written out by hand on the
+    normalised boxes."""
+    from deformable_detr.box_ops import box_cxcywh_to_xyxy
+
+    from paploss.losses import rank_sort_loss
+    from paploss.losses.box_quality import paired_iou_giou
+
+    image, query, gt_labels, gt_boxes = matched
+    num_queries, num_classes = logits.shape[1:]
+    index = (image * num_queries + query) * num_classes + gt_labels
+    flat = logits.reshape(-1)
+    targets = torch.zeros(flat.shape, dtype=torch.int8)
+    targets[index] = 1
+    iou, giou = paired_iou_giou(
+        box_cxcywh_to_xyxy(boxes[image, query]), box_cxcywh_to_xyxy(gt_boxes)
+    )
+    labels = torch.zeros_like(flat)
+    labels[index] = iou.detach().clamp(0, 1)
+    rs = rank_sort_loss(flat, targets, labels, delta)
+    scores = logits.detach()[image, query].sigmoid().max(dim=1).values
+    box = (scores * (1 - giou)).sum() / scores.sum()
+    return rs + (rs.detach() / box.detach()) * box
+
+
+def test_rs_loss_is_paplosss_rank_sort_definition(detr_batch):
+    """The criterion's ``rs`` loss of a layer equals Rank & Sort Loss with the score-weighted,
+    value-balanced GIoU loss (as paploss's RS heads), value and gradients."""
+    _, model = _model("MODEL.PAPLOSS.LOSS", "rs")
+    criterion = model.criterion
+    images = model.preprocess_image(detr_batch)
+    targets = model.prepare_targets(detr_batch, images.image_sizes)
+    torch.manual_seed(1)
+    logits = torch.randn(4, 50, 4, requires_grad=True)
+    boxes = torch.rand(4, 50, 4).mul(0.5).add(0.2).requires_grad_()
+    num_boxes = criterion.num_boxes(targets, logits.device)
+    losses = criterion.layer_losses(logits, boxes, targets, num_boxes)
+    matched = criterion.matched(criterion.matcher(logits, boxes, targets), targets, logits.device)
+    expected = criterion.ranking_weight * _hand_rs_loss(logits, boxes, matched, 0.5)
+    torch.testing.assert_close(losses["loss_rs"], expected, rtol=1e-5, atol=1e-6)
+    got = torch.autograd.grad(losses["loss_rs"], (logits, boxes))
+    want = torch.autograd.grad(expected, (logits, boxes))
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)

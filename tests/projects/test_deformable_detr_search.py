@@ -14,11 +14,19 @@ from deformable_detr import META_ARCHITECTURE, load_config
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
-from paploss.engine import Trainer, setup_cfg
+from paploss.engine import (
+    ConfigDataError,
+    Trainer,
+    class_count_keys,
+    heads_used,
+    register_class_count_keys,
+    setup_cfg,
+)
 from paploss.heads import architecture_heads, pap_heads, register_pap_heads
 from paploss.losses import FUNCTION_NAMES, PAPFunctions, lambda_from_theta
 from paploss.modeling import record_rankings
 from paploss.search.journal import SearchJournal
+from paploss.search.reports.export import train_command
 from paploss.search.screening import RejectionProtocol, candidate_head_losses
 from paploss.search.screening.batch import (
     build_screening_batches,
@@ -83,6 +91,50 @@ def test_head_registration_checks_its_arguments():
         heads_from_config({"MODEL": {"META_ARCHITECTURE": "UnknownDETR"}})
 
 
+def _train_classes(cfg):
+    from detectron2.data import MetadataCatalog
+
+    return list(MetadataCatalog.get(cfg.DATASETS.TRAIN[0]).thing_classes)
+
+
+def test_the_start_up_data_check_compares_the_detr_class_count():
+    """MODEL.DEFORMABLE_DETR.NUM_CLASSES is checked against the datasets like Detectron2's own
+    class counts, in paploss's setup and in the project's train_net.py (one line naming the key,
+    before anything trains)."""
+    cfg = setup_cfg(PAP_CONFIG)  # 4 classes, as the synthetic set
+    assert heads_used(cfg).class_keys == ("MODEL.DEFORMABLE_DETR.NUM_CLASSES",)
+    assert heads_used(cfg).anchor_head is None
+    with pytest.raises(ConfigDataError) as error:
+        setup_cfg(PAP_CONFIG, ["MODEL.DEFORMABLE_DETR.NUM_CLASSES", 80])
+    (problem,) = error.value.problems
+    assert problem.startswith(
+        "MODEL.DEFORMABLE_DETR.NUM_CLASSES is 80 but dataset 'synthetic_shapes_train' "
+    )
+    assert problem.endswith("has 4 classes " + str(_train_classes(cfg)) + "; set "
+                            "MODEL.DEFORMABLE_DETR.NUM_CLASSES 4")  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, os.path.join(PROJECT, "train_net.py"), "--config-file", PAP_CONFIG,
+         "MODEL.DEFORMABLE_DETR.NUM_CLASSES", "3"],
+        capture_output=True, text=True, timeout=300, env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )  # fmt: skip
+    assert result.returncode == 2, result.stdout + result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and errors[0].startswith(
+        "error: MODEL.DEFORMABLE_DETR.NUM_CLASSES is 3 but dataset"
+    ), result.stderr
+    assert "set MODEL.DEFORMABLE_DETR.NUM_CLASSES 4" in errors[0]
+
+
+def test_class_count_registration_checks_its_arguments():
+    register_class_count_keys(META_ARCHITECTURE, ["MODEL.DEFORMABLE_DETR.NUM_CLASSES"])  # no-op
+    assert class_count_keys(META_ARCHITECTURE) == ("MODEL.DEFORMABLE_DETR.NUM_CLASSES",)
+    with pytest.raises(ValueError, match="already has the class-count keys"):
+        register_class_count_keys(META_ARCHITECTURE, ["MODEL.DEFORMABLE_DETR.NUM_QUERIES"])
+    with pytest.raises(ValueError, match="keys must be a list of config keys"):
+        register_class_count_keys("OtherDETR", "MODEL.DEFORMABLE_DETR.NUM_CLASSES")
+    assert class_count_keys("OtherDETR") is None
+
+
 def test_the_project_keys_are_added_to_its_configs_only():
     detr = load_config(PAP_CONFIG)
     assert "DEFORMABLE_DETR" in detr.MODEL and "DETR" in detr.MODEL.PAPLOSS
@@ -105,6 +157,25 @@ def test_paploss_trainers_build_the_project_optimizer():
     assert lrs == pytest.approx({"backbone": 2e-4, "linear_proj": 2e-5, "other": 2e-4})
     retinanet = setup_cfg(RETINANET_CONFIG, validate=False)
     assert isinstance(Trainer.build_optimizer(retinanet, build_model(retinanet)), torch.optim.SGD)
+
+
+def test_search_settings_name_the_projects_training_script(tmp_path):
+    """model.train_script: relative to the settings file, absolute once loaded, stored in the
+    journal settings (left out while empty), and a missing file is a one-line error."""
+    settings = load_settings(SEARCH_CONFIG)
+    script = os.path.join(PROJECT, "train_net.py")
+    assert settings.model.train_script == script
+    assert settings.journal_settings()["model"]["train_script"] == script
+    assert train_command(settings.journal_settings(), str(tmp_path / "best.yaml")) == (
+        f"python {os.path.relpath(script)} --config-file {tmp_path / 'best.yaml'}"
+    )  # paths below the working directory (the repository root) are shown relative
+    default = load_settings(SEARCH_CONFIG, ['model.train_script=""'])
+    assert "train_script" not in default.journal_settings()["model"]
+    assert train_command(default.journal_settings(), "best.yaml") == (
+        "python tools/train_net.py --config-file best.yaml"
+    )
+    with pytest.raises(SettingsError, match=r"^model.train_script: '.*nowhere.py' is not a file$"):
+        load_settings(SEARCH_CONFIG, ["model.train_script=nowhere.py"])
 
 
 def test_search_settings_import_the_project_and_name_a_bad_module():
@@ -208,3 +279,16 @@ def test_a_tiny_search_of_the_detr_config_trains_its_candidates(tmp_path):
         assert rejection["gain"] >= 5.0 and trial.metrics["screening"]["fingerprint"]
     spec = (output / trials[0].folder / "spec.json").read_text()
     assert '"imports": [' in spec and "deformable_detr" in spec
+
+    # The export names the project's train_net.py (model.train_script) as what trains it.
+    exported = tmp_path / "best.yaml"
+    command = [sys.executable, "-m", "paploss.search.cli", "export", "--output", str(output)]
+    result = subprocess.run(
+        command + ["--to", str(exported)], capture_output=True, text=True, timeout=300, env=env,
+        cwd=REPO_ROOT,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    script = os.path.relpath(os.path.join(PROJECT, "train_net.py"), REPO_ROOT)
+    hint = f"python {script} --config-file {exported}"
+    assert f"train it: {hint}" in result.stdout.splitlines(), result.stdout
+    assert f"# Train it: {hint}\n" in exported.read_text()

@@ -2,7 +2,8 @@
 
 :func:`export_config` writes the best trial's (or the final policy mean's) config values as a
 config file that inherits from the searched model's config (``_BASE_``), so
-``tools/train_net.py --config-file <file>`` trains it directly: PAP-loss parameters (knots and λ,
+``tools/train_net.py --config-file <file>`` (or the search's ``model.train_script``, e.g. a
+Detectron2 project's ``train_net.py``) trains it directly: PAP-loss parameters (knots and λ,
 rounded) or, for a search of loss graphs, ``MODEL.PAPLOSS.LOSS: "graph"`` and the two
 expressions. It reads the journal only.
 """
@@ -27,10 +28,13 @@ __all__ = [
     "export_config",
     "round_overrides",
     "space_from_journal",
+    "train_command",
 ]
 
 #: What :func:`export_config` can export: the best scored trial, or the final policy mean.
 EXPORT_CHOICES = ("best", "mean")
+#: The script that trains an exported config when the search names none (``model.train_script``).
+DEFAULT_TRAIN_SCRIPT = os.path.join("tools", "train_net.py")
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,7 @@ class ExportResult:
         round: the round after which the exported parameters were current.
         warnings: problems the user should know of, e.g. that the exported trial's own
             ``result.json`` is missing (see :func:`result_file_problem`).
+        train_command: the command that trains the exported config (:func:`train_command`).
     """
 
     path: str
@@ -53,6 +58,18 @@ class ExportResult:
     trial: Optional[TrialRecord]
     round: int
     warnings: Tuple[str, ...] = ()
+    train_command: str = ""
+
+
+def train_command(settings: Mapping[str, Any], config_path: str) -> str:
+    """``python <script> --config-file <config_path>``: the command that trains a config of the
+    searched model, with the search's ``model.train_script`` (journal settings ``settings``), or
+    ``tools/train_net.py`` when it names none; paths relative to the working directory when they
+    lie below it."""
+    script = (settings.get("model") or {}).get("train_script") or DEFAULT_TRAIN_SCRIPT
+    if os.path.isabs(script):
+        script = _relative_or_absolute(script, os.getcwd())
+    return f"python {script} --config-file {_relative_or_absolute(config_path, os.getcwd())}"
 
 
 def space_from_journal(journal: SearchJournal) -> Any:
@@ -137,8 +154,7 @@ def export_config(
         f"Searched {space.WHAT}, exported from the loss search in",
         f"  {_relative_or_absolute(search_dir, os.getcwd())}",
         f"{provenance} (bbox AP on {reward_on}).",
-        "Train it: python tools/train_net.py --config-file "
-        + _relative_or_absolute(path, os.getcwd()),
+        f"Train it: {train_command(settings, path)}",
     ]
     header += [f"Warning: {warning}." for warning in warnings]
     body: Dict[str, Any] = {"_BASE_": base}
@@ -147,7 +163,9 @@ def export_config(
     text = "".join(f"# {line}\n" for line in header)
     text += yaml.dump(body, Dumper=_ExportDumper, sort_keys=False, width=120)
     atomic_write(path, text)
-    return ExportResult(path, which, rounded, trial, after_round, tuple(warnings))
+    return ExportResult(
+        path, which, rounded, trial, after_round, tuple(warnings), train_command(settings, path)
+    )
 
 
 def _nest(overrides: Mapping[str, Any]) -> Dict[str, Any]:

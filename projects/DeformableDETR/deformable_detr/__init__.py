@@ -5,11 +5,17 @@ Importing this package registers the meta-architecture ``PAPDeformableDETR`` in 
 backbones). :func:`add_deformable_detr_config` adds its keys to a config. It also registers the
 model with paploss (which never imports projects): its config keys for
 :func:`paploss.engine.load_config`, its optimizer for :class:`paploss.engine.Trainer` (and so for
-the search's proxy trainings), and its PAP-loss head ``DETR`` for the search space; a loss search
+the search's proxy trainings), its class count ``MODEL.DEFORMABLE_DETR.NUM_CLASSES`` for the
+start-up data check (:func:`paploss.engine.validate_config_data`), and its PAP-loss head ``DETR``
+for the search space; a loss search
 imports the package through its ``model.imports`` setting.
 """
 
-from paploss.engine import register_config_extension, register_optimizer
+from paploss.engine import (
+    register_class_count_keys,
+    register_config_extension,
+    register_optimizer,
+)
 from paploss.heads import register_pap_heads
 
 from . import backbone  # noqa: F401  (registers build_plain_tiny_resnet_backbone)
@@ -30,6 +36,7 @@ META_ARCHITECTURE = PAPDeformableDETR.__name__
 
 register_config_extension(add_deformable_detr_config, meta_architectures=[META_ARCHITECTURE])
 register_optimizer(META_ARCHITECTURE, build_optimizer)
+register_class_count_keys(META_ARCHITECTURE, ["MODEL.DEFORMABLE_DETR.NUM_CLASSES"])
 register_pap_heads(META_ARCHITECTURE, [PAP_SUBTREE])
 
 __all__ = [

@@ -23,8 +23,9 @@ layer ``i`` before it, ``_enc`` for the encoder proposals. Returned values are a
   records (:func:`paploss.modeling.record_rankings`) and the early stop of invalid trainings
   checks is the detector's own output, and the other outputs through its ``compute``.
 * ``"rs"``: ``loss_rs``, Rank & Sort loss over the same entries (continuous labels: the IoU of
-  the detached predicted box) plus the score-weighted GIoU loss balanced by value, as paploss's
-  RS heads; ``loss_bbox`` L1 as for ``"pap"``.
+  the detached predicted box) plus the score-weighted GIoU loss balanced by value: paploss's
+  definition (:func:`paploss.modeling.head_loss.rank_sort_terms`, that of its RS heads) on the
+  layer's :func:`detr_ranking`; ``loss_bbox`` L1 as for ``"pap"``.
 """
 
 import logging
@@ -38,9 +39,9 @@ from detectron2.utils.events import get_event_storage
 from fvcore.nn import sigmoid_focal_loss
 from torch import nn
 
-from paploss.losses import PAPFunctions, rank_sort_loss
+from paploss.losses import PAPFunctions
 from paploss.losses.box_quality import QUALITY_TYPES, paired_iou_giou
-from paploss.modeling.head_loss import PAPHeadLoss
+from paploss.modeling.head_loss import PAPHeadLoss, rank_sort_terms
 from paploss.modeling.ranking import HeadRanking
 
 from .box_ops import box_cxcywh_to_xyxy
@@ -57,9 +58,6 @@ from .matcher import HungarianMatcher
 __all__ = ["DeformableDETRCriterion", "IDENTITY_TRANSFORM", "build_matcher", "detr_ranking"]
 
 logger = logging.getLogger(__name__)
-
-# RS: a sum of box weights (detached scores) below this normalises by 1 instead (published).
-_RS_BOX_WEIGHT_EPS = 1e-10
 
 Targets = Sequence[Mapping[str, torch.Tensor]]
 
@@ -330,22 +328,15 @@ class DeformableDETRCriterion(nn.Module):
                 f"loss_bbox{suffix}": self.bbox_weight * l1,
                 f"loss_giou{suffix}": self.giou_weight * (1 - giou).sum() / num_boxes,
             }
+        sizes = [t["image_size"] for t in targets] if "image_size" in targets[0] else None
+        ranking = detr_ranking(
+            logits, boxes, matched, None if sizes is None else torch.stack(sizes)
+        )
         if self.loss_name == "pap":
-            sizes = [t["image_size"] for t in targets] if "image_size" in targets[0] else None
-            ranking_loss = self._pap(
-                detr_ranking(logits, boxes, matched, None if sizes is None else torch.stack(sizes)),
-                suffix,
-            )
+            ranking_loss = self._pap(ranking, suffix)
         else:
-            num_queries, num_classes = logits.shape[1:]
-            positive_index = (image * num_queries + query) * num_classes + gt_labels  # [P]
-            flat_logits = logits.reshape(-1)
-            flat_targets = torch.zeros(flat_logits.shape, dtype=torch.int8, device=logits.device)
-            flat_targets[positive_index] = 1
-            pred_xyxy, gt_xyxy = box_cxcywh_to_xyxy(pred_boxes), box_cxcywh_to_xyxy(gt_boxes)
-            ranking_loss = self._rs(
-                flat_logits, flat_targets, positive_index, pred_xyxy, gt_xyxy, num_classes
-            )
+            rs, box_loss, box_weight = rank_sort_terms(ranking, self.rs_delta)
+            ranking_loss = rs + box_weight.to(rs.dtype) * box_loss.to(rs.dtype)
         return {
             f"loss_{self.loss_name}{suffix}": self.ranking_weight * ranking_loss,
             f"loss_bbox{suffix}": self.ranking_bbox_weight * l1,
@@ -378,22 +369,6 @@ class DeformableDETRCriterion(nn.Module):
         loss, scalars = self.pap_loss.compute(ranking)
         _put_scalars(**{f"detr/{name}{suffix}": value for name, value in scalars.items()})
         return loss
-
-    def _rs(self, flat_logits, flat_targets, positive_index, pred_xyxy, gt_xyxy, num_classes):
-        iou, giou = paired_iou_giou(pred_xyxy, gt_xyxy)
-        labels = torch.zeros_like(flat_logits).index_put(
-            (positive_index,), iou.detach().clamp(0.0, 1.0).to(flat_logits.dtype)
-        )
-        rs = rank_sort_loss(flat_logits, flat_targets, labels, self.rs_delta)
-        # Each positive's box loss is weighted by its query's detached maximum class score.
-        rows = torch.div(positive_index, num_classes, rounding_mode="floor")
-        scores = flat_logits.detach().view(-1, num_classes)[rows].sigmoid().max(dim=1).values
-        normaliser = scores.sum()
-        normaliser = torch.where(normaliser < _RS_BOX_WEIGHT_EPS, 1.0, normaliser)
-        box_loss = (scores * (1 - giou)).sum() / normaliser
-        detached = box_loss.detach()
-        balance = torch.where(detached > 0, rs.detach() / detached.clamp_min(1e-12), 0.0)
-        return rs + balance.to(rs.dtype) * box_loss.to(rs.dtype)
 
     def extra_repr(self) -> str:
         text = f"loss={self.loss_name!r}, aux_loss={self.aux_loss}"
