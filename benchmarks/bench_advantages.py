@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from paploss.search.proposers import PPOProposer, ScoredCandidate  # noqa: E402
 from paploss.search.settings import load_settings  # noqa: E402
-from paploss.search.space import SearchSpace  # noqa: E402
+from paploss.search.spaces import SearchSpace  # noqa: E402
 
 BASELINES = ("round_mean", "rank")
 

@@ -10,7 +10,7 @@ Usage::
 
 What runs (model: ``--config``, a Faster R-CNN with ``LOSS: "graph"``; images of
 ``synthetic_shapes_search_train``): the ROI head's fixed batch of a random detector is recorded
-once; then each method (``paploss.lossgraph.Evolution``, ``RandomSearch``) proposes
+once; then each method (``paploss.search.proposers.graph_evolution.Evolution``, ``RandomSearch``) proposes
 ``--per-round`` candidates at a time, each candidate is
 
 * fingerprinted on the probes (validity: finite loss and gradients, a gradient in each searched
@@ -113,7 +113,7 @@ def _measure(screener: Any, registry: Any, candidate: Any, min_gain: float) -> R
 
 
 def _run_method(method: str, screener: Any, args: argparse.Namespace) -> List[Record]:
-    from paploss.lossgraph import Evolution, EvolutionSettings, RandomSearch
+    from paploss.search.proposers.graph_evolution import Evolution, EvolutionSettings, RandomSearch
     from paploss.search.screening import EquivalenceRegistry
 
     settings = EvolutionSettings(
@@ -209,13 +209,8 @@ def _ablation(records: List[Record], proxy_seconds: float) -> None:
 
 def _references(screener: Any, args: argparse.Namespace) -> None:
     """The reward of the hand-written losses, written as graphs, for scale."""
-    from paploss.lossgraph import (
-        CE_EXPRESSION,
-        GIOU_EXPRESSION,
-        L1_EXPRESSION,
-        GraphCandidate,
-        parse,
-    )
+    from paploss.losses.graph import CE_EXPRESSION, GIOU_EXPRESSION, L1_EXPRESSION, parse
+    from paploss.search.proposers.graph_evolution import GraphCandidate
     from paploss.search.screening import EquivalenceRegistry
 
     print(f"\n{'reference':<12} {'reward':>7} {'gain':>6}  (mean / last AP gain of the protocol)")
@@ -247,7 +242,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     import torch
 
     from paploss.engine import setup_cfg
-    from paploss.lossgraph.screening import GraphScreener
+    from paploss.search.screening.graph_screener import GraphScreener
     from paploss.search.settings import ScreeningSettings
 
     torch.set_num_threads(args.threads)

@@ -87,7 +87,7 @@ def build_candidates(settings: SearchSettings, count: int, published_config: Opt
     samples of the search's initial policy."""
     from paploss.engine import load_config
     from paploss.search.proposers import proposer_class
-    from paploss.search.space import SearchSpace
+    from paploss.search.spaces import SearchSpace
 
     fixed = settings.model.fixed or None
     if settings.model.heads:

@@ -160,7 +160,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     from paploss.engine import setup_cfg
     from paploss.search.screening import Screener
     from paploss.search.settings import ScreeningSettings
-    from paploss.search.space import SearchSpace
+    from paploss.search.spaces import SearchSpace
 
     torch.set_num_threads(args.threads)
     data: Dict[str, Any] = {}

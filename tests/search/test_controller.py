@@ -29,7 +29,7 @@ from submitit.core.utils import cloudpickle_dump
 from paploss.search.controller import SearchController, SearchError, round_seed
 from paploss.search.journal import JournalError, SearchJournal
 from paploss.search.settings import SettingsError, load_settings
-from paploss.search.space import SearchSpace
+from paploss.search.spaces import SearchSpace
 from paploss.search.trials import TrialResult, TrialSpec, load_result, read_starts
 
 # Local jobs unpickle the trial functions in a fresh interpreter where this test module is not

@@ -17,7 +17,7 @@ import yaml
 
 from paploss.search.journal import SearchJournal, TrialRecord
 from paploss.search.reports.status import result_file_problem, search_method
-from paploss.search.space import round_overrides, space_from_dict
+from paploss.search.spaces import round_overrides, space_from_dict
 from paploss.utils.io import atomic_write
 
 __all__ = [
@@ -56,8 +56,8 @@ class ExportResult:
 
 def space_from_journal(journal: SearchJournal) -> Any:
     """The search space stored in a journal's settings (a
-    :class:`~paploss.search.space.SearchSpace` or a
-    :class:`~paploss.search.graph_space.GraphLossSpace`)."""
+    :class:`~paploss.search.spaces.SearchSpace` or a
+    :class:`~paploss.search.spaces.GraphLossSpace`)."""
     description = journal.settings.get("space")
     if not description:
         raise ValueError(f"{journal.path}: the journal's settings do not describe a search space")

@@ -16,7 +16,7 @@ from paploss.losses import FUNCTION_NAMES
 from paploss.search.journal import SearchJournal
 from paploss.search.reports.export import space_from_journal
 from paploss.search.reports.status import round_summaries, search_method
-from paploss.search.space import SearchSpace
+from paploss.search.spaces import SearchSpace
 from paploss.utils.io import atomic_write
 
 __all__ = ["plot_rewards", "plot_functions", "write_plots"]
