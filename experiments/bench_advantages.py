@@ -17,7 +17,7 @@ It prints, per baseline, the mean ± std over seeds of the objective at the fina
 objective at the start, the identity functions): the same number
 of candidates is scored for every baseline (equal compute)::
 
-    python benchmarks/bench_advantages.py --seeds 20
+    python experiments/bench_advantages.py --seeds 20
 """
 
 import argparse

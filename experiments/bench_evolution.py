@@ -4,14 +4,15 @@ screened graphs; evolution against random search on the same number of candidate
 
 Usage::
 
-    python benchmarks/bench_evolution.py                        # 300 candidates per method
-    python benchmarks/bench_evolution.py --candidates 100 --methods evolution
-    python benchmarks/bench_evolution.py --proxy-seconds 60 --output output/bench_evolution.json
+    python experiments/bench_evolution.py                        # 300 candidates per method
+    python experiments/bench_evolution.py --candidates 100 --methods evolution
+    python experiments/bench_evolution.py --proxy-seconds 60 --output output/bench_evolution.json
 
 What runs (model: ``--config``, a Faster R-CNN with ``LOSS: "graph"``; images of
 ``synthetic_shapes_search_train``): the ROI head's fixed batch of a random detector is recorded
-once; then each method (``paploss.search.proposers.graph_evolution.Evolution``, ``RandomSearch``) proposes
-``--per-round`` candidates at a time, each candidate is
+once; then each method (``Evolution``, ``RandomSearch`` of
+``paploss.search.proposers.graph_evolution``) proposes ``--per-round`` candidates at a time, each
+candidate is
 
 * fingerprinted on the probes (validity: finite loss and gradients, a gradient in each searched
   branch; gradient equivalence with every earlier valid candidate), and

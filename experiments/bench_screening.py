@@ -3,9 +3,9 @@
 
 Usage::
 
-    python benchmarks/bench_screening.py --quick            # 32 random candidates, RetinaNet
-    python benchmarks/bench_screening.py --candidates 64 --threads 2
-    python benchmarks/bench_screening.py --quick --spearman 16 --search-set proxy.iterations=200
+    python experiments/bench_screening.py --quick            # 32 random candidates, RetinaNet
+    python experiments/bench_screening.py --candidates 64 --threads 2
+    python experiments/bench_screening.py --quick --spearman 16 --search-set proxy.iterations=200
 
 What is measured (model: ``--config``, images of ``synthetic_shapes_search_train``):
 
