@@ -12,7 +12,7 @@ registers it, with the meta-architecture whose models have it, when it is import
 
 The search space then accepts the head (:func:`pap_heads`) and finds it in a config of that
 meta-architecture (:func:`architecture_heads`, read by
-:func:`paploss.search.space.heads_from_config`).
+:func:`paploss.search.spaces.heads_from_config`).
 """
 
 import re
@@ -32,7 +32,7 @@ __all__ = [
 PAP_HEADS = ("RETINANET", "RPN", "ROI_HEADS")
 
 #: Meta-architectures whose heads paploss itself finds in a config
-#: (:func:`paploss.search.space.heads_from_config`); projects cannot register them.
+#: (:func:`paploss.search.spaces.heads_from_config`); projects cannot register them.
 BUILT_IN_ARCHITECTURES = ("PAPRetinaNet", "GeneralizedRCNN")
 
 _HEAD_NAME = re.compile(r"^[A-Z][A-Z0-9_]*$")

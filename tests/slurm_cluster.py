@@ -1,7 +1,7 @@
 """Pytest fixture giving tests a working Slurm cluster.
 
 ``slurm_cluster`` (session scope) uses the cluster that ``sinfo`` already answers for, if any;
-otherwise it starts the single-node localhost cluster of ``tools/slurm_local.sh`` (needs root)
+otherwise it starts the single-node localhost cluster of ``dev/slurm_local.sh`` (needs root)
 and points ``SLURM_CONF`` at it for the rest of the session, so that submitit's ``sbatch`` calls
 and the jobs themselves find it. At the end of the session it cancels the jobs left on a cluster
 it started and stops the daemons it started (munged, slurmctld, slurmd: whichever were not
@@ -24,7 +24,7 @@ from typing import Dict, Iterator, List, Optional
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SLURM_LOCAL = REPO_ROOT / "tools" / "slurm_local.sh"
+SLURM_LOCAL = REPO_ROOT / "dev" / "slurm_local.sh"
 _CLIENT_TOOLS = ("sinfo", "sbatch", "srun", "squeue", "scontrol", "scancel")
 
 
@@ -34,7 +34,7 @@ class SlurmCluster:
 
     Attributes:
         conf: the ``SLURM_CONF`` in effect (None: the system's default configuration).
-        local: whether it is the localhost cluster of ``tools/slurm_local.sh``.
+        local: whether it is the localhost cluster of ``dev/slurm_local.sh``.
         partitions: partition names as ``sinfo`` lists them (the default one marked ``*``).
     """
 
@@ -149,7 +149,7 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
                     started += _started_daemons(proc)
             if proc.returncode != 0:
                 pytest.fail(
-                    "could not start the local Slurm cluster with `bash tools/slurm_local.sh "
+                    "could not start the local Slurm cluster with `bash dev/slurm_local.sh "
                     f"start`:\n{proc.stdout}{proc.stderr}",
                     pytrace=False,
                 )
@@ -159,7 +159,7 @@ def slurm_cluster() -> Iterator[SlurmCluster]:
             if listed is None:
                 pytest.fail(
                     f"the local Slurm cluster started but sinfo does not answer with "
-                    f"SLURM_CONF={conf}; see the logs named by `bash tools/slurm_local.sh status`",
+                    f"SLURM_CONF={conf}; see the logs named by `bash dev/slurm_local.sh status`",
                     pytrace=False,
                 )
             yield SlurmCluster(conf, True, tuple(listed.split()))

@@ -1,4 +1,4 @@
-"""``benchmarks/compare_losses.py``, the loss table: the Mask R-CNN and Deformable DETR rows
+"""``experiments/compare_losses.py``, the loss table: the Mask R-CNN and Deformable DETR rows
 (configs that merge, one optimiser and schedule per detector, the right training script, mask AP
 read and tabled) and one short training of each through the driver."""
 
@@ -14,7 +14,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT = ROOT / "projects" / "DeformableDETR"
-for folder in (ROOT / "benchmarks", PROJECT):
+for folder in (ROOT / "experiments", PROJECT):
     if str(folder) not in sys.path:
         sys.path.insert(0, str(folder))
 

@@ -2,8 +2,8 @@
 
 A config has paploss's keys and those of the projects that registered a config extension for its
 meta-architecture (:func:`paploss.engine.extensions.register_config_extension`). Besides merging,
-:func:`load_config` applies three rules that make a config fit the data it names (see the README,
-"Training on your own data"):
+:func:`load_config` applies three rules that make a config fit the data it names (see
+``docs/own_data.md``):
 
 * relative ``json_file`` / ``image_root`` paths in ``MODEL.PAPLOSS.DATASETS`` resolve against the
   folder of the config file that sets them, as ``_BASE_`` paths do (paths given on the command

@@ -1,109 +1,57 @@
-"""Losses searched from scratch as graphs of primitive operators (AutoLoss-Zero), pure PyTorch.
+"""Former home of the loss graphs; its names stay importable from here for code written before.
 
-* :mod:`~paploss.lossgraph.graph`: the graphs: guarded operators, text form (:func:`parse`,
-  ``str``), :func:`evaluate`, :func:`canonical`, :func:`structural_hash`;
-* :mod:`~paploss.lossgraph.branches`: the classification and box branches of a detection head
-  (their inputs and reduction, :func:`cls_loss`, :func:`box_loss`) and reference expressions;
-* :mod:`~paploss.lossgraph.mutation`: random graphs and mutations within a :class:`GraphSpace`;
-* :mod:`~paploss.lossgraph.fingerprint`: gradient-equivalence fingerprints on fixed probes;
-* :mod:`~paploss.lossgraph.evolution`: the deterministic, resumable evolution (and random
-  search) with ``propose(n)`` / ``tell(candidates, rewards)``.
+The loss graphs now live where each part belongs (new code imports from there):
 
-Training with a graph loss is :class:`paploss.modeling.graph_loss.GraphHeadLoss`
-(``MODEL.PAPLOSS.LOSS: "graph"``); screening graph candidates with the search's rejection
-protocol is :mod:`paploss.lossgraph.screening` (both need Detectron2 and are not imported here).
+* the graphs and the branches of a detection head (pure PyTorch): :mod:`paploss.losses.graph`;
+* random graphs and mutations (``GraphSpace``, ``mutate``, ``random_graph``):
+  :mod:`paploss.search.proposers.graph_mutation`;
+* the evolution and random search (``Evolution``, ``RandomSearch``, ``EvolutionSettings``,
+  ``GraphCandidate``): :mod:`paploss.search.proposers.graph_evolution`;
+* fingerprints on fixed probes: :mod:`paploss.search.screening.graph_fingerprint`, and the graph
+  screener: :mod:`paploss.search.screening.graph_screener`.
+
+The names load from those modules on first access.
 """
 
-from .branches import (
-    BOX,
-    BRANCHES,
-    CE_EXPRESSION,
-    CLS,
-    GIOU_EXPRESSION,
-    GRAPH_LOSS_NAME,
-    IOU_EXPRESSION,
-    L1_EXPRESSION,
-    Branch,
-    box_inputs,
-    box_loss,
-    cls_inputs,
-    cls_loss,
-    paired_box_areas,
-    parse_branch,
-    reduce_branch,
-)
-from .evolution import (
-    Evolution,
-    EvolutionSettings,
-    EvolutionState,
-    GraphCandidate,
-    Member,
-    RandomSearch,
-)
-from .fingerprint import GraphFingerprint, GraphProbes, graph_fingerprint, round_significant
-from .graph import (
-    BINARY_OPERATORS,
-    EPS,
-    EXP_MAX,
-    OPERATORS,
-    UNARY_OPERATORS,
-    GraphSyntaxError,
-    Node,
-    Operator,
-    canonical,
-    depth,
-    evaluate,
-    input_names,
-    parse,
-    size,
-    structural_hash,
-)
-from .mutation import MUTATIONS, GraphSpace, mutate, random_graph
+import importlib
+from typing import Any, List
 
-__all__ = [
-    "BINARY_OPERATORS",
-    "BOX",
-    "BRANCHES",
-    "Branch",
-    "CE_EXPRESSION",
-    "CLS",
-    "EPS",
-    "EXP_MAX",
-    "Evolution",
-    "EvolutionSettings",
-    "EvolutionState",
-    "GIOU_EXPRESSION",
-    "GRAPH_LOSS_NAME",
-    "GraphCandidate",
-    "GraphFingerprint",
-    "GraphProbes",
-    "GraphSpace",
-    "GraphSyntaxError",
-    "IOU_EXPRESSION",
-    "L1_EXPRESSION",
-    "MUTATIONS",
-    "Member",
-    "Node",
-    "OPERATORS",
-    "Operator",
-    "RandomSearch",
-    "UNARY_OPERATORS",
-    "box_inputs",
-    "box_loss",
-    "canonical",
-    "cls_inputs",
-    "cls_loss",
-    "depth",
-    "evaluate",
-    "graph_fingerprint",
-    "input_names",
-    "mutate",
-    "paired_box_areas",
-    "parse",
-    "parse_branch",
-    "random_graph",
-    "reduce_branch",
-    "round_significant",
-    "size",
-    "structural_hash",
-]
+from paploss.losses.graph import __all__ as _GRAPH_NAMES
+
+#: Name → the module that defines it now.
+_MOVED = {
+    **{name: "paploss.losses.graph" for name in _GRAPH_NAMES},
+    **{
+        name: "paploss.search.proposers.graph_evolution"
+        for name in (
+            "Evolution",
+            "EvolutionSettings",
+            "EvolutionState",
+            "GraphCandidate",
+            "Member",
+            "RandomSearch",
+        )
+    },
+    **{
+        name: "paploss.search.screening.graph_fingerprint"
+        for name in ("GraphFingerprint", "GraphProbes", "graph_fingerprint", "round_significant")
+    },
+    **{
+        name: "paploss.search.proposers.graph_mutation"
+        for name in ("MUTATIONS", "GraphSpace", "mutate", "random_graph")
+    },
+}
+__all__ = sorted(_MOVED)
+
+
+def __getattr__(name: str) -> Any:
+    module = _MOVED.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> List[str]:
+    return sorted(set(globals()) | set(_MOVED))

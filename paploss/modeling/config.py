@@ -3,7 +3,7 @@
 from detectron2.config import CfgNode as CN
 
 from paploss.heads import PAP_HEADS
-from paploss.lossgraph.branches import CE_EXPRESSION, GIOU_EXPRESSION
+from paploss.losses.graph.branches import CE_EXPRESSION, GIOU_EXPRESSION
 
 __all__ = ["add_paploss_config", "PAP_HEADS", "IDENTITY_KNOTS"]
 
@@ -123,7 +123,7 @@ def add_paploss_config(cfg: CN) -> None:
     cfg.MODEL.PAPLOSS.LR_STEP_FRACTIONS = []
 
     # --- LOSS "graph" (paploss.modeling.graph_loss): searched losses of the Fast R-CNN head ---
-    # The classification and box losses as loss-graph expressions (paploss/lossgraph): CLS over
+    # The classification and box losses as loss-graph expressions (paploss/losses/graph): CLS over
     # the sigmoid scores x and one-hot targets y, summed over classes, averaged over the RoIs;
     # BOX over the areas p, g, i, u, e (divided by the detached enclosing area) and the deltas
     # d, t, averaged over the positive RoIs. loss = CLS + BOX_WEIGHT * BOX (BOX_WEIGHT >= 0).

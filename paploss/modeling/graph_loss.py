@@ -1,7 +1,7 @@
 """``MODEL.PAPLOSS.LOSS: "graph"``: the Fast R-CNN head trained with searched graph losses.
 
 The classification and box losses of the ROI head are two loss graphs
-(:mod:`paploss.lossgraph`), read as text from ``MODEL.PAPLOSS.GRAPH.CLS`` and
+(:mod:`paploss.losses.graph`), read as text from ``MODEL.PAPLOSS.GRAPH.CLS`` and
 ``MODEL.PAPLOSS.GRAPH.BOX``, so that the expressions a search exports train with
 ``tools/train_net.py`` directly. This is AutoLoss-Zero's detection setting:
 
@@ -9,7 +9,7 @@ The classification and box losses of the ROI head are two loss graphs
   classification graph on the sigmoid scores ``x`` and one-hot targets ``y`` of every
   non-ignored RoI, summed over the ``K`` classes and averaged over the RoIs, and ``L_box`` the box
   graph on the areas ``p, g, i, u, e`` (and deltas ``d, t``) of every positive RoI, averaged over
-  the positives (:mod:`paploss.lossgraph.branches`). The box predictor has ``K`` sigmoid logits
+  the positives (:mod:`paploss.losses.graph.branches`). The box predictor has ``K`` sigmoid logits
   (no background logit), as with every paploss loss. The RoIs are Detectron2's sampled ones
   (``MODEL.PAPLOSS.ROI_HEADS.SAMPLE_PROPOSALS``, default True).
 * **RPN** (``PAPRPN``): keeps Detectron2's stock losses (objectness CE + box regression on its
@@ -25,7 +25,7 @@ from typing import Dict, Tuple, Union
 import torch
 from detectron2.config import configurable
 
-from paploss.lossgraph import BOX, CLS, GRAPH_LOSS_NAME, Node, box_loss, cls_loss, parse_branch
+from paploss.losses.graph import BOX, CLS, GRAPH_LOSS_NAME, Node, box_loss, cls_loss, parse_branch
 from paploss.utils.validation import check_number
 
 from .head_loss import HEAD_LOSS_REGISTRY, RankingHeadLoss

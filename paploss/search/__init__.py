@@ -2,9 +2,10 @@
 ``random``). The flow of a search, one package or module per step::
 
     settings      the search's settings (one module, one set of validators)
-    space         flat θ ↔ ``MODEL.PAPLOSS`` config values
-    graph_space   loss graphs of the ROI head as a search space
+    spaces/       what candidates are: flat θ ↔ ``MODEL.PAPLOSS`` config values (``pap``), or
+                  loss graphs of the ROI head (``graph``)
     proposers/    the search method: proposes each round's candidates, learns from rewards
+                  (PPO over θ; evolution and random search of loss graphs)
     screening/    rejects hopeless and duplicate candidates before any training
     trials/       one proxy training per candidate, scored by COCO bbox AP
     launchers/    runs trials in-process, as local processes or as Slurm job arrays
@@ -20,8 +21,8 @@ Importing this package is cheap: the names below are loaded from their modules o
 from paploss.utils.lazy import lazy_exports
 
 _LAZY = {
-    "SearchSpace": "space",
-    "GraphLossSpace": "graph_space",
+    "SearchSpace": "spaces",
+    "GraphLossSpace": "spaces",
     "Proposer": "proposers",
     "Candidate": "proposers",
     "ScoredCandidate": "proposers",

@@ -9,7 +9,8 @@ A search is described by a YAML file (``configs/search/*.yaml``) with these sect
     policy:    σ schedule and PPO hyper-parameters of the ``ppo`` method (SigmaSchedule, PPOConfig)
     cmaes:     step size and learning-rate adaptation of the ``cmaes`` method (CMAESSettings)
     evolution: population, tournament and graph limits of the ``evolution`` and ``random``
-               methods (the fields of :class:`paploss.lossgraph.EvolutionSettings` but ``seed``)
+               methods (the fields of :class:`paploss.search.proposers.graph_evolution.
+               EvolutionSettings` but ``seed``)
     screening: loss rejection, gradient-equivalence check and early stop of invalid trainings
                (RejectionSettings, EquivalenceSettings, EarlyStopSettings)
     launcher:  where trials run: in-process, local processes or Slurm job arrays
@@ -28,8 +29,9 @@ there is relative to the working directory.
 hint. Plain dataclasses rather than OmegaConf structured configs: those would turn ``initial: 1``
 into ``1.0`` (so the settings stored in existing journals would no longer compare equal) and
 report errors over several lines. Nothing here imports torch or Detectron2, except that an
-``evolution`` section is checked by :class:`paploss.lossgraph.EvolutionSettings` (one definition
-of its fields), which needs torch.
+``evolution`` section is checked by
+:class:`paploss.search.proposers.graph_evolution.EvolutionSettings` (one definition of its
+fields), which needs torch.
 
 The journal of a search stores :meth:`SearchSettings.journal_settings`: everything that changes
 the result (model, proxy, search, policy, screening, and evolution when it is set) but not the
@@ -992,13 +994,13 @@ class SearchSettings(_Section):
         )
 
     def evolution_settings(self) -> Any:
-        """The :class:`paploss.lossgraph.EvolutionSettings` of the ``evolution`` section, seeded
-        by ``search.seed``.
+        """The :class:`paploss.search.proposers.graph_evolution.EvolutionSettings` of the
+        ``evolution`` section, seeded by ``search.seed``.
 
         Raises:
             SettingsError: naming the key, for an unknown key or a bad value.
         """
-        from paploss.lossgraph.evolution import EvolutionSettings
+        from paploss.search.proposers.graph_evolution import EvolutionSettings
 
         _require(
             "seed" not in self.evolution,

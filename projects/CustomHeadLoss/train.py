@@ -3,6 +3,8 @@
 
 Only Detectron2's API and paploss's public names: importing ``focal_giou_loss`` registers the
 loss in ``paploss.modeling.HEAD_LOSS_REGISTRY``; the config names it in ``MODEL.PAPLOSS.LOSS``.
+It is ``projects/PAPByConfig/train.py`` plus ``add_focal_giou_config(cfg)``, kept self-contained
+for the same reason: a project's script written against Detectron2's API is what it shows.
 """
 
 from detectron2.config import get_cfg

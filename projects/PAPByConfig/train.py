@@ -1,5 +1,11 @@
 #!/usr/bin/env python
-"""A plain Detectron2 training script that uses paploss's heads only through its config."""
+"""A plain Detectron2 training script that uses paploss's heads only through its config.
+
+Self-contained on purpose, like the ``train_net.py`` of each Detectron2 project: it is the script
+a project of your own writes against Detectron2's API, which is what this project shows, so it
+shares no helper with ``projects/CustomHeadLoss/train.py`` (the same script plus that project's
+config keys); a helper in paploss would hide the very code it demonstrates.
+"""
 
 from detectron2.config import get_cfg
 from detectron2.engine import DefaultTrainer, default_argument_parser, default_setup, launch

@@ -1,7 +1,7 @@
-"""The README's "Training on your own data", step by step, on a tiny COCO set written here.
+"""docs/own_data.md, "Training on your own data", step by step, on a tiny COCO set written here.
 
 The repository's configs are copied into a scratch folder that stands for the checkout; the data go
-to ``datasets/my_data`` there, the template is copied and edited as the README says, the anchor tool
+to ``datasets/my_data`` there, the template is copied and edited as the page says, the anchor tool
 runs, its suggestion is used, and ``tools/train_net.py`` trains a few iterations and evaluates.
 """
 

@@ -13,7 +13,7 @@ from detectron2.utils.events import EventStorage
 from fvcore.nn import giou_loss
 
 from paploss.engine import Trainer, load_config
-from paploss.lossgraph import CE_EXPRESSION, GIOU_EXPRESSION
+from paploss.losses.graph import CE_EXPRESSION, GIOU_EXPRESSION
 from paploss.modeling import record_rankings
 from paploss.modeling.graph_loss import GraphHeadLoss
 

@@ -308,7 +308,7 @@ def test_ranking_rejects_masks_of_the_wrong_shape():
 
 
 def test_search_space_of_a_pap_mask_rcnn_is_its_pap_heads():
-    from paploss.search.space import SearchSpace
+    from paploss.search.spaces import SearchSpace
 
     space = SearchSpace.from_config(load_config(PAP_MASK_IOU))
     assert space.heads == ("RPN", "ROI_HEADS") and space.dim == 82
@@ -324,7 +324,7 @@ def test_screening_scores_the_ranking_heads_of_a_pap_mask_rcnn():
         candidate_head_losses,
     )
     from paploss.search.settings import RejectionSettings
-    from paploss.search.space import SearchSpace
+    from paploss.search.spaces import SearchSpace
 
     cfg = load_config(PAP_MASK_IOU)
     space = SearchSpace.from_config(cfg)

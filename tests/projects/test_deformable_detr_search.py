@@ -34,7 +34,7 @@ from paploss.search.screening.batch import (
     screening_model_config,
 )
 from paploss.search.settings import RejectionSettings, SettingsError, load_settings
-from paploss.search.space import SearchSpace, heads_from_config
+from paploss.search.spaces import SearchSpace, heads_from_config
 
 from .conftest import PROJECT
 

@@ -21,7 +21,7 @@ from paploss.search.cli import main
 from paploss.search.controller import model_config_changed, model_config_digest
 from paploss.search.journal import SearchJournal
 from paploss.search.settings import SettingsError, load_settings
-from paploss.search.space import SearchSpace
+from paploss.search.spaces import SearchSpace
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -19,7 +19,7 @@ from paploss.search.proposers import CMAESProposer, PPOProposer, ScoredCandidate
 from paploss.search.recheck import candidate_key, declared_best
 from paploss.search.reports import export_config, format_status
 from paploss.search.settings import SettingsError, load_settings
-from paploss.search.space import SearchSpace
+from paploss.search.spaces import SearchSpace
 from paploss.search.trials import TrialResult, TrialSpec
 
 REPO_ROOT = Path(__file__).resolve().parents[2]

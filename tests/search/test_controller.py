@@ -29,7 +29,7 @@ from submitit.core.utils import cloudpickle_dump
 from paploss.search.controller import SearchController, SearchError, round_seed
 from paploss.search.journal import JournalError, SearchJournal
 from paploss.search.settings import SettingsError, load_settings
-from paploss.search.space import SearchSpace
+from paploss.search.spaces import SearchSpace
 from paploss.search.trials import TrialResult, TrialSpec, load_result, read_starts
 
 # Local jobs unpickle the trial functions in a fresh interpreter where this test module is not
@@ -440,8 +440,8 @@ _KILL_POINTS = [
 @pytest.mark.slow
 def test_search_killed_at_random_points_ends_as_an_uninterrupted_one(tmp_path: Path) -> None:
     """SIGKILLs of the controller at random moments of every phase (start-up, screening, trials,
-    the close of a round), each followed by the README's resume command (or by a new start when
-    it died before its journal existed). The trainings run on as local jobs meanwhile. The
+    the close of a round), each followed by the resume command of docs/search.md (or by a new
+    start when it died before its journal existed). The trainings run on as local jobs meanwhile. The
     journal must end equal to that of an uninterrupted run, no trial may train twice, and never
     more than ``launcher.parallel`` trainings may run at once.
     """

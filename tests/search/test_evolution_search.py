@@ -12,9 +12,8 @@ import yaml
 from search_testing import REPO_ROOT, journal_snapshot, tiny_search_overrides
 
 from paploss.engine import load_config
-from paploss.lossgraph import CE_EXPRESSION, GIOU_EXPRESSION, L1_EXPRESSION
+from paploss.losses.graph import CE_EXPRESSION, GIOU_EXPRESSION, L1_EXPRESSION
 from paploss.search.controller import SearchController, SearchError
-from paploss.search.graph_space import GraphLossSpace
 from paploss.search.journal import SearchJournal
 from paploss.search.proposers import (
     EvolutionProposer,
@@ -24,6 +23,7 @@ from paploss.search.proposers import (
 )
 from paploss.search.reports import export_config, format_status, write_plots
 from paploss.search.settings import SettingsError, load_settings
+from paploss.search.spaces import GraphLossSpace
 from paploss.search.trials import TrialResult, TrialSpec
 
 GRAPH_CONFIG = str(REPO_ROOT / "configs" / "synthetic" / "graph_faster_rcnn.yaml")

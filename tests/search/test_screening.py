@@ -16,7 +16,7 @@ from paploss.search.screening import (
 )
 from paploss.search.screening.batch import build_screening_batches
 from paploss.search.settings import ScreeningSettings
-from paploss.search.space import SearchSpace
+from paploss.search.spaces import SearchSpace
 
 RETINANET_CONFIG = "configs/synthetic/pap_retinanet_identity.yaml"
 FASTER_RCNN_CONFIG = "configs/synthetic/pap_faster_rcnn_identity.yaml"

@@ -19,7 +19,7 @@ from search_testing import (
 from paploss.search.journal import SearchJournal
 from paploss.search.launchers import TrialLauncher
 from paploss.search.settings import ProxySettings
-from paploss.search.space import SearchSpace
+from paploss.search.spaces import SearchSpace
 from paploss.search.trials import TrialSpec, read_starts, run_trial
 
 pytestmark = pytest.mark.slurm

@@ -9,7 +9,7 @@ import pytest
 
 from paploss.heads import PAP_HEADS
 from paploss.losses import FUNCTION_NAMES, published_grad_scale, published_knots
-from paploss.search.space import SearchSpace, heads_from_config
+from paploss.search.spaces import SearchSpace, heads_from_config
 
 IDENTITY_KNOTS = [[0.2, 0.2], [0.4, 0.4], [0.6, 0.6], [0.8, 0.8]]
 
@@ -205,7 +205,7 @@ def test_theta_errors():
 def test_the_space_imports_without_detectron2() -> None:
     """The heads' names come from paploss.heads: the space does not load Detectron2's models."""
     code = (
-        "import sys, paploss.search.space\n"
+        "import sys, paploss.search.spaces\n"
         "print(sorted(m for m in sys.modules if m.startswith(('detectron2', 'paploss.modeling'))))"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

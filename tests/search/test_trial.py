@@ -12,7 +12,7 @@ import torch
 from search_testing import tiny_val_dataset
 
 from paploss.search.settings import EarlyStopSettings, ProxySettings, SettingsError
-from paploss.search.space import SearchSpace
+from paploss.search.spaces import SearchSpace
 from paploss.search.trials import (
     TrialResult,
     TrialSpec,

@@ -47,7 +47,7 @@ SLURM_ACTIVE_STATES = frozenset(
 #: What to do when Slurm is missing (the end of every such message).
 SLURM_INSTALL_HINT = (
     "install Slurm with `bash tools/setup_env.sh --with-slurm` and start a local cluster with "
-    "`bash tools/slurm_local.sh start`, or use the 'local' launcher"
+    "`bash dev/slurm_local.sh start`, or use the 'local' launcher"
 )
 
 

@@ -16,7 +16,7 @@ the last closed round, and a proposer must then propose and observe as if it had
 Its state is therefore plain JSON data (floats survive a JSON round trip exactly).
 
 **Candidates.** A candidate is a point θ of the search space, ``[D]`` values in [0, 1]
-(:class:`~paploss.search.space.SearchSpace` turns it into ``MODEL.PAPLOSS`` config values),
+(:class:`~paploss.search.spaces.SearchSpace` turns it into ``MODEL.PAPLOSS`` config values),
 and a role: ``"sample"`` (a candidate the method learns from) or ``"mean"`` (a reference point
 scored alongside, e.g. the policy mean; its reward is reported, and the method may use it). A
 method whose candidates are not such points (the ``evolution`` of loss graphs) gives their
@@ -25,11 +25,12 @@ trials see only config values.
 
 **Search spaces.** :meth:`Proposer.build_space` makes the method's space from the searched
 model's config: by default the PAP-loss parameters of its heads
-(:class:`~paploss.search.space.SearchSpace`); the ``evolution`` method's is
-:class:`~paploss.search.graph_space.GraphLossSpace`. A space has ``heads``, ``dim``,
+(:class:`~paploss.search.spaces.SearchSpace`); the ``evolution`` method's is
+:class:`~paploss.search.spaces.GraphLossSpace`. A space has ``heads``, ``dim``,
 ``summary()``, ``to_dict()`` (stored in the journal, read back by
-:func:`~paploss.search.space.space_from_dict`), ``export_overrides(theta, overrides)`` (the
-values an exported config writes) and ``build_screener(...)`` (the screening of its candidates).
+:func:`~paploss.search.spaces.space_from_dict`), ``export_overrides(theta, overrides)`` (the
+values an exported config writes) and ``KIND`` (which screener
+:func:`~paploss.search.screening.build_screener` builds for its candidates).
 
 **More proposals within a round.** With ``search.max_proposals``, the controller asks
 :meth:`Proposer.propose_more` for further candidates while fewer than ``search.candidates`` of
@@ -59,7 +60,7 @@ from paploss.utils.registry import NamedRegistry
 if TYPE_CHECKING:  # pragma: no cover
     from paploss.search.journal import RoundRecord
     from paploss.search.settings import SearchSettings
-    from paploss.search.space import SearchSpace
+    from paploss.search.spaces import SearchSpace
 
 __all__ = [
     "PROPOSER_REGISTRY",
@@ -144,7 +145,7 @@ class Proposer(abc.ABC):
         Raises:
             ValueError: for a model this method cannot search.
         """
-        from paploss.search.space import SearchSpace
+        from paploss.search.spaces import SearchSpace
 
         model = settings.model
         if model.heads:

@@ -37,7 +37,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from paploss.search.journal import RoundRecord
     from paploss.search.settings import SearchSettings
-    from paploss.search.space import SearchSpace
+    from paploss.search.spaces import SearchSpace
 
 __all__ = ["CMAESProposer"]
 

@@ -1,15 +1,17 @@
 """The ``evolution`` and ``random`` search methods: loss graphs searched from scratch
 (AutoLoss-Zero) on the search's screening, trials, launchers, journal and reports.
 
-A candidate is a classification and a box graph of the Fast R-CNN head
-(:class:`~paploss.lossgraph.GraphCandidate`) in the space
-:class:`~paploss.search.graph_space.GraphLossSpace`; it has no θ, and trains with its config
+The search itself is :mod:`paploss.search.proposers.graph_evolution` (with the mutations of
+:mod:`paploss.search.proposers.graph_mutation`); this module runs it as a search method. A
+candidate is a classification and a box graph of the Fast R-CNN head
+(:class:`~paploss.search.proposers.graph_evolution.GraphCandidate`) in the space
+:class:`~paploss.search.spaces.GraphLossSpace`; it has no θ, and trains with its config
 values ``MODEL.PAPLOSS.LOSS: "graph"`` and ``MODEL.PAPLOSS.GRAPH.CLS`` / ``BOX``.
 
-* ``evolution`` (:class:`~paploss.lossgraph.Evolution`): random graphs until the population holds
+* ``evolution`` (``graph_evolution.Evolution``): random graphs until the population holds
   ``evolution.population_size`` members, then tournament selection and one mutation (insert,
   delete or replace a node) of the parent's graph of one searched branch.
-* ``random`` (:class:`~paploss.lossgraph.RandomSearch`): random graphs only, the baseline.
+* ``random`` (``graph_evolution.RandomSearch``): random graphs only, the baseline.
 
 Each round proposes ``search.candidates`` graphs and, with ``search.max_proposals``, more while
 fewer than ``search.candidates`` of them passed the screening (invalid on the probes, rejected
@@ -17,30 +19,28 @@ by the loss-rejection protocol, or gradient-equivalent to an earlier candidate):
 is cheap, proxy trainings are not. The population learns only from trained candidates: a
 ``done`` candidate joins it with its reward (the proxy's bbox AP); rejected, duplicate (its
 equivalent original already stands for it), diverged and failed ones do not, as in
-AutoLoss-Zero. Settings: the ``evolution:`` section (:class:`~paploss.lossgraph.EvolutionSettings`
+AutoLoss-Zero. Settings: the ``evolution:`` section (``graph_evolution.EvolutionSettings``
 without ``seed``; the method is seeded by ``search.seed``).
 
-The state is the evolution's own (:meth:`~paploss.lossgraph.Evolution.state_dict`, every
-proposal drawn from a generator seeded by the seed and its number) plus the round's proposals
-waiting for their rewards, so a resumed search proposes and learns exactly as an uninterrupted
-one.
+The state is the evolution's own (``graph_evolution.Evolution.state_dict``, every proposal drawn from a generator seeded by the seed and its number) plus the round's proposals waiting
+for their rewards, so a resumed search proposes and learns exactly as an uninterrupted one.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, ClassVar, Dict, List, Mapping, Optional, Sequence
 
-from paploss.lossgraph.evolution import Evolution, GraphCandidate, RandomSearch
 from paploss.search.proposers.base import (
     PROPOSER_REGISTRY,
     Candidate,
     Proposer,
     ScoredCandidate,
 )
+from paploss.search.proposers.graph_evolution import Evolution, GraphCandidate, RandomSearch
 
 if TYPE_CHECKING:  # pragma: no cover
-    from paploss.search.graph_space import GraphLossSpace
     from paploss.search.settings import SearchSettings
+    from paploss.search.spaces import GraphLossSpace
 
 __all__ = ["EvolutionProposer", "RandomSearchProposer", "LEARNED_STATUSES"]
 
@@ -59,7 +59,7 @@ class EvolutionProposer(Proposer):
     """
 
     NAME = "evolution"
-    #: The :mod:`paploss.lossgraph` search this method runs.
+    #: The :mod:`~paploss.search.proposers.graph_evolution` search this method runs.
     SEARCH: ClassVar[type] = Evolution
 
     def __init__(self, search: Evolution, *, candidates: int, rounds: Optional[int] = None) -> None:
@@ -105,7 +105,7 @@ class EvolutionProposer(Proposer):
         Raises:
             ValueError: for a model without a graph-loss ROI head.
         """
-        from paploss.search.graph_space import GraphLossSpace
+        from paploss.search.spaces import GraphLossSpace
 
         return GraphLossSpace.from_config(cfg, settings.evolution_settings())
 

@@ -27,7 +27,7 @@ from paploss.search.settings import SigmaSchedule
 if TYPE_CHECKING:  # pragma: no cover
     from paploss.search.journal import RoundRecord
     from paploss.search.settings import SearchSettings
-    from paploss.search.space import SearchSpace
+    from paploss.search.spaces import SearchSpace
 
 __all__ = ["PPOProposer", "centred_ranks"]
 

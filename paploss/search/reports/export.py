@@ -19,7 +19,7 @@ import yaml
 from paploss.search.journal import SearchJournal, TrialRecord
 from paploss.search.recheck import declared_best
 from paploss.search.reports.status import result_file_problem, search_method
-from paploss.search.space import round_overrides, space_from_dict
+from paploss.search.spaces import round_overrides, space_from_dict
 from paploss.utils.io import atomic_write
 
 __all__ = [
@@ -74,8 +74,8 @@ def train_command(settings: Mapping[str, Any], config_path: str) -> str:
 
 def space_from_journal(journal: SearchJournal) -> Any:
     """The search space stored in a journal's settings (a
-    :class:`~paploss.search.space.SearchSpace` or a
-    :class:`~paploss.search.graph_space.GraphLossSpace`)."""
+    :class:`~paploss.search.spaces.SearchSpace` or a
+    :class:`~paploss.search.spaces.GraphLossSpace`)."""
     description = journal.settings.get("space")
     if not description:
         raise ValueError(f"{journal.path}: the journal's settings do not describe a search space")

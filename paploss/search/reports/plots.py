@@ -17,7 +17,7 @@ from paploss.search.journal import SearchJournal
 from paploss.search.recheck import declared_best
 from paploss.search.reports.export import space_from_journal
 from paploss.search.reports.status import round_summaries, search_method
-from paploss.search.space import SearchSpace
+from paploss.search.spaces import SearchSpace
 from paploss.utils.io import atomic_write
 
 __all__ = ["plot_rewards", "plot_functions", "write_plots"]

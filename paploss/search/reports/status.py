@@ -26,7 +26,7 @@ from paploss.search.journal import SearchJournal, TrialRecord
 from paploss.search.launchers.trial_launcher import error_summary
 from paploss.search.proposers import journal_proposer
 from paploss.search.recheck import declared_best, search_rounds
-from paploss.search.space import space_from_dict
+from paploss.search.spaces import space_from_dict
 from paploss.search.trials.runner import RESULT_FILE, load_result, trial_folder_name
 
 __all__ = [

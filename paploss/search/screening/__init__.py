@@ -8,8 +8,13 @@
   duplicates reuse the reward of their first equivalent).
 * :mod:`~paploss.search.screening.screener`: the :class:`Screener` that combines the two, and the
   candidate's head losses both evaluate.
+* :mod:`~paploss.search.screening.graph_fingerprint`: gradient-equivalence fingerprints and
+  validity of loss graphs on fixed probes (pure PyTorch).
+* :mod:`~paploss.search.screening.graph_screener`: the :class:`GraphScreener` of loss-graph
+  candidates (validity, equivalence, then the same rejection protocol).
 * :mod:`~paploss.search.screening.candidates`: the screening of a search's rounds as the
-  controller runs it, kept in the journal (duplicates, rejections, fingerprints on resume).
+  controller runs it, kept in the journal (duplicates, rejections, fingerprints on resume), and
+  :func:`build_screener`, the screener of a search space's candidates.
 
 The names below load from their modules on first access (the screening needs torch and
 Detectron2). The settings are :class:`paploss.search.settings.ScreeningSettings`; the early stop
@@ -31,7 +36,13 @@ _LAZY = {
     "EquivalenceRegistry": "equivalence",
     "ScreeningDecision": "screener",
     "Screener": "screener",
+    "GraphProbes": "graph_fingerprint",
+    "GraphFingerprint": "graph_fingerprint",
+    "graph_fingerprint": "graph_fingerprint",
+    "GraphScreener": "graph_screener",
+    "graph_head_loss": "graph_screener",
     "CandidateScreening": "candidates",
+    "build_screener": "candidates",
     "ScreeningSetupError": "candidates",
     "duplicate_of": "candidates",
 }

@@ -13,11 +13,11 @@ before each new round, so a resumed search detects duplicates of trials from bef
 candidates already in the journal are never screened again. Once a round's trials are final,
 :meth:`CandidateScreening.resolve_duplicates` gives its duplicates the reward of their originals.
 
-The screener is the search space's (``space.build_screener``: the
+The screener is the one of the search space's kind (:func:`build_screener`: the
 :class:`~paploss.search.screening.screener.Screener` of PAP-loss parameters, the
-:class:`~paploss.lossgraph.screening.GraphScreener` of loss graphs). It is built on first use
-(one network forward to record the batch, the probes), so a search without screening never
-loads it.
+:class:`~paploss.search.screening.graph_screener.GraphScreener` of loss graphs). It is built on
+first use (one network forward to record the batch, the probes), so a search without screening
+never loads it.
 """
 
 from __future__ import annotations
@@ -34,13 +34,40 @@ from paploss.search.trials.runner import torch_threads, trial_folder_name
 if TYPE_CHECKING:  # pragma: no cover
     from paploss.search.settings import SearchSettings
 
-__all__ = ["ScreeningSetupError", "CandidateScreening", "duplicate_of"]
+__all__ = ["ScreeningSetupError", "CandidateScreening", "build_screener", "duplicate_of"]
 
 logger = logging.getLogger(__name__)
 
 
 class ScreeningSetupError(RuntimeError):
     """The screening of candidates cannot be set up (the model or its data do not load)."""
+
+
+def build_screener(space: Any, settings: Any, cfg: Any, *, dataset: str) -> Any:
+    """The screener of a search space's candidates, by the space's ``KIND``: the
+    :class:`~paploss.search.screening.screener.Screener` of the space's heads (``"pap"``), or
+    the :class:`~paploss.search.screening.graph_screener.GraphScreener` of its searched branches
+    (``"graph"``). Records the rejection batches (one network forward) when rejection is on.
+
+    Args:
+        space: the search space (:mod:`paploss.search.spaces`).
+        settings: the search's :class:`~paploss.search.settings.ScreeningSettings`.
+        cfg: the searched model's config, set up like a proxy training's.
+        dataset: the proxy training split.
+
+    Raises:
+        ValueError: for a space of another kind.
+    """
+    kind = getattr(space, "KIND", None)
+    if kind == "pap":
+        from paploss.search.screening.screener import Screener
+
+        return Screener.build(settings, cfg, dataset=dataset, heads=list(space.heads))
+    if kind == "graph":
+        from paploss.search.screening.graph_screener import GraphScreener
+
+        return GraphScreener.build(settings, cfg, dataset=dataset, branches=space.branches)
+    raise ValueError(f"no screener for a search space of kind {kind!r}")
 
 
 class CandidateScreening:
@@ -53,7 +80,7 @@ class CandidateScreening:
             the duplicates' rewards).
         model_config: the searched model's merged config file (what trials train).
         trials_dir: the search's trial folder (the proxy config's ``OUTPUT_DIR``).
-        space: the search space (it builds the screener of its candidates).
+        space: the search space (its kind selects the screener, :func:`build_screener`).
     """
 
     def __init__(
@@ -217,8 +244,8 @@ class CandidateScreening:
                     proxy.config_opts(self.settings.search.seed, self._trials_dir),
                 )
                 with torch_threads(proxy.num_threads):
-                    self._screener = self._space.build_screener(
-                        screening, cfg, dataset=proxy.train_dataset
+                    self._screener = build_screener(
+                        self._space, screening, cfg, dataset=proxy.train_dataset
                     )
             except (ValueError, RuntimeError, KeyError) as exc:
                 raise ScreeningSetupError(

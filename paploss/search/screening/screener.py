@@ -10,12 +10,13 @@
     decision.metrics()     # JSON-able, for the journal
 
 :class:`paploss.search.screening.candidates.CandidateScreening` does this for the search
-controller before each round is stored. :class:`paploss.lossgraph.screening.GraphScreener`
-screens loss-graph candidates with the same decision (:meth:`Screener.screen`), its own head
-loss and fingerprint, and a validity check on the probes first. The third screening technique, the early stop of
-invalid trainings, is a training hook (:class:`paploss.engine.hooks.InvalidTrainingHook`) that
-every proxy training installs. The settings are
-:class:`~paploss.search.settings.ScreeningSettings`.
+controller before each round is stored (the screener is the search space's kind's,
+:func:`~paploss.search.screening.candidates.build_screener`).
+:class:`paploss.search.screening.graph_screener.GraphScreener` screens loss-graph candidates with
+the same decision (:meth:`Screener.screen`), its own head loss and fingerprint, and a validity
+check on the probes first. The third screening technique, the early stop of invalid trainings,
+is a training hook (:class:`paploss.engine.hooks.InvalidTrainingHook`) that every proxy training
+installs. The settings are :class:`~paploss.search.settings.ScreeningSettings`.
 
 **One definition of the loss.** The screen does not re-implement what a head trains on: the batch
 is the head's own :class:`~paploss.modeling.ranking.HeadRanking` (recorded from the head-loss
@@ -50,7 +51,7 @@ from paploss.search.screening.equivalence import (
 )
 from paploss.search.screening.rejection import RejectionProtocol, RejectionResult
 from paploss.search.settings import ScreeningSettings
-from paploss.search.space import CONFIG_PREFIX
+from paploss.search.spaces.pap import CONFIG_PREFIX
 
 if TYPE_CHECKING:  # pragma: no cover
     from paploss.modeling.head_loss import PAPHeadLoss

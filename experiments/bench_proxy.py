@@ -6,7 +6,7 @@ and ``K - 2`` samples of the search's initial policy, all in its search space) a
 training seeds, the search's proxy training is run exactly as a search trial runs it
 (:func:`paploss.search.trials.run_trial`, warm start included, one torch thread per trial). With
 ``--reference-seeds`` > 0 each candidate is also trained with the loss table's schedule
-(``benchmarks/compare_losses.py``: batch 8, 1500 iterations for RetinaNet and 500 for Faster
+(``experiments/compare_losses.py``: batch 8, 1500 iterations for RetinaNet and 500 for Faster
 R-CNN, no gradient clipping, ``synthetic_shapes_train``) and evaluated on ``synthetic_shapes_val``.
 The table gives each candidate's proxy reward (mean ± std over seeds) and reference AP, and:
 
@@ -30,11 +30,11 @@ Trials keep their folders under ``--output`` and are reused by a later call with
 settings (the reference trainings too, across proxies), so proxies are compared by calling the
 script once per proxy::
 
-    python benchmarks/bench_proxy.py --seeds 3 --jobs 2                        # default proxy
-    python benchmarks/bench_proxy.py --set proxy.warm_start.iterations=1500    # warm start
-    python benchmarks/bench_proxy.py --config configs/search/default.yaml \\
+    python experiments/bench_proxy.py --seeds 3 --jobs 2                        # default proxy
+    python experiments/bench_proxy.py --set proxy.warm_start.iterations=1500    # warm start
+    python experiments/bench_proxy.py --config configs/search/default.yaml \\
         --set proxy.iterations=800 --reference-seeds 2 --reference-device cuda
-    python benchmarks/bench_proxy.py --seeds 3 --halving 0.5                   # halving
+    python experiments/bench_proxy.py --seeds 3 --halving 0.5                   # halving
 """
 
 import argparse
@@ -87,7 +87,7 @@ def build_candidates(settings: SearchSettings, count: int, published_config: Opt
     samples of the search's initial policy."""
     from paploss.engine import load_config
     from paploss.search.proposers import proposer_class
-    from paploss.search.space import SearchSpace
+    from paploss.search.spaces import SearchSpace
 
     fixed = settings.model.fixed or None
     if settings.model.heads:

@@ -8,7 +8,7 @@
    ``<output>/searched_<which>.yaml``.
 3. Trains that config and the searched detector's main rows of the loss table (stock, AP-Loss,
    aLRP, RS, PAP identity, PAP published) with the loss table's schedule
-   (``benchmarks/compare_losses.py``: ``synthetic_shapes_train``, batch 8, every row under one
+   (``experiments/compare_losses.py``: ``synthetic_shapes_train``, batch 8, every row under one
    optimiser) over ``--seeds`` and prints them as mean ± std of AP on ``synthetic_shapes_val``,
    which neither the search nor the loss table trains on.
 
@@ -16,8 +16,8 @@ The goal it checks: the searched loss above identity PAP by more than the seed s
 the best handcrafted loss of the same detector. Trainings are reused by a later call (the table's
 folders under ``<output>/table``)::
 
-    python benchmarks/search_result.py --seeds 3 --jobs 2
-    python benchmarks/search_result.py --config configs/search/default.yaml \\
+    python experiments/search_result.py --seeds 3 --jobs 2
+    python experiments/search_result.py --config configs/search/default.yaml \\
         --set search.rounds=10 proxy.warm_start.iterations=1000 --clip on --jobs 16
 """
 

@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from paploss.engine import Trainer, setup_cfg
-from paploss.lossgraph import CE_EXPRESSION, GIOU_EXPRESSION, GraphCandidate, parse
-from paploss.lossgraph.screening import GraphScreener, graph_head_loss
+from paploss.losses.graph import CE_EXPRESSION, GIOU_EXPRESSION, parse
 from paploss.modeling.graph_loss import GraphHeadLoss
+from paploss.search.proposers.graph_evolution import GraphCandidate
 from paploss.search.screening import RejectionProtocol
+from paploss.search.screening.graph_screener import GraphScreener, graph_head_loss
 from paploss.search.settings import ScreeningSettings
 
 CONFIG = "configs/synthetic/graph_faster_rcnn.yaml"

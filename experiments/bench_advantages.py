@@ -23,8 +23,8 @@ objective among the sampled candidates, and the objective of the candidate a sea
 declare best: by its single noisy reward, or after a recheck of the top 3 with one more noisy
 reward each (``search.recheck``; best mean of two), which shows the winner's curse::
 
-    python benchmarks/bench_advantages.py --seeds 20
-    python benchmarks/bench_advantages.py --seeds 20 --init published --rounds 6 --candidates 7
+    python experiments/bench_advantages.py --seeds 20
+    python experiments/bench_advantages.py --seeds 20 --init published --rounds 6 --candidates 7
 """
 
 import argparse
@@ -39,7 +39,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from paploss.search.proposers import ScoredCandidate, proposer_class  # noqa: E402
 from paploss.search.settings import load_settings  # noqa: E402
-from paploss.search.space import SearchSpace  # noqa: E402
+from paploss.search.spaces import SearchSpace  # noqa: E402
 
 #: Rows: (name, search settings overrides); ``random`` is this benchmark's own baseline.
 METHODS: Tuple[Tuple[str, Tuple[str, ...]], ...] = (

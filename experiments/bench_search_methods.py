@@ -3,10 +3,10 @@ screening and number of proxy trainings per round, only ``search.method`` differ
 
 Usage::
 
-    python benchmarks/bench_search_methods.py                   # configs/search/evolution_faster_rcnn.yaml
-    python benchmarks/bench_search_methods.py --seeds 0 1 search.rounds=3
-    python benchmarks/bench_search_methods.py --report-only     # the table of finished searches
-    python benchmarks/bench_search_methods.py --reference       # + CE + GIoU, one proxy training
+    python experiments/bench_search_methods.py               # configs/search/evolution_faster_rcnn.yaml
+    python experiments/bench_search_methods.py --seeds 0 1 search.rounds=3
+    python experiments/bench_search_methods.py --report-only # the table of finished searches
+    python experiments/bench_search_methods.py --reference   # + CE + GIoU, one proxy training
 
 Each (method, seed) runs the search of ``--config`` (with the trailing ``section.key=value``
 overrides and ``search.seed``) into ``--output/<method>_seed<seed>``; a finished search is not

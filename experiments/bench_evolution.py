@@ -4,14 +4,15 @@ screened graphs; evolution against random search on the same number of candidate
 
 Usage::
 
-    python benchmarks/bench_evolution.py                        # 300 candidates per method
-    python benchmarks/bench_evolution.py --candidates 100 --methods evolution
-    python benchmarks/bench_evolution.py --proxy-seconds 60 --output output/bench_evolution.json
+    python experiments/bench_evolution.py                        # 300 candidates per method
+    python experiments/bench_evolution.py --candidates 100 --methods evolution
+    python experiments/bench_evolution.py --proxy-seconds 60 --output output/bench_evolution.json
 
 What runs (model: ``--config``, a Faster R-CNN with ``LOSS: "graph"``; images of
 ``synthetic_shapes_search_train``): the ROI head's fixed batch of a random detector is recorded
-once; then each method (``paploss.lossgraph.Evolution``, ``RandomSearch``) proposes
-``--per-round`` candidates at a time, each candidate is
+once; then each method (``Evolution``, ``RandomSearch`` of
+``paploss.search.proposers.graph_evolution``) proposes ``--per-round`` candidates at a time, each
+candidate is
 
 * fingerprinted on the probes (validity: finite loss and gradients, a gradient in each searched
   branch; gradient equivalence with every earlier valid candidate), and
@@ -113,7 +114,7 @@ def _measure(screener: Any, registry: Any, candidate: Any, min_gain: float) -> R
 
 
 def _run_method(method: str, screener: Any, args: argparse.Namespace) -> List[Record]:
-    from paploss.lossgraph import Evolution, EvolutionSettings, RandomSearch
+    from paploss.search.proposers.graph_evolution import Evolution, EvolutionSettings, RandomSearch
     from paploss.search.screening import EquivalenceRegistry
 
     settings = EvolutionSettings(
@@ -209,13 +210,8 @@ def _ablation(records: List[Record], proxy_seconds: float) -> None:
 
 def _references(screener: Any, args: argparse.Namespace) -> None:
     """The reward of the hand-written losses, written as graphs, for scale."""
-    from paploss.lossgraph import (
-        CE_EXPRESSION,
-        GIOU_EXPRESSION,
-        L1_EXPRESSION,
-        GraphCandidate,
-        parse,
-    )
+    from paploss.losses.graph import CE_EXPRESSION, GIOU_EXPRESSION, L1_EXPRESSION, parse
+    from paploss.search.proposers.graph_evolution import GraphCandidate
     from paploss.search.screening import EquivalenceRegistry
 
     print(f"\n{'reference':<12} {'reward':>7} {'gain':>6}  (mean / last AP gain of the protocol)")
@@ -247,7 +243,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     import torch
 
     from paploss.engine import setup_cfg
-    from paploss.lossgraph.screening import GraphScreener
+    from paploss.search.screening.graph_screener import GraphScreener
     from paploss.search.settings import ScreeningSettings
 
     torch.set_num_threads(args.threads)

@@ -3,9 +3,9 @@
 
 Usage::
 
-    python benchmarks/bench_screening.py --quick            # 32 random candidates, RetinaNet
-    python benchmarks/bench_screening.py --candidates 64 --threads 2
-    python benchmarks/bench_screening.py --quick --spearman 16 --search-set proxy.iterations=200
+    python experiments/bench_screening.py --quick            # 32 random candidates, RetinaNet
+    python experiments/bench_screening.py --candidates 64 --threads 2
+    python experiments/bench_screening.py --quick --spearman 16 --search-set proxy.iterations=200
 
 What is measured (model: ``--config``, images of ``synthetic_shapes_search_train``):
 
@@ -160,7 +160,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     from paploss.engine import setup_cfg
     from paploss.search.screening import Screener
     from paploss.search.settings import ScreeningSettings
-    from paploss.search.space import SearchSpace
+    from paploss.search.spaces import SearchSpace
 
     torch.set_num_threads(args.threads)
     data: Dict[str, Any] = {}

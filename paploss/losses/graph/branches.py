@@ -171,7 +171,7 @@ def box_inputs(
 
     Returns:
         ``p, g, i, u, e`` as ``[P, 1]`` (divided by the detached enclosing area, at least
-        :data:`~paploss.lossgraph.graph.EPS`), and ``d``, ``t`` as ``[P, 4]`` when given.
+        :data:`~paploss.losses.graph.graph.EPS`), and ``d``, ``t`` as ``[P, 4]`` when given.
     """
     areas = paired_box_areas(pred_boxes, gt_boxes)
     scale = areas[4].detach().clamp_min(EPS)

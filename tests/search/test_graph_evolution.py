@@ -5,26 +5,25 @@ import random
 
 import pytest
 
-from paploss.lossgraph import (
+from paploss.losses.graph import (
     BOX,
     CE_EXPRESSION,
     CLS,
     GIOU_EXPRESSION,
+    canonical,
+    depth,
+    input_names,
+    parse,
+    size,
+)
+from paploss.search.proposers.graph_evolution import (
     Evolution,
     EvolutionSettings,
     GraphCandidate,
-    GraphProbes,
-    GraphSpace,
     RandomSearch,
-    canonical,
-    depth,
-    graph_fingerprint,
-    input_names,
-    mutate,
-    parse,
-    random_graph,
-    size,
 )
+from paploss.search.proposers.graph_mutation import GraphSpace, mutate, random_graph
+from paploss.search.screening.graph_fingerprint import GraphProbes, graph_fingerprint
 
 # ---------------------------------------------------------------------------- graphs
 

@@ -5,10 +5,11 @@ that are not searched keep fixed expressions. :class:`Evolution` keeps a populat
 candidates and proposes new ones:
 
 * until the population holds ``population_size`` scored members, random graphs
-  (:func:`~paploss.lossgraph.mutation.random_graph`), after any ``initial`` expressions;
+  (:func:`~paploss.search.proposers.graph_mutation.random_graph`), after any ``initial``
+  expressions;
 * then tournament selection: ``tournament_size`` members drawn at random, the best is the
   parent; one of its searched branches is mutated (insert, delete or replace a node,
-  :func:`~paploss.lossgraph.mutation.mutate`).
+  :func:`~paploss.search.proposers.graph_mutation.mutate`).
 
 A proposal whose canonical structure was already proposed is drawn again (up to
 ``max_retries`` times). Scores come back with :meth:`Evolution.tell`; a ``None`` reward (a
@@ -42,11 +43,16 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
+from paploss.losses.graph.branches import (
+    BRANCHES,
+    CE_EXPRESSION,
+    GIOU_EXPRESSION,
+    GRAPH_LOSS_NAME,
+    parse_branch,
+)
+from paploss.losses.graph.graph import Node, structural_hash
+from paploss.search.proposers.graph_mutation import GraphSpace, mutate, random_graph
 from paploss.utils.validation import is_int
-
-from .branches import BRANCHES, CE_EXPRESSION, GIOU_EXPRESSION, GRAPH_LOSS_NAME, parse_branch
-from .graph import Node, structural_hash
-from .mutation import GraphSpace, mutate, random_graph
 
 __all__ = [
     "GraphCandidate",
@@ -153,8 +159,8 @@ class EvolutionSettings:
         fixed: expressions of the branches that are not searched.
         initial: candidates proposed first, as ``{"cls": text, "box": text}`` (a missing branch
             takes its ``fixed`` expression); empty: start from scratch.
-        spaces: per branch, :class:`~paploss.lossgraph.mutation.GraphSpace` fields to change
-            (e.g. ``{"box": {"inputs": ["p", "g", "i", "u", "e", "d", "t"]}}``).
+        spaces: per branch, :class:`~paploss.search.proposers.graph_mutation.GraphSpace` fields to
+            change (e.g. ``{"box": {"inputs": ["p", "g", "i", "u", "e", "d", "t"]}}``).
         max_retries: draws of a proposal while its structure was already proposed.
     """
 

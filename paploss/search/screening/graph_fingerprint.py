@@ -1,8 +1,8 @@
 """Gradient-equivalence fingerprints of graph losses (AutoLoss-Zero's check), in pure PyTorch.
 
 A candidate (a classification and a box graph) is evaluated as the head loss evaluates it
-(:func:`~paploss.lossgraph.branches.cls_loss`, :func:`~paploss.lossgraph.branches.box_loss`) on
-fixed random probes (:class:`GraphProbes`); its fingerprint is, per probe sample ``b``, the
+(:func:`~paploss.losses.graph.branches.cls_loss`,
+:func:`~paploss.losses.graph.branches.box_loss`) on fixed random probes (:class:`GraphProbes`); its fingerprint is, per probe sample ``b``, the
 gradient norm ``||dL/dŷ_b||`` (``ŷ_b`` the ``K`` logits of probe RoI ``b``; the 4 predicted
 deltas of probe positive ``b``, from which its box is decoded) and the gradient's component
 ``<dL/dŷ_b, v_b>`` along a fixed random unit direction ``v_b``, both rounded to a few
@@ -28,8 +28,8 @@ from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 
-from .branches import box_loss, cls_loss
-from .graph import Node
+from paploss.losses.graph.branches import box_loss, cls_loss
+from paploss.losses.graph.graph import Node
 
 __all__ = ["GraphProbes", "GraphFingerprint", "graph_fingerprint", "round_significant"]
 

@@ -4,12 +4,12 @@
 graphs: the same decision (:meth:`~paploss.search.screening.Screener.screen`), with
 
 1. **Validity** first (cheapest): the candidate's losses and gradients on fixed probes
-   (:class:`~paploss.lossgraph.fingerprint.GraphProbes`) must be finite, and a gradient must reach
-   the predictions of every searched branch; otherwise it is ``rejected`` as invalid (it would
+   (:class:`~paploss.search.screening.graph_fingerprint.GraphProbes`) must be finite, and a
+   gradient must reach the predictions of every searched branch; otherwise it is ``rejected`` as invalid (it would
    stop at once in training, or never learn).
 2. **Gradient equivalence**: the rounded per-sample gradient norms on the same probes
-   (:func:`~paploss.lossgraph.fingerprint.graph_fingerprint`); a candidate whose fingerprint an
-   earlier one had is a ``duplicate`` of it (:class:`~paploss.search.screening.
+   (:func:`~paploss.search.screening.graph_fingerprint.graph_fingerprint`); a candidate whose
+   fingerprint an earlier one had is a ``duplicate`` of it (:class:`~paploss.search.screening.
    EquivalenceRegistry`).
 3. **Loss rejection**: the search's :class:`~paploss.search.screening.RejectionProtocol`, unchanged,
    on the ROI head's fixed batch of a random detector: the candidate's head loss is
@@ -19,8 +19,8 @@ graphs: the same decision (:meth:`~paploss.search.screening.Screener.screen`), w
    ``rejection.min_ap_gain`` the candidate is ``rejected``.
 
 A candidate is given as its config values (what the search's journal stores,
-:meth:`~paploss.lossgraph.GraphCandidate.overrides`) or as a
-:class:`~paploss.lossgraph.GraphCandidate`. Settings are the search's
+:meth:`~paploss.search.proposers.graph_evolution.GraphCandidate.overrides`) or as a
+:class:`~paploss.search.proposers.graph_evolution.GraphCandidate`. Settings are the search's
 :class:`~paploss.search.settings.ScreeningSettings` (``equivalence.probe_samples``,
 ``equivalence.seed`` and ``significant_digits`` size the probes and the rounding;
 ``probe_entries`` / ``probe_positives`` are for PAP candidates only). The early stop of invalid
@@ -34,15 +34,18 @@ from __future__ import annotations
 
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
 
+from paploss.losses.graph.branches import BRANCHES, parse_branch
+from paploss.search.proposers.graph_evolution import GraphCandidate
 from paploss.search.screening.batch import HeadBatch
 from paploss.search.screening.equivalence import EquivalenceRegistry
+from paploss.search.screening.graph_fingerprint import (
+    GraphFingerprint,
+    GraphProbes,
+    graph_fingerprint,
+)
 from paploss.search.screening.rejection import RejectionProtocol, RejectionResult
 from paploss.search.screening.screener import Screener, ScreeningDecision
 from paploss.search.settings import ScreeningSettings
-
-from .branches import BRANCHES, parse_branch
-from .evolution import GraphCandidate
-from .fingerprint import GraphFingerprint, GraphProbes, graph_fingerprint
 
 __all__ = ["GraphScreener", "graph_head_loss", "HEAD"]
 

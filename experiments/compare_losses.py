@@ -41,12 +41,12 @@ folder under ``<output>/runs`` and is reused by a later call with the same comma
 folder, or pass ``--fresh``, to retrain). The summary goes to ``<output>/results.json`` and
 ``<output>/table.md``.
 
-    python benchmarks/compare_losses.py --seeds 3 --jobs 16 --output output/compare_losses
-    python benchmarks/compare_losses.py --rows main --detectors retinanet --seeds 1 \\
+    python experiments/compare_losses.py --seeds 3 --jobs 16 --output output/compare_losses
+    python experiments/compare_losses.py --rows main --detectors retinanet --seeds 1 \\
         --iterations 400 --jobs 2
-    python benchmarks/compare_losses.py --iterations retinanet=1500 faster_rcnn=600 --clip both
-    python benchmarks/compare_losses.py --detectors mask_rcnn --seeds 3 --jobs 2
-    python benchmarks/compare_losses.py --detectors deformable_detr --seeds 3 --jobs 2
+    python experiments/compare_losses.py --iterations retinanet=1500 faster_rcnn=600 --clip both
+    python experiments/compare_losses.py --detectors mask_rcnn --seeds 3 --jobs 2
+    python experiments/compare_losses.py --detectors deformable_detr --seeds 3 --jobs 2
 """
 
 import argparse

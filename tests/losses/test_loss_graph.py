@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from fvcore.nn import giou_loss
 
 from paploss.losses.box_quality import paired_iou_giou
-from paploss.lossgraph import (
+from paploss.losses.graph import (
     BINARY_OPERATORS,
     BOX,
     CE_EXPRESSION,
@@ -19,7 +19,6 @@ from paploss.lossgraph import (
     L1_EXPRESSION,
     OPERATORS,
     UNARY_OPERATORS,
-    GraphSpace,
     GraphSyntaxError,
     Node,
     box_inputs,
@@ -29,9 +28,9 @@ from paploss.lossgraph import (
     evaluate,
     parse,
     parse_branch,
-    random_graph,
     structural_hash,
 )
+from paploss.search.proposers.graph_mutation import GraphSpace, random_graph
 
 
 def _boxes(n, generator, scale=100.0):

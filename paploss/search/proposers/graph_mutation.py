@@ -12,7 +12,7 @@ Mutations (AutoLoss-Zero's):
   same arity, an input or constant by another input or constant.
 
 A mutation is retried until its result is valid in the space (depth and size limits, reads the
-predictions) and differs from the parent after :func:`~paploss.lossgraph.graph.canonical`.
+predictions) and differs from the parent after :func:`~paploss.losses.graph.graph.canonical`.
 """
 
 from __future__ import annotations
@@ -21,10 +21,8 @@ import random
 from dataclasses import dataclass, replace
 from typing import Any, Dict, List, Optional, Tuple
 
-from paploss.utils.validation import is_int, is_number
-
-from .branches import Branch
-from .graph import (
+from paploss.losses.graph.branches import Branch
+from paploss.losses.graph.graph import (
     BINARY_OPERATORS,
     OPERATORS,
     UNARY_OPERATORS,
@@ -37,6 +35,7 @@ from .graph import (
     subtree,
     walk,
 )
+from paploss.utils.validation import is_int, is_number
 
 __all__ = ["GraphSpace", "MUTATIONS", "random_graph", "mutate"]
 

@@ -19,8 +19,8 @@ Config keys (per head): ``MODEL.PAPLOSS.<HEAD>.FUNCTIONS.<FUNCTION>`` holds the 
 as ``[[x, y], ...]`` and ``MODEL.PAPLOSS.<HEAD>.GRAD_SCALE`` holds λ.
 
 The search space of loss graphs (the ``evolution`` and ``random`` methods) is
-:class:`paploss.search.graph_space.GraphLossSpace`; :func:`space_from_dict` rebuilds either from
-the description a journal stores.
+:class:`paploss.search.spaces.GraphLossSpace`; :func:`paploss.search.spaces.space_from_dict`
+rebuilds either from the description a journal stores.
 """
 
 from __future__ import annotations
@@ -54,7 +54,6 @@ __all__ = [
     "SearchSpace",
     "heads_from_config",
     "round_overrides",
-    "space_from_dict",
 ]
 
 #: Config subtree holding the PAP-loss settings.
@@ -156,6 +155,9 @@ class SearchSpace:
             or when every group is fixed.
     """
 
+    #: The kind of space (:func:`~paploss.search.spaces.space_from_dict`; a stored description
+    #: without ``kind`` is of this one).
+    KIND = "pap"
     #: What a candidate of the space is, in words (exported configs say so).
     WHAT = "PAP-loss parameters"
 
@@ -290,18 +292,6 @@ class SearchSpace:
         :meth:`to_overrides`, rounded for readability (:func:`round_overrides`); ``overrides``
         (the values the candidate trained with) are the same, unrounded, and not needed."""
         return round_overrides(self.to_overrides(theta), self)
-
-    def build_screener(self, settings: Any, cfg: Any, *, dataset: str) -> Any:
-        """The :class:`~paploss.search.screening.Screener` of this space's candidates.
-
-        Args:
-            settings: the search's :class:`~paploss.search.settings.ScreeningSettings`.
-            cfg: the searched model's config, set up like a proxy training's.
-            dataset: the proxy training split.
-        """
-        from paploss.search.screening.screener import Screener
-
-        return Screener.build(settings, cfg, dataset=dataset, heads=list(self._heads))
 
     # ------------------------------------------------------------------ θ
     def identity_theta(self) -> np.ndarray:
@@ -457,23 +447,6 @@ class SearchSpace:
         for key, value in self.to_overrides(theta).items():
             opts.extend([key, repr(value) if as_strings else value])
         return opts
-
-
-def space_from_dict(description: Mapping[str, Any]) -> Any:
-    """The search space a journal describes (:meth:`SearchSpace.to_dict`, or
-    :meth:`~paploss.search.graph_space.GraphLossSpace.to_dict` with ``kind: graph``).
-
-    Raises:
-        ValueError: for a description of an unknown kind.
-    """
-    kind = description.get("kind", "pap")
-    if kind == "graph":
-        from paploss.search.graph_space import GraphLossSpace
-
-        return GraphLossSpace.from_dict(description)
-    if kind != "pap":
-        raise ValueError(f"unknown kind of search space {kind!r}")
-    return SearchSpace.from_dict(description)
 
 
 def round_overrides(overrides: Mapping[str, Any], space: SearchSpace) -> Dict[str, Any]:

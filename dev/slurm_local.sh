@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Starts, stops or reports on a single-node Slurm cluster on localhost (tests, CI, local trials).
 #
-#   bash tools/slurm_local.sh start    # munged + slurmctld + slurmd; waits until the node is idle
-#   bash tools/slurm_local.sh stop     # stops the three daemons (state is kept for the next start)
-#   bash tools/slurm_local.sh stop slurmd slurmctld   # stops only the daemons named
-#   bash tools/slurm_local.sh status   # daemons and node state; exit code 0 only if all are up
-#   bash tools/slurm_local.sh env      # prints `export SLURM_CONF=...` for the Slurm client tools
+#   bash dev/slurm_local.sh start    # munged + slurmctld + slurmd; waits until the node is idle
+#   bash dev/slurm_local.sh stop     # stops the three daemons (state is kept for the next start)
+#   bash dev/slurm_local.sh stop slurmd slurmctld   # stops only the daemons named
+#   bash dev/slurm_local.sh status   # daemons and node state; exit code 0 only if all are up
+#   bash dev/slurm_local.sh env      # prints `export SLURM_CONF=...` for the Slurm client tools
 #
 # Slurm client tools (sbatch, squeue, ...) find this cluster through SLURM_CONF, e.g.
-#   eval "$(bash tools/slurm_local.sh env)"
+#   eval "$(bash dev/slurm_local.sh env)"
 #
 # Environment:
 #   PAPLOSS_SLURM_DIR   folder for the config, munge key/socket, state and logs
@@ -108,7 +108,7 @@ write_conf() {
   def_mem=$((mem / cpus))
   mkdir -p "$CONF_DIR"
   cat > "$CONF.tmp" <<EOF
-# Single-node cluster on localhost, written by tools/slurm_local.sh (do not edit: rewritten on
+# Single-node cluster on localhost, written by dev/slurm_local.sh (do not edit: rewritten on
 # start while the daemons are stopped).
 ClusterName=paploss
 SlurmctldHost=$NODE(127.0.0.1)

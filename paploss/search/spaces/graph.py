@@ -1,9 +1,9 @@
 """Search space of loss graphs: what the ``evolution`` and ``random`` methods search.
 
 A candidate is a classification and a box graph of the Fast R-CNN head
-(:class:`~paploss.lossgraph.GraphCandidate`); its config values are ``MODEL.PAPLOSS.LOSS:
-"graph"`` and the two expressions (``MODEL.PAPLOSS.GRAPH.CLS`` / ``BOX``,
-:meth:`~paploss.lossgraph.GraphCandidate.overrides`), which the head loss
+(:class:`~paploss.search.proposers.graph_evolution.GraphCandidate`); its config values are
+``MODEL.PAPLOSS.LOSS: "graph"`` and the two expressions (``MODEL.PAPLOSS.GRAPH.CLS`` / ``BOX``,
+:meth:`~paploss.search.proposers.graph_evolution.GraphCandidate.overrides`), which the head loss
 :class:`~paploss.modeling.graph_loss.GraphHeadLoss` trains with. Candidates have no θ: the
 method gives their config values itself, and the journal stores them as each trial's overrides.
 
@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from typing import Any, Dict, Mapping, Optional, Sequence, Tuple
 
-from paploss.lossgraph.branches import BRANCHES, GRAPH_LOSS_NAME, parse_branch
-from paploss.search.space import CONFIG_PREFIX
+from paploss.losses.graph.branches import BRANCHES, GRAPH_LOSS_NAME, parse_branch
+from paploss.search.spaces.pap import CONFIG_PREFIX
 
 __all__ = ["GRAPH_HEAD", "GraphLossSpace"]
 
@@ -37,7 +37,7 @@ class GraphLossSpace:
         ValueError: for an unknown branch, or an unsearched branch without an expression.
     """
 
-    #: The stored description's ``kind`` (:func:`~paploss.search.space.space_from_dict`).
+    #: The stored description's ``kind`` (:func:`~paploss.search.spaces.space_from_dict`).
     KIND = "graph"
     #: What a candidate of the space is, in words (exported configs say so).
     WHAT = "loss graphs"
@@ -59,7 +59,8 @@ class GraphLossSpace:
 
         Args:
             cfg: the searched model's Detectron2 config.
-            evolution: the :class:`~paploss.lossgraph.EvolutionSettings` of the search.
+            evolution: the search's
+                :class:`~paploss.search.proposers.graph_evolution.EvolutionSettings`.
 
         Raises:
             ValueError: naming the config key, for a model without a graph-loss ROI head.
@@ -164,10 +165,3 @@ class GraphLossSpace:
                 raise ValueError(f"{branch.config_key}: {exc}") from None
             values[branch.config_key] = str(text)
         return values
-
-    def build_screener(self, settings: Any, cfg: Any, *, dataset: str) -> Any:
-        """The :class:`~paploss.lossgraph.screening.GraphScreener` of this space's candidates
-        (arguments as :meth:`paploss.search.space.SearchSpace.build_screener`)."""
-        from paploss.lossgraph.screening import GraphScreener
-
-        return GraphScreener.build(settings, cfg, dataset=dataset, branches=self._branches)
