@@ -84,6 +84,9 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
     parser.add_argument("--iterations", type=int, help="default: the loss table's")
     parser.add_argument("--device", help="MODEL.DEVICE of the table's trainings")
     parser.add_argument("--output", default=os.path.join("output", "search_result"))
+    parser.add_argument("--match", help="train only the table's rows whose 'detector | row' "
+                        "matches this regex (e.g. 'searched': the rows measured before are "
+                        "quoted, not retrained)")  # fmt: skip
     args = parser.parse_args(argv)
 
     output = os.path.abspath(args.output)
@@ -108,6 +111,8 @@ def main(argv: Optional[Sequence[str]] = None) -> List[dict]:
         table += ["--iterations", f"{detector}={args.iterations}"]
     if args.device:
         table += ["--device", args.device]
+    if args.match:
+        table += ["--match", args.match]
     summary = compare_losses.main(table)
     for line in verdict(summary, row):
         print(line)

@@ -289,12 +289,11 @@ def _run_settings(args: argparse.Namespace) -> Any:
 
 def _settings_from_journal(output: Any, overrides: Sequence[str]) -> Any:
     """Resume without --config: the journal's settings, the launcher of the saved copy."""
-    from paploss.search.settings import load_settings
+    from paploss.search.settings import JOURNAL_SECTIONS, load_settings
 
     with _open_journal(str(output.root)) as journal:
         stored = journal.settings
-    sections = ("model", "proxy", "search", "policy", "screening", "evolution")
-    base = {key: stored[key] for key in sections if key in stored}
+    base = {key: stored[key] for key in JOURNAL_SECTIONS if key in stored}
     if output.settings.exists():
         try:
             with open(output.settings) as handle:

@@ -433,6 +433,13 @@ class SearchController:
         loop = self.settings.search
         return loop.rounds + (loop.recheck.seeds if loop.recheck.enabled else 0)
 
+    def _round_label(self, round_index: int) -> str:
+        """``round 3/5`` for a search round, ``recheck 1/2`` for a recheck round (logs)."""
+        loop = self.settings.search
+        if round_index < loop.rounds:
+            return f"round {round_index + 1}/{loop.rounds}"
+        return f"recheck {round_index - loop.rounds + 1}/{loop.recheck.seeds}"
+
     def _first_round(self) -> int:
         journal = self._journal
         assert journal is not None
@@ -629,12 +636,12 @@ class SearchController:
         journal, proposer = self._journal, self._proposer
         assert journal is not None and proposer is not None
         loop = self.settings.search
-        number = f"{round_index - loop.rounds + 1}/{loop.recheck.seeds}"
+        label = self._round_label(round_index)
         if journal.open_round() is None:
             seed = round_seed(loop.seed, round_index)
             originals = recheck_candidates(journal, loop.rounds, loop.recheck.top)
             if not originals:
-                raise SearchError(f"recheck {number}: no trial of the search rounds is done")
+                raise SearchError(f"{label}: no trial of the search rounds is done")
             trials = [
                 NewTrial(
                     theta=list(trial.theta),
@@ -647,18 +654,18 @@ class SearchController:
             ]
             journal.begin_round(round_index, proposer.state_dict(), trials)
             logger.info(
-                "recheck %s: the best %d candidate(s) trained again with seed %d (%s)",
-                number,
+                "%s: the best %d candidate(s) trained again with seed %d (%s)",
+                label,
                 len(trials),
                 seed,
                 ", ".join(f"{t.folder}: {t.reward:.4f}" for t in originals),
             )
         else:
-            logger.info("recheck %s: resuming", number)
+            logger.info("%s: resuming", label)
         self._run_trials(round_index)
         journal.end_round(round_index, proposer.state_dict(), {"recheck": True})
         best = declared_best(journal)
-        logger.info("recheck %s closed: %s", number, "n/a" if best is None else best.describe())
+        logger.info("%s closed: %s", label, "n/a" if best is None else best.describe())
 
     # ------------------------------------------------------------------ trials
     def _run_trials(self, round_index: int) -> None:
@@ -936,9 +943,8 @@ class SearchController:
         seconds = trial.metrics.get("total_s")
         timing = f" in {seconds:.0f} s" if isinstance(seconds, (int, float)) else ""
         logger.info(
-            "round %d/%d: %s done %d/%d | %s (%s) %s, %s%s | best so far %s",
-            round_index + 1,
-            self.settings.search.rounds,
+            "%s: %s done %d/%d | %s (%s) %s, %s%s | best so far %s",
+            self._round_label(round_index),
             "partial trainings" if stage == "partial" else "trials",
             n_done,
             n_total,

@@ -68,6 +68,7 @@ __all__ = [
     "RecheckSettings",
     "CMAESSettings",
     "INIT_POINTS",
+    "JOURNAL_SECTIONS",
     "SigmaSchedule",
     "PPOConfig",
     "PolicySettings",
@@ -953,7 +954,8 @@ class LauncherSettings(_Section):
 
 #: Sections whose settings determine a search's result (stored in its journal), in the order
 #: their values are checked; ``evolution`` only when it is set.
-_JOURNAL_SECTIONS = ("model", "proxy", "search", "policy", "screening", "evolution", "cmaes")
+#: The sections a journal stores (what makes a search's result; the launcher is not one of them).
+JOURNAL_SECTIONS = ("model", "proxy", "search", "policy", "screening", "evolution", "cmaes")
 
 
 @dataclass(frozen=True)
@@ -1017,7 +1019,7 @@ class SearchSettings(_Section):
     def journal_settings(self) -> Dict[str, Any]:
         """JSON-able settings that determine the search's result (stored in its journal)."""
         data = {}
-        for name in _JOURNAL_SECTIONS:
+        for name in JOURNAL_SECTIONS:
             section = getattr(self, name)
             if name == "cmaes" and self.search.method != "cmaes":
                 continue  # stored with its method only (journals from before it stay equal)

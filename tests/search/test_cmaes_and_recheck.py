@@ -214,3 +214,17 @@ def test_ppo_starts_at_init_and_graph_methods_refuse_it(tmp_path: Path) -> None:
     )
     with pytest.raises(SearchError, match="starts from random graphs; remove search.init"):
         SearchController(graph, tmp_path / "graph", trial_fn=noisy_quadratic_trial).run()
+
+
+def test_a_cmaes_search_resumes_from_its_journal_alone(tmp_path: Path) -> None:
+    """``paploss-search run --resume`` without ``--config`` rebuilds the settings from the journal:
+    the ``cmaes`` section included (else its stored settings would not match)."""
+    from paploss.search.cli import _settings_from_journal
+    from paploss.search.controller import SearchOutput
+
+    settings = load_settings(None, _cmaes_overrides(tmp_path) + ["search.rounds=1"])
+    output = tmp_path / "search"
+    SearchController(settings, output, trial_fn=noisy_quadratic_trial).run()
+    resumed = _settings_from_journal(SearchOutput(output), [])
+    assert resumed.cmaes.sigma == 0.05
+    assert resumed.journal_settings() == settings.journal_settings()
