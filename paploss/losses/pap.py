@@ -22,8 +22,9 @@ Implementations:
 
 * :func:`pap_loss` / :func:`pap_loss_components`: exact and fast. ``sum_j H(x_ij) w_j`` is computed
   for all positives at once by sorting the logits and using prefix sums
-  (:mod:`paploss.losses.pairwise`), with a hand-derived backward. O((M + P) log M) time,
-  O(M + P) memory, no truncation.
+  (:mod:`paploss.losses.pairwise`), with a hand-derived backward. O(M K log M) time (every
+  entry is an anchor, so that no shape depends on the data and nothing waits for the device),
+  O(M K) memory, no truncation.
 * :func:`pap_loss_dense` / :func:`pap_loss_dense_components`: the readable reference with
   ``[P, M]`` tensors (``[P, N]`` when truncated) and plain autograd, for tests and benchmarks.
 
@@ -62,7 +63,7 @@ class PAPLossComponents(NamedTuple):
         loss: ``localization + ranking``.
         localization: ``1/|P| sum_i (1 - I1(u_i))``.
         ranking: ``1/|P| sum_i I3(u_i) R_i``.
-        num_positives: ``|P|``.
+        num_positives: ``|P|``, an int64 scalar tensor (reading it on the host synchronises).
         precision_error: ``1/|P| sum_i R_i``, detached: the positives' mean precision error. A
             diagnosis, not part of the loss: with identity functions a positive's box gradient
             is ``1 - R_i``, so while it is near 1 the box branch learns next to nothing.
@@ -71,13 +72,13 @@ class PAPLossComponents(NamedTuple):
     loss: torch.Tensor
     localization: torch.Tensor
     ranking: torch.Tensor
-    num_positives: int
+    num_positives: torch.Tensor
     precision_error: torch.Tensor
 
 
-# (logits [M], in_sums [M] bool, positive_index [P], weights [M], functions)
-#     -> (numerators [P], denominators [P]); the j-sums run over the entries with in_sums True and
-# weights are 0 elsewhere.
+# (logits [M], in_sums [M] bool, is_positive [M] bool, weights [M], functions)
+#     -> (numerators [M], denominators [M]) with every entry as an anchor i (only the positives'
+# are read); the j-sums run over the entries with in_sums True and weights are 0 elsewhere.
 RatioTerms = Callable[
     [torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, PAPFunctions],
     Tuple[torch.Tensor, torch.Tensor],
@@ -95,10 +96,11 @@ def topk_valid_mask(logits: torch.Tensor, valid: torch.Tensor, topk: int) -> tor
     Ties at the boundary are broken deterministically by position: among equal logits the entry
     with the lower index in the flattened ``[M]`` list is taken first (a stable descending sort),
     so the result never depends on the device or on ``torch.topk``'s unspecified tie order.
-    O(M log M).
+    O(M log M), with fixed shapes only (no host synchronisation): the ignored entries are sorted
+    below every valid one and dropped again after the cut.
 
     Args:
-        logits: ``[M]`` logits.
+        logits: ``[M]`` finite logits.
         valid: ``[M]`` bool, the non-ignored entries.
         topk: ``N >= 0``; 0 keeps every valid entry.
 
@@ -107,45 +109,45 @@ def topk_valid_mask(logits: torch.Tensor, valid: torch.Tensor, topk: int) -> tor
         otherwise exactly ``topk`` valid entries.
     """
     _check_topk(topk)
-    if topk == 0:
+    if topk == 0 or topk >= valid.shape[0]:
         return valid
-    valid_index = torch.nonzero(valid, as_tuple=True)[0]
-    if valid_index.numel() <= topk:
-        return valid
-    order = torch.sort(logits.detach()[valid_index], descending=True, stable=True).indices
-    mask = torch.zeros_like(valid)
-    mask[valid_index[order[:topk]]] = True
-    return mask
+    keys = torch.where(valid, logits.detach(), float("-inf"))
+    order = torch.sort(keys, descending=True, stable=True).indices
+    return torch.zeros_like(valid).index_fill_(0, order[:topk], True) & valid
 
 
-def _fast_ratio_terms(logits, in_sums, positive_index, weights, functions):
-    """Numerators ``sum_j H2(x_ij) w_j`` (differentiable) and ``sum_j H1(x_ij)`` over ``in_sums``.
+def _fast_ratio_terms(logits, in_sums, is_positive, weights, functions):
+    """Numerators ``sum_j H2(x_ij) w_j`` (differentiable) and ``sum_j H1(x_ij)`` over ``in_sums``,
+    for every entry ``i`` as an anchor (only the positives' are used).
 
     Entries outside the j-sums (ignored, or beyond the top-k) stay in the sorted list with weight
-    0 (no compaction needed).
+    0 (no compaction needed). Every entry is an anchor, so that no shape depends on the number of
+    positives: the anchors' searches cost O(M K log M) instead of O(P K log M).
     """
     sorted_scores = sort_scores(logits)
-    anchors = logits[positive_index]
     h2_x, h2_y = functions["H2"].gap_knots()
-    numerators = gap_sum(anchors, logits, weights, h2_x, h2_y, sorted_scores=sorted_scores)
+    numerators = gap_sum(logits, logits, weights, h2_x, h2_y, sorted_scores=sorted_scores)
     h1_x, h1_y = functions["H1"].gap_knots()
-    counts = None if bool(in_sums.all()) else in_sums.to(logits.dtype)
-    denominators = pairwise_gap_sum(anchors.detach(), sorted_scores, counts, h1_x, h1_y)
+    counts = in_sums.to(logits.dtype)
+    denominators = pairwise_gap_sum(logits.detach(), sorted_scores, counts, h1_x, h1_y)
     return numerators, denominators
 
 
-def _dense_ratio_terms(logits, in_sums, positive_index, weights, functions):
-    """Same as :func:`_fast_ratio_terms` with explicit ``[P, N]`` matrices over the ``N`` entries
-    of the j-sums (gathered as columns, as the published implementation does)."""
+def _dense_ratio_terms(logits, in_sums, is_positive, weights, functions):
+    """Same as :func:`_fast_ratio_terms` with explicit ``[P, N]`` matrices between the ``P``
+    positives and the ``N`` entries of the j-sums (gathered as columns, as the published
+    implementation does); 0 at the other anchors. A reference: its shapes depend on the data."""
+    rows = torch.nonzero(is_positive, as_tuple=True)[0]  # [P]
     columns = torch.nonzero(in_sums, as_tuple=True)[0]  # [N]
-    gaps = logits[columns][None, :] - logits[positive_index][:, None]  # [P, N], s_j - s_i
+    gaps = logits[columns][None, :] - logits[rows][:, None]  # [P, N], s_j - s_i
     # H(x) with x = gap / 2 + 1/2, evaluated as a function of the gap (same knots and derivative
     # convention as the fast sums; see paploss.losses.pairwise).
     h2 = piecewise_linear(gaps, *functions["H2"].gap_knots())
     h1 = piecewise_linear(gaps.detach(), *functions["H1"].gap_knots())
     numerators = (h2 * weights[columns][None, :]).sum(dim=1)
     denominators = h1.sum(dim=1)
-    return numerators, denominators
+    scatter = torch.zeros_like(logits).index_put
+    return scatter((rows,), numerators), scatter((rows,), denominators)
 
 
 def _components(logits, targets, quality, functions, topk, ratio_terms: RatioTerms):
@@ -153,23 +155,22 @@ def _components(logits, targets, quality, functions, topk, ratio_terms: RatioTer
     if not isinstance(functions, PAPFunctions):
         raise ValueError(f"functions must be a PAPFunctions, got {type(functions).__name__}")
     _check_topk(topk)
-    positive_index = torch.nonzero(targets == 1, as_tuple=True)[0]
-    num_positives = int(positive_index.numel())
-    if num_positives == 0:
-        zero = (logits * 0).sum() + (quality[positive_index] * 0).sum().to(logits.dtype)
-        return PAPLossComponents(zero, zero, zero, 0, zero.detach())
-
+    # Fixed shapes throughout: the positives are a mask, their number a tensor, so that nothing
+    # waits for the device. Without positives every part is 0 with a zero gradient.
+    is_positive = targets == 1  # [M]
+    num_positives = is_positive.sum()
     # Qualities are read only at positives (u = 0 elsewhere, so 1 - I2(u) = 1 at negatives).
-    u = quality[positive_index].to(logits.dtype)  # [P]
+    u = torch.where(is_positive, quality.to(logits.dtype), 0.0)  # [M]
     in_sums = topk_valid_mask(logits, targets != -1, topk)  # [M], the entries j of the sums
-    positive_weights = (1 - functions["I2"](u)) * in_sums[positive_index]
-    weights = in_sums.to(logits.dtype).index_put((positive_index,), positive_weights)  # [M]
-    numerators, denominators = ratio_terms(logits, in_sums, positive_index, weights, functions)
-    ratios = numerators / denominators.clamp_min(RANK_EPS)  # R_i, [P]
-    normalizer = num_positives + NORMALIZER_EPS
-    localization = (1 - functions["I1"](u)).sum() / normalizer
-    ranking = (functions["I3"](u) * ratios).sum() / normalizer
-    precision_error = ratios.detach().mean()
+    positive_weights = (1 - functions["I2"](u)) * in_sums
+    weights = torch.where(is_positive, positive_weights, in_sums.to(logits.dtype))  # [M]
+    numerators, denominators = ratio_terms(logits, in_sums, is_positive, weights, functions)
+    ratios = numerators / denominators.clamp_min(RANK_EPS)  # R_i, [M], used at positives only
+    normalizer = num_positives.to(logits.dtype) + NORMALIZER_EPS
+    localization = torch.where(is_positive, 1 - functions["I1"](u), 0.0).sum() / normalizer
+    ranking = torch.where(is_positive, functions["I3"](u) * ratios, 0.0).sum() / normalizer
+    precision_error = torch.where(is_positive, ratios.detach(), 0.0).sum()
+    precision_error = precision_error / num_positives.clamp_min(1)
     return PAPLossComponents(
         localization + ranking, localization, ranking, num_positives, precision_error
     )
@@ -185,9 +186,10 @@ def pap_loss_components(
     """The PAP loss and its parts, exact fast implementation.
 
     By default all non-ignored entries enter every sum; ``topk > 0`` gives the published top-k
-    truncation (module docstring). Time O((M + P) log M), memory O(M + P) in forward and backward,
-    either way. The H1 sums are floored at ``RANK_EPS`` (1e-12), which only
-    matters for an H1 with H1(1/2) = 0; the normaliser is ``|P| + 1e-8``.
+    truncation (module docstring). Time O(M K log M), memory O(M K) in forward and backward,
+    either way, for ``K`` knots, with no host synchronisation on an accelerator. The H1 sums are
+    floored at ``RANK_EPS`` (1e-12), which only matters for an H1 with H1(1/2) = 0; the
+    normaliser is ``|P| + 1e-8``.
 
     Args:
         logits: ``[M]`` float logits of all (anchor or RoI, class) entries.
