@@ -748,9 +748,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--json", help="also write the rows and the setup to this JSON file")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     speed = parser.add_argument_group("speed")
-    speed.add_argument(
-        "--sizes", type=float, nargs="+", help="M (default 1e3 1e5 1e6 1e7 2e7)"
-    )
+    speed.add_argument("--sizes", type=float, nargs="+", help="M (default 1e3 1e5 1e6 1e7 2e7)")
     speed.add_argument("--positives", type=float, nargs="+", help="P (default 1e3 1e4)")
     speed.add_argument("--repeats", type=int, help="timed calls per row (default 5)")
     speed.add_argument("--row-budget-s", type=float, default=2.0, help="seconds per row")

@@ -51,8 +51,6 @@ def ranking_problem(num_entries: int = 4000, num_positives: int = 60, seed: int 
 
 def loss_cases() -> Dict[str, Callable]:
     """Name -> ``f(logits, targets, quality) -> scalar`` for every loss."""
-    from paploss.lossgraph import BOX, CLS, box_loss, cls_loss, parse_branch
-    from paploss.lossgraph.branches import CE_EXPRESSION, GIOU_EXPRESSION
     from paploss.losses import (
         PAPFunctions,
         alrp_loss,
@@ -62,6 +60,8 @@ def loss_cases() -> Dict[str, Callable]:
         pap_loss_dense,
         rank_sort_loss,
     )
+    from paploss.lossgraph import BOX, CLS, box_loss, cls_loss, parse_branch
+    from paploss.lossgraph.branches import CE_EXPRESSION, GIOU_EXPRESSION
 
     published = PAPFunctions.published("retinanet")
     identity = PAPFunctions.identity()
