@@ -2,8 +2,9 @@
 
 The count runs on the CPU (:func:`tests.utils.sync_count.count_syncs`): the operators that would
 make the host wait for an accelerator (scalar reads, data-dependent shapes, ``bincount``) are the
-same there. The input checks that read values run on the CPU only, so they are switched off as
-on an accelerator (:func:`tests.utils.sync_cases.device_like_checks`).
+same there. The losses run as on an accelerator (:func:`tests.utils.sync_cases.as_on_accelerator`):
+the input checks that read values (run on the CPU only) are switched off, and the PAP loss keeps
+fixed shapes (every entry an anchor) instead of gathering its positives, as it does on the CPU.
 
 Expected: zero for the PAP loss (exact and top-k), the Dice loss and the loss-graph branches.
 AP-Loss, aLRP Loss and Rank & Sort Loss are not free yet, and their counts are pinned so that
@@ -16,7 +17,9 @@ queries with ``nonzero``.
 
 import pytest
 
+from tests.utils.loss_snapshot import loss_cases, ranking_problem
 from tests.utils.sync_cases import loss_sync_counts
+from tests.utils.sync_count import SYNC_OPS, count_syncs
 
 #: Synchronising operators per forward + backward, at most.
 EXPECTED = {
@@ -51,3 +54,19 @@ def test_every_loss_is_counted(counts):
 def test_without_positives_pap_needs_no_synchronisation():
     no_positives = loss_sync_counts(num_positives=0)
     assert all(no_positives[name] == 0 for name in EXPECTED if EXPECTED[name] == 0)
+
+
+@pytest.mark.parametrize("case", ["pap_identity", "pap_published", "pap_topk", "pap_topk_all"])
+def test_on_the_cpu_pap_gathers_its_positives_with_one_nonzero(case, monkeypatch):
+    """Outside ``as_on_accelerator``, CPU tensors take the positives as the anchors of the PAP
+    sums (:data:`paploss.losses.pap.INDEXED_DEVICES`): one ``nonzero``, free on the CPU, instead
+    of every entry as an anchor. The counts above are of the fixed-shape way of accelerators."""
+    from paploss.losses import _checks
+
+    monkeypatch.setattr(_checks, "VALUE_CHECK_DEVICES", ())  # only the loss itself is counted
+    logits, targets, quality = ranking_problem()
+    s = logits.clone().requires_grad_(True)
+    q = quality.clone().requires_grad_(True)
+    fn = loss_cases()[case]
+    counts = count_syncs(lambda: fn(s, targets, q).backward())
+    assert counts == {name: int(name == "aten::nonzero") for name in SYNC_OPS}

@@ -17,25 +17,29 @@ REFERENCE_CASES = ("pap_dense", "pap_dense_topk")
 
 
 @contextlib.contextmanager
-def device_like_checks() -> Iterator[None]:
-    """Run the loss input checks as on an accelerator, where the checks that read values are
-    skipped (:data:`paploss.losses._checks.VALUE_CHECK_DEVICES`), so a CPU count stands for a
-    device run."""
-    from paploss.losses import _checks
+def as_on_accelerator() -> Iterator[None]:
+    """Run the losses as on an accelerator, so that a CPU count stands for a device run: the
+    input checks that read values are skipped
+    (:data:`paploss.losses._checks.VALUE_CHECK_DEVICES`) and the PAP loss keeps fixed shapes
+    instead of gathering its positives (:data:`paploss.losses.pap.INDEXED_DEVICES`)."""
+    from paploss.losses import _checks, pap
 
-    saved = getattr(_checks, "VALUE_CHECK_DEVICES", None)
+    saved_checks = _checks.VALUE_CHECK_DEVICES
+    saved_indexed = pap.INDEXED_DEVICES
     _checks.VALUE_CHECK_DEVICES = ()
+    pap.INDEXED_DEVICES = ()
     try:
         yield
     finally:
-        _checks.VALUE_CHECK_DEVICES = saved
+        _checks.VALUE_CHECK_DEVICES = saved_checks
+        pap.INDEXED_DEVICES = saved_indexed
 
 
 def loss_sync_counts(num_entries: int = 4000, num_positives: int = 60) -> Dict[str, int]:
     """Synchronising operators of one forward and backward of every loss (not the references)."""
     logits, targets, quality = ranking_problem(num_entries, num_positives)
     counts = {}
-    with device_like_checks():
+    with as_on_accelerator():
         for name, fn in loss_cases().items():
             if name in REFERENCE_CASES:
                 continue
@@ -69,7 +73,7 @@ def head_sync_counts(batch_of) -> Dict[str, Dict[str, int]]:
         for module in model.modules():
             if "losses" in type(module).__dict__ and not hasattr(module, "loss_name"):  # a head
                 _count_losses(module, counts)
-        with device_like_checks(), EventStorage(0):
+        with as_on_accelerator(), EventStorage(0):
             losses = model(batch_of(config))
             total = sum(losses.values())
             counts["backward"] = sum(count_syncs(total.backward).values())
