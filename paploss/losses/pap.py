@@ -193,7 +193,10 @@ def _fast_ratio_terms(logits, in_sums, anchors, weights, functions):
     h2_x, h2_y = functions["H2"].gap_knots()
     numerators = gap_sum(anchor_logits, logits, weights, h2_x, h2_y, sorted_scores=sorted_scores)
     h1_x, h1_y = functions["H1"].gap_knots()
-    counts = in_sums.to(logits.dtype)
+    # Without ignored or truncated entries the H1 sums count every entry (no weights to gather);
+    # knowing that reads a value, which only the CPU way may do.
+    all_in_sums = anchors.index is not None and bool(in_sums.all())
+    counts = None if all_in_sums else in_sums.to(logits.dtype)
     denominators = pairwise_gap_sum(anchor_logits.detach(), sorted_scores, counts, h1_x, h1_y)
     return numerators, denominators
 
