@@ -46,9 +46,9 @@ Sections (``--only`` picks some):
 Default sizes: M = 1e3 (P = 10), 1e5, 1e6, 1e7, 2e7 with P = 1e3, 1e4 (a RetinaNet batch of 8 COCO
 images at 512 px ranks about 3e7 (anchor, class) entries); training batch 8 at 512 px. A row that
 raises fails with its one-line error (the traceback goes to stderr) and the script carries on.
-``--device cpu --quick`` shrinks every size (M = 1e4, 3e4 with P = 10, 100; no M = 1e3 row, which
-at these P would only repeat the small sizes' rows); the test suite runs it that way, with a
-300 s limit.
+``--device cpu --quick`` shrinks every size (M = 1e4, 3e4 with P = 10, 100, no M = 1e3 row, which
+at these P would only repeat the small sizes' rows; one timed training step per row, no warm-up,
+on 2 images of 64 px); the test suite runs it that way, with a 300 s limit.
 """
 
 import argparse
@@ -786,8 +786,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
         positives=[10, 100] if quick else [1e3, 1e4],
         repeats=2 if quick else 5,
         batch=2 if quick else 8,
-        image_size=128 if quick else 512,
-        train_warmup=1 if quick else 5,
+        image_size=64 if quick else 512,
+        train_warmup=0 if quick else 5,
         train_iters=1 if quick else 10,
     )
     for key, value in defaults.items():
