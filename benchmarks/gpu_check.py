@@ -23,7 +23,9 @@ Sections (``--only`` picks some):
 * ``speed``: one forward + backward of each loss at M entries with P positives (2% of the
   entries ignored; positives' logits ~ N(1, 1), the rest ~ N(0, 1)): one warm-up call, then the
   median of ``--repeats`` timed calls (fewer once a row has used ``--row-budget-s``), each
-  ended by ``torch.cuda.synchronize``. Peak memory is ``torch.cuda.max_memory_allocated`` during
+  ended by ``torch.cuda.synchronize``, and their spread ``(slowest - fastest) / median``. The
+  smallest size (M = 1e3, with P = M / 100 where M is below every P) shows the fixed cost of a
+  call beside the larger ones. Peak memory is ``torch.cuda.max_memory_allocated`` during
   these calls minus the memory held by the inputs (not measured on the CPU). The PAP loss is also
   run through its dense ``[P, M]`` reference where the estimated peak fits in
   ``--dense-limit-gib`` (bytes per pair measured by a small calibration run), and the ranking
@@ -37,14 +39,16 @@ Sections (``--only`` picks some):
   each, fed to the model directly (no dataset). Median seconds per iteration after
   ``--train-warmup`` untimed ones (5 by default: on an H100 the first 5 iterations of stock
   RetinaNet were 4-9x slower than the later ones; its focal loss is a TorchScript function,
-  optimised during its first calls), and the peak of ``torch.cuda.max_memory_allocated`` over
+  optimised during its first calls; the spread ``(slowest - fastest) / median`` of the timed
+  ones is printed to check that they are settled), and the peak of ``torch.cuda.max_memory_allocated`` over
   the timed iterations (model, optimizer state and activations). A non-finite loss fails the row.
 
-Default sizes: M = 1e5, 1e6, 1e7, 2e7 with P = 1e3, 1e4 (a RetinaNet batch of 8 COCO images at
-512 px ranks about 3e7 (anchor, class) entries); training batch 8 at 512 px. A row that raises
-fails with its one-line error (the traceback goes to stderr) and the script carries on.
-``--device cpu --quick`` shrinks every size so that the whole script runs in well
-under a minute on two cores; the test suite runs it that way.
+Default sizes: M = 1e3 (P = 10), 1e5, 1e6, 1e7, 2e7 with P = 1e3, 1e4 (a RetinaNet batch of 8 COCO
+images at 512 px ranks about 3e7 (anchor, class) entries); training batch 8 at 512 px. A row that
+raises fails with its one-line error (the traceback goes to stderr) and the script carries on.
+``--device cpu --quick`` shrinks every size (M = 1e4, 3e4 with P = 10, 100, no M = 1e3 row, which
+at these P would only repeat the small sizes' rows; one timed training step per row, no warm-up,
+on 2 images of 64 px); the test suite runs it that way, with a 300 s limit.
 """
 
 import argparse
@@ -186,6 +190,7 @@ def is_out_of_memory(error: BaseException) -> bool:
 class Measurement(NamedTuple):
     seconds: float  # median of the timed calls
     runs: int
+    spread: float  # (slowest - fastest) / median of the timed calls
     peak_extra_bytes: Optional[int]  # None where not measured (CPU)
     value: float  # loss value of the warm-up call
 
@@ -215,7 +220,14 @@ def measure(
     peak = None
     if device.type == "cuda":
         peak = max(torch.cuda.max_memory_allocated(device) - baseline, 0)
-    return Measurement(statistics.median(times), len(times), peak, value)
+    median = statistics.median(times)
+    return Measurement(median, len(times), spread(times), peak, value)
+
+
+def spread(times: List[float]) -> float:
+    """``(max - min) / median`` of timings: how settled they are (0 for a single one)."""
+    median = statistics.median(times)
+    return (max(times) - min(times)) / median if median > 0 else 0.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -479,9 +491,9 @@ def run_speed(table: Table, device: torch.device, args: argparse.Namespace) -> N
     dense_limit = args.dense_limit_gib * GIB
     deadline = time.perf_counter() + args.speed_limit_s
     for num in (int(m) for m in args.sizes):
-        for num_pos in (int(p) for p in args.positives):
-            if num_pos >= num:
-                continue
+        # A size below every P (M = 1e3: the fixed cost of a call) runs with P = M / 100.
+        positives = [int(p) for p in args.positives if int(p) < num] or [max(num // 100, 1)]
+        for num_pos in positives:
             size = f"M={format_count(num)} P={format_count(num_pos)}"
             if time.perf_counter() > deadline:
                 table.add(
@@ -524,7 +536,8 @@ def _speed_row(table, spec, fn, kind, size, inputs, device, args) -> Optional[Me
             size,
             time=format_time(result.seconds),
             memory=format_memory(result.peak_extra_bytes),
-            result=f"loss {result.value:.6g}, {result.runs} runs" + ("" if finite else " NaN"),
+            result=f"loss {result.value:.6g}, {result.runs} runs, spread {result.spread:.0%}"
+            + ("" if finite else " NaN"),
             check=OK if finite else FAIL,
             numbers=dict(result._asdict()),
         )
@@ -684,7 +697,10 @@ def run_train(table: Table, device: torch.device, args: argparse.Namespace) -> N
             finite = all(math.isfinite(v) for v in losses)
             if loss == "stock":
                 stock_times[model_name] = median
-            text = f"{len(times)} iters {min(times):.3f}-{max(times):.3f} s, loss {losses[-1]:.4g}"
+            text = (
+                f"{len(times)} iters {min(times):.3f}-{max(times):.3f} s "
+                f"(spread {spread(times):.0%}), loss {losses[-1]:.4g}"
+            )
             if loss != "stock" and model_name in stock_times:
                 text = f"{median / stock_times[model_name]:.2f}x stock, " + text
             table.add(
@@ -733,7 +749,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument("--json", help="also write the rows and the setup to this JSON file")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     speed = parser.add_argument_group("speed")
-    speed.add_argument("--sizes", type=float, nargs="+", help="M (default 1e5 1e6 1e7 2e7)")
+    speed.add_argument("--sizes", type=float, nargs="+", help="M (default 1e3 1e5 1e6 1e7 2e7)")
     speed.add_argument("--positives", type=float, nargs="+", help="P (default 1e3 1e4)")
     speed.add_argument("--repeats", type=int, help="timed calls per row (default 5)")
     speed.add_argument("--row-budget-s", type=float, default=2.0, help="seconds per row")
@@ -766,12 +782,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     quick = args.quick
     defaults = dict(
-        sizes=[1e4, 3e4] if quick else [1e5, 1e6, 1e7, 2e7],
+        sizes=[1e4, 3e4] if quick else [1e3, 1e5, 1e6, 1e7, 2e7],
         positives=[10, 100] if quick else [1e3, 1e4],
         repeats=2 if quick else 5,
         batch=2 if quick else 8,
-        image_size=128 if quick else 512,
-        train_warmup=1 if quick else 5,
+        image_size=64 if quick else 512,
+        train_warmup=0 if quick else 5,
         train_iters=1 if quick else 10,
     )
     for key, value in defaults.items():

@@ -2,13 +2,21 @@
 
 All losses take flattened ``[M]`` tensors: one entry per (anchor or RoI, class) pair. Errors are
 raised as ``ValueError`` naming the offending argument, before any computation starts.
+
+Types and shapes are always checked. The checks of the values (targets in {-1, 0, 1}, finite
+logits, per-positive values in range) read tensor contents on the host, which on an accelerator
+makes the host wait for the device on every call; they run only for tensors on a device listed in
+:data:`VALUE_CHECK_DEVICES` (the CPU, where reading a value costs no transfer).
 """
 
 from typing import Optional
 
 import torch
 
-__all__ = ["check_ranking_inputs"]
+__all__ = ["VALUE_CHECK_DEVICES", "check_ranking_inputs"]
+
+#: Device types whose tensors get their values checked (see the module docstring).
+VALUE_CHECK_DEVICES = ("cpu",)
 
 
 def check_ranking_inputs(
@@ -29,7 +37,8 @@ def check_ranking_inputs(
         per_positive_range: inclusive ``(low, high)`` bounds for the positive entries, or ``None``.
 
     Raises:
-        ValueError: naming the argument and the problem.
+        ValueError: naming the argument and the problem (value problems only on the devices of
+            :data:`VALUE_CHECK_DEVICES`).
     """
     if not isinstance(logits, torch.Tensor) or not logits.is_floating_point():
         raise ValueError(f"logits must be a floating point tensor, got {_describe(logits)}")
@@ -42,6 +51,18 @@ def check_ranking_inputs(
             f"targets must have the shape of logits {list(logits.shape)}, "
             f"got {list(targets.shape)}"
         )
+    if per_positive is not None:
+        if not isinstance(per_positive, torch.Tensor) or not per_positive.is_floating_point():
+            raise ValueError(
+                f"{per_positive_name} must be a floating point tensor, got {_describe(per_positive)}"
+            )
+        if per_positive.shape != logits.shape:
+            raise ValueError(
+                f"{per_positive_name} must have the shape of logits {list(logits.shape)}, "
+                f"got {list(per_positive.shape)}"
+            )
+    if logits.device.type not in VALUE_CHECK_DEVICES:
+        return
     if targets.numel() and not bool(((targets == 1) | (targets == 0) | (targets == -1)).all()):
         bad = targets[(targets != 1) & (targets != 0) & (targets != -1)]
         raise ValueError(f"targets must be in {{-1, 0, 1}}, found {bad[:5].tolist()}")
@@ -50,13 +71,6 @@ def check_ranking_inputs(
     if per_positive is None:
         return
     name = per_positive_name
-    if not isinstance(per_positive, torch.Tensor) or not per_positive.is_floating_point():
-        raise ValueError(f"{name} must be a floating point tensor, got {_describe(per_positive)}")
-    if per_positive.shape != logits.shape:
-        raise ValueError(
-            f"{name} must have the shape of logits {list(logits.shape)}, "
-            f"got {list(per_positive.shape)}"
-        )
     values = per_positive.detach()[targets == 1]
     if values.numel() == 0:
         return

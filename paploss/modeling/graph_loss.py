@@ -28,7 +28,7 @@ from detectron2.config import configurable
 from paploss.losses.graph import BOX, CLS, GRAPH_LOSS_NAME, Node, box_loss, cls_loss, parse_branch
 from paploss.utils.validation import check_number
 
-from .head_loss import HEAD_LOSS_REGISTRY, RankingHeadLoss
+from .head_loss import HEAD_LOSS_REGISTRY, RankingHeadLoss, Scalar
 from .ranking import HeadRanking
 
 __all__ = ["GraphHeadLoss"]
@@ -107,7 +107,7 @@ class GraphHeadLoss(RankingHeadLoss):
         )
         return loss_cls, loss_box.to(loss_cls.dtype)
 
-    def compute(self, ranking: HeadRanking) -> Tuple[torch.Tensor, Dict[str, float]]:
+    def compute(self, ranking: HeadRanking) -> Tuple[torch.Tensor, Dict[str, Scalar]]:
         loss_cls, loss_box = self.losses(ranking)
-        scalars = {"graph_cls": loss_cls.item(), "graph_box": loss_box.item()}
+        scalars = {"graph_cls": loss_cls.detach(), "graph_box": loss_box.detach()}
         return loss_cls + self.box_weight * loss_box, scalars

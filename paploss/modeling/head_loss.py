@@ -37,7 +37,7 @@ argument comes from (:meth:`RankingHeadLoss.config_key`) when the loss was built
 
 import contextlib
 import logging
-from typing import Dict, Iterator, Optional, Tuple
+from typing import Dict, Iterator, Optional, Tuple, Union
 
 import torch
 from detectron2.config import configurable
@@ -76,6 +76,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+#: A logged scalar: a detached scalar tensor (read on the host only when logged) or a number.
+Scalar = Union[torch.Tensor, float]
 
 
 class _HeadLossRegistry(NamedRegistry):
@@ -157,6 +160,19 @@ def rank_sort_terms(
     return rs, box_loss, _value_balance(rs, box_loss)
 
 
+def _log_scalars(prefix: str, scalars: Dict[str, Scalar]) -> None:
+    """Put ``scalars`` into the event storage as ``<prefix>/<name>``, the tensors read on the host
+    in one transfer (one synchronisation with the device per call)."""
+    names = list(scalars)
+    tensors = [torch.as_tensor(v).detach() for v in scalars.values()]
+    if tensors:
+        device = tensors[0].device
+        values = torch.stack([t.to(device=device, dtype=torch.float64) for t in tensors]).tolist()
+        storage = get_event_storage()
+        for name, value in zip(names, values):
+            storage.put_scalar(f"{prefix}/{name}", value)
+
+
 def _config_functions(node, key: str) -> PAPFunctions:
     try:
         return PAPFunctions.from_knots({name: node[name] for name in node.keys()})
@@ -221,11 +237,18 @@ class RankingHeadLoss(nn.Module):
             return argument
         return key.format(head=self.head)
 
-    def forward(self, ranking: HeadRanking) -> Dict[str, torch.Tensor]:
+    def forward(
+        self, ranking: HeadRanking, extra_scalars: Optional[Dict[str, torch.Tensor]] = None
+    ) -> Dict[str, torch.Tensor]:
         """The loss of one batch, its parts logged to the event storage.
+
+        The scalars are read on the host in one transfer (:func:`_log_scalars`): the only point
+        where the head loss waits for the device.
 
         Args:
             ranking: what the head ranks.
+            extra_scalars: more scalars (name -> scalar tensor or number) of the head to log
+                under its name in the same transfer, e.g. counts of its anchors.
 
         Returns:
             ``{loss_key: scalar}``, and ``{MASK_LOSS_KEY: scalar}`` when the ranking has masks.
@@ -239,24 +262,22 @@ class RankingHeadLoss(nn.Module):
                 balance_to = torch.as_tensor(scalars[self.balance_scalar], dtype=loss.dtype)
             losses[MASK_LOSS_KEY], mask_scalars = self.mask_loss(ranking, balance_to)
             scalars = {**scalars, **mask_scalars}
-        storage = get_event_storage()
-        for name, value in scalars.items():
-            storage.put_scalar(f"{self.head_name}/{name}", value)
-        storage.put_scalar(f"{self.head_name}/num_positives", float(ranking.num_positives))
+        scalars = {**scalars, "num_positives": ranking.num_positives, **(extra_scalars or {})}
+        _log_scalars(self.head_name, scalars)
         return losses
 
-    def compute(self, ranking: HeadRanking) -> Tuple[torch.Tensor, Dict[str, float]]:
-        """The loss of one batch, without logging.
+    def compute(self, ranking: HeadRanking) -> Tuple[torch.Tensor, Dict[str, Scalar]]:
+        """The loss of one batch, without logging and without waiting for the device.
 
         Returns:
-            ``(total loss, {scalar name: value})``; :meth:`forward` logs the scalars under the
-            head's name.
+            ``(total loss, {scalar name: value})``, the values detached scalar tensors (or
+            numbers); :meth:`forward` logs the scalars under the head's name.
         """
         raise NotImplementedError
 
     def mask_loss(
         self, ranking: HeadRanking, balance_to: torch.Tensor
-    ) -> Tuple[torch.Tensor, Dict[str, float]]:
+    ) -> Tuple[torch.Tensor, Dict[str, Scalar]]:
         """The mask branch's loss (Rank & Sort Mask R-CNN's), for a ranking with masks.
 
         ``L_mask = Σ_P w_i · Dice_i / Σ_P w_i`` with ``Dice_i = 1 − 2Σpt / (Σp² + Σt² + ε)`` on
@@ -282,9 +303,9 @@ class RankingHeadLoss(nn.Module):
         with torch.no_grad():
             iou = soft_mask_iou(probs, ranking.gt_masks)
         scalars = {
-            "mask_dice": loss.item(),
-            "mask_weight": weight.item(),
-            "mask_iou": iou.mean().item() if iou.numel() else 0.0,
+            "mask_dice": loss.detach(),
+            "mask_weight": weight,
+            "mask_iou": iou.mean() if iou.numel() else 0.0,
         }
         return weight * loss, scalars
 
@@ -304,7 +325,7 @@ class StockHeadLoss(RankingHeadLoss):
         """
         super().__init__(**kwargs)
 
-    def compute(self, ranking: HeadRanking) -> Tuple[torch.Tensor, Dict[str, float]]:
+    def compute(self, ranking: HeadRanking) -> Tuple[torch.Tensor, Dict[str, Scalar]]:
         raise RuntimeError(f"{self.head_name}: the stock head computes Detectron2's own losses")
 
 
@@ -399,7 +420,7 @@ class PAPHeadLoss(RankingHeadLoss):
             quality = quality * mask_iou.to(quality.dtype)
         return quality
 
-    def compute(self, ranking: HeadRanking) -> Tuple[torch.Tensor, Dict[str, float]]:
+    def compute(self, ranking: HeadRanking) -> Tuple[torch.Tensor, Dict[str, Scalar]]:
         quality_of_positives = scale_grad(self.quality(ranking), self.grad_scale)
         parts = pap_loss_components(
             ranking.flat_logits,
@@ -409,9 +430,9 @@ class PAPHeadLoss(RankingHeadLoss):
             self.topk,
         )
         scalars = {
-            "pap_localization": parts.localization.item(),
-            "pap_ranking": parts.ranking.item(),
-            "pap_precision_error": parts.precision_error.item(),
+            "pap_localization": parts.localization.detach(),
+            "pap_ranking": parts.ranking.detach(),
+            "pap_precision_error": parts.precision_error,
         }
         return parts.loss, scalars
 
@@ -460,14 +481,14 @@ class APHeadLoss(RankingHeadLoss):
         ret.update(delta=cfg.MODEL.PAPLOSS.AP.DELTA, smooth_l1_beta=cfg.MODEL[node][key])
         return ret
 
-    def compute(self, ranking: HeadRanking) -> Tuple[torch.Tensor, Dict[str, float]]:
+    def compute(self, ranking: HeadRanking) -> Tuple[torch.Tensor, Dict[str, Scalar]]:
         if ranking.pred_deltas is None or ranking.gt_deltas is None:
             raise ValueError(f"{self.head_name}: the AP-Loss box term needs pred_deltas, gt_deltas")
         cls_loss = ap_loss(ranking.flat_logits, ranking.targets, self.delta)
         box_loss = smooth_l1_loss(
             ranking.pred_deltas, ranking.gt_deltas, self.smooth_l1_beta, reduction="sum"
         ) / max(ranking.num_positives, 1)
-        scalars = {"ap_cls": cls_loss.item(), "ap_box": box_loss.item()}
+        scalars = {"ap_cls": cls_loss.detach(), "ap_box": box_loss.detach()}
         return cls_loss + box_loss.to(cls_loss.dtype), scalars
 
 
@@ -584,16 +605,16 @@ class ALRPHeadLoss(RankingHeadLoss):
         _, giou = paired_iou_giou(pred_boxes, gt_boxes)
         return (1 - giou).clamp_min(0.0) / (2 * (1 - self.tau))
 
-    def compute(self, ranking: HeadRanking) -> Tuple[torch.Tensor, Dict[str, float]]:
+    def compute(self, ranking: HeadRanking) -> Tuple[torch.Tensor, Dict[str, Scalar]]:
         loc_errors = self.localization_errors(ranking.pred_boxes, ranking.gt_boxes)
         cls_loss, loc_loss = alrp_loss(
             ranking.flat_logits, ranking.targets, ranking.per_entry(loc_errors), self.delta
         )
         weight = self.balance(cls_loss, loc_loss)
         scalars = {
-            "alrp_cls": cls_loss.item(),
-            "alrp_box": loc_loss.item(),
-            "alrp_box_weight": weight.item(),
+            "alrp_cls": cls_loss.detach(),
+            "alrp_box": loc_loss.detach(),
+            "alrp_box_weight": weight,
         }
         return cls_loss + weight.to(loc_loss.dtype) * loc_loss, scalars
 
@@ -637,13 +658,13 @@ class RSHeadLoss(RankingHeadLoss):
         ret.update(delta=node.RS.DELTA, loss_weight=node[head].RS_LOSS_WEIGHT)
         return ret
 
-    def compute(self, ranking: HeadRanking) -> Tuple[torch.Tensor, Dict[str, float]]:
+    def compute(self, ranking: HeadRanking) -> Tuple[torch.Tensor, Dict[str, Scalar]]:
         rs, box_loss, box_weight = rank_sort_terms(ranking, self.delta)
         total = self.loss_weight * (rs + box_weight.to(rs.dtype) * box_loss.to(rs.dtype))
         scalars = {
-            "rs_cls": rs.item(),
-            "rs_box": box_loss.item(),
-            "rs_box_weight": box_weight.item(),
+            "rs_cls": rs.detach(),
+            "rs_box": box_loss.detach(),
+            "rs_box_weight": box_weight,
         }
         return total, scalars
 

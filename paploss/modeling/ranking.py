@@ -61,11 +61,9 @@ def class_targets(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
         ``[R, K]`` int8 targets: 1 at a positive's own class, 0 at every other class of a
         non-ignored anchor, -1 at every class of an ignored anchor.
     """
-    targets = torch.zeros((labels.numel(), num_classes), dtype=torch.int8, device=labels.device)
-    positive = (labels >= 0) & (labels < num_classes)
-    targets[positive, labels[positive]] = 1
-    targets[labels < 0] = -1
-    return targets
+    classes = torch.arange(num_classes, device=labels.device)
+    targets = (labels.unsqueeze(1) == classes).to(torch.int8)  # [R, K], fixed shapes only
+    return torch.where(labels.unsqueeze(1) < 0, torch.full_like(targets, -1), targets)
 
 
 @dataclass(frozen=True)

@@ -87,6 +87,6 @@ class PAPRPN(RPN):
         num_images = len(gt_labels)
         storage = get_event_storage()
         storage.put_scalar("rpn/num_pos_anchors", ranking.num_positives / num_images)
-        num_negatives = (ranking.labels == 1).sum().item()  # one class: 1 is background
-        storage.put_scalar("rpn/num_neg_anchors", num_negatives / num_images)
-        return self.head_loss(ranking)
+        num_negatives = (ranking.labels == 1).sum()  # one class: 1 is background
+        # Logged under "rpn/" with the head loss's scalars, in the same transfer.
+        return self.head_loss(ranking, {"num_neg_anchors": num_negatives / num_images})

@@ -1,9 +1,11 @@
-"""The PAP loss: hand-computed values, 1 - AP_w, fast == dense, gradcheck, edge cases, errors."""
+"""The PAP loss: hand-computed values, 1 - AP_w, fast == dense, CPU anchors == fixed-shape
+anchors, gradcheck, edge cases, errors."""
 
 import numpy as np
 import pytest
 import torch
 
+import paploss.losses.pap as pap_module
 from paploss.losses import (
     FUNCTION_NAMES,
     PAPFunctions,
@@ -516,6 +518,47 @@ def test_topk_fast_equals_dense_truncated_reference(case):
         torch.testing.assert_close(fast.loss, exact, rtol=0, atol=0)
     elif positive_fraction > 0:
         assert not torch.allclose(fast.loss, exact)
+
+
+ANCHOR_PATH_CASES = [(*case, 0) for case in FAST_VS_DENSE_CASES if case[1] <= 3000] + TOPK_CASES
+
+
+@pytest.mark.parametrize("loss_fn", BOTH)
+@pytest.mark.parametrize(
+    "case", ANCHOR_PATH_CASES, ids=lambda c: f"seed{c[0]}-{c[4]}-{c[5]}-top{c[6]}"
+)
+def test_gathered_and_fixed_shape_anchors_agree(case, loss_fn, monkeypatch):
+    """The positives gathered as anchors (the CPU way) and every entry as an anchor with the
+    others masked out (the fixed-shape way of accelerators, forced here on the CPU): the same
+    gradients bit for bit and the same values up to the order of the final sums."""
+    seed, num, positive_fraction, ignored_fraction, kind, function_kind, topk = case
+    logits, targets, quality = make_inputs(seed, num, positive_fraction, ignored_fraction, kind)
+    if positive_fraction == 0.0:
+        targets[num // 2] = 1
+    functions = build_functions(function_kind, seed)
+    truncated = lambda *args: loss_fn(*args, topk=topk)  # noqa: E731
+    gathered = loss_and_grads(truncated, logits, targets, quality, functions)
+    monkeypatch.setattr(pap_module, "INDEXED_DEVICES", ())
+    fixed = loss_and_grads(truncated, logits, targets, quality, functions)
+    assert torch.equal(gathered[0].num_positives, fixed[0].num_positives)
+    for a, b in zip(gathered[0], fixed[0]):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    assert torch.equal(gathered[1], fixed[1]) and torch.equal(gathered[2], fixed[2])
+
+
+@pytest.mark.parametrize("loss_fn", BOTH)
+@pytest.mark.parametrize("targets", [[0, 0, -1, 0], [-1, -1, -1, -1], []])
+def test_fixed_shape_anchors_without_positives_give_zero(targets, loss_fn, monkeypatch):
+    monkeypatch.setattr(pap_module, "INDEXED_DEVICES", ())
+    targets = torch.tensor(targets, dtype=torch.long)
+    logits = torch.randn(len(targets), dtype=F64)
+    quality = torch.rand(len(targets), dtype=F64)
+    components, grad_logits, grad_quality = loss_and_grads(
+        loss_fn, logits, targets, quality, PAPFunctions.published("retinanet")
+    )
+    assert components.num_positives == 0 and components.loss.item() == 0.0
+    assert torch.equal(grad_logits, torch.zeros_like(logits))
+    assert torch.equal(grad_quality, torch.zeros_like(quality))
 
 
 def published_formula(logits, targets, quality, functions, topk):

@@ -279,7 +279,7 @@ def test_mask_loss_is_the_head_losss_own_term_and_the_screen_never_sees_it():
         )
     computed, scalars = head_loss.compute(ranking)
     assert losses["loss_rs"].item() == computed.item()
-    assert losses[MASK_LOSS_KEY].item() == pytest.approx(scalars["rs_cls"], rel=1e-12)
+    assert losses[MASK_LOSS_KEY].item() == pytest.approx(float(scalars["rs_cls"]), rel=1e-12)
     assert set(plain) == {"loss_rs"}
 
 
