@@ -60,8 +60,8 @@ def loss_cases() -> Dict[str, Callable]:
         pap_loss_dense,
         rank_sort_loss,
     )
-    from paploss.lossgraph import BOX, CLS, box_loss, cls_loss, parse_branch
-    from paploss.lossgraph.branches import CE_EXPRESSION, GIOU_EXPRESSION
+    from paploss.losses.graph import BOX, CLS, box_loss, cls_loss, parse_branch
+    from paploss.losses.graph.branches import CE_EXPRESSION, GIOU_EXPRESSION
 
     published = PAPFunctions.published("retinanet")
     identity = PAPFunctions.identity()
