@@ -168,6 +168,9 @@ def _rows() -> List[Row]:
             ("rs", "rs_retinanet"),
             ("pap identity", "pap_retinanet_identity"),
             ("pap published", "pap_retinanet_published"),
+            # the published functions on the base recipe of the rows above (3 anchor scales, box
+            # deltas (1, 1, 1, 1), test NMS 0.5), not the published PAP recipe: only the loss differs
+            ("pap published, base recipe", "pap_retinanet_published_base_recipe"),
         ]
     ]
     rows += [

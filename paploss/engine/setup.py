@@ -217,10 +217,6 @@ def setup_cfg(
     check_dataset_names(cfg.DATASETS.TRAIN, "DATASETS.TRAIN")
     check_dataset_names(cfg.DATASETS.TEST, "DATASETS.TEST")
     if validate:
-        report = validate_config_data(cfg)
-        for line in report.summary_lines():
-            logger.info(line)
-        for line in report.warnings:
-            logger.warning(line)
+        validate_config_data(cfg).log(logger)
     cfg.freeze()
     return cfg

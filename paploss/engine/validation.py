@@ -9,6 +9,7 @@ need not be wrong (the input resize shrinks the images a lot, pixel statistics i
 order, classes without training boxes) come back as warnings.
 """
 
+import logging
 import os
 import statistics
 from dataclasses import dataclass, field
@@ -145,6 +146,13 @@ class DataReport:
             f"boxes, {len(d.classes or [])} classes, from '{d.source}'"
             for d in self.datasets.values()
         ]
+
+    def log(self, logger: logging.Logger) -> None:
+        """Write the summary lines (info) and the warnings (warning) to ``logger``."""
+        for line in self.summary_lines():
+            logger.info(line)
+        for line in self.warnings:
+            logger.warning(line)
 
 
 def validate_config_data(cfg: CfgNode) -> DataReport:

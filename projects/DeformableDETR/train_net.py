@@ -50,10 +50,8 @@ def setup(args, data_report=None):
     default_setup(cfg, args)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="paploss")
     logger = logging.getLogger("paploss")
-    for line in data_report.summary_lines() if data_report else []:
-        logger.info(line)
-    for line in data_report.warnings if data_report else []:
-        logger.warning(line)
+    if data_report is not None:
+        data_report.log(logger)
     return cfg
 
 

@@ -256,7 +256,7 @@ def test_console_script_and_help() -> None:
 def test_default_search_settings() -> None:
     settings = load_settings(str(REPO_ROOT / "configs" / "search" / "default.yaml"))
     assert settings.model.config == str(
-        REPO_ROOT / "configs" / "synthetic" / "pap_retinanet_published_unit_deltas.yaml"
+        REPO_ROOT / "configs" / "synthetic" / "pap_retinanet_published_base_recipe.yaml"
     )
     assert (settings.search.method, settings.search.init) == ("cmaes", "published")
     assert settings.launcher.kind == "local" and settings.launcher.parallel == 2
