@@ -11,11 +11,16 @@ delta of some positive (the pruning of low negatives removes little: a hard case
 
     python benchmarks/bench_ranking_losses.py            # P in {100, 1000} x N in {1e4, 1e5}
     python benchmarks/bench_ranking_losses.py --quick    # two sizes, loop timed once
+    python benchmarks/bench_ranking_losses.py --fixed-shapes  # the accelerators' way, on the CPU
 
 Times are medians over ``--runs`` passes of the loop (one pass beyond ``--max-loop-work`` pairs, and
 with ``--quick``) and at least five of the fast version, timed alternately so that both see the
 same machine load. On a shared machine, compare the ratios of one run rather than absolute times
 across runs.
+
+``--fixed-shapes`` times the fast version as it runs on accelerators (every entry an anchor, the
+positives a mask: no host synchronisation, :mod:`paploss.losses._devices`) instead of the CPU's
+gathered positives; on the CPU that way is slower.
 """
 
 import argparse
@@ -25,6 +30,7 @@ from typing import Callable, List, Tuple
 
 import torch
 
+from paploss.losses import _devices
 from paploss.losses.alrp_loss import alrp_loss
 from paploss.losses.ap_loss import ap_loss
 from paploss.losses.rank_sort_loss import rank_sort_loss
@@ -132,7 +138,14 @@ def main() -> None:
         default=1e9,
         help="time the loop only once above this many (positive, entry) pairs",
     )
+    parser.add_argument(
+        "--fixed-shapes",
+        action="store_true",
+        help="time the fast version's fixed-shape way (that of accelerators) on the CPU",
+    )
     args = parser.parse_args()
+    if args.fixed_shapes:
+        _devices.INDEXED_DEVICES = ()
     clock = CLOCKS[args.clock]
     torch.set_num_threads(args.threads)
     dtype = getattr(torch, args.dtype)
@@ -151,7 +164,8 @@ def main() -> None:
 
     print(
         f"forward + backward, CPU, {args.dtype}, {torch.get_num_threads()} thread(s); "
-        f"median {args.clock} time"
+        f"median {args.clock} time; fast version: "
+        f"{'fixed shapes' if args.fixed_shapes else 'gathered positives'}"
     )
     header = f"{'loss':<10} {'P':>5} {'N':>7} {'loop (s)':>10} {'fast (s)':>10} {'speed-up':>9}"
     header += f" {'runs loop/fast':>15} {'max |grad diff|':>16}"

@@ -5,8 +5,9 @@ The classification part is trained with the error-driven gradient computed in th
 the localisation part is an ordinary differentiable function of the positives' localisation
 errors. The published algorithm (``ranking_reference.alrp_loss_reference``) loops over the
 positives, O(P (P + N)); here every per-positive sum is exact in O((P + M) log P) time and
-O(P + M) memory (the machinery is described in :mod:`paploss.losses.ap_loss`), with the same values
-and gradients. The self-balancing weight of the localisation term lives with the head that trains
+O(P + M) memory on the CPU, in O(M log M) time and O(M) memory with fixed shapes and no host
+synchronisation on accelerators (the machinery and the two ways are described in
+:mod:`paploss.losses.ap_loss`), with the same values and gradients. The self-balancing weight of the localisation term lives with the head that trains
 with the loss (:class:`paploss.modeling.head_loss.ALRPSelfBalance`).
 """
 
@@ -15,12 +16,8 @@ from typing import Tuple
 import torch
 
 from ._checks import check_ranking_inputs
-from .ap_loss import (
-    _assemble_gradient,
-    _check_delta,
-    _prepare_ranking_problem,
-    _smoothed_step_sums,
-)
+from ._devices import needs_fixed_shapes
+from .ap_loss import _check_delta, _prepare_ranking_problem
 
 __all__ = ["alrp_loss"]
 
@@ -32,40 +29,41 @@ NUM_FP_EPS = 1e-5
 def _alrp_classification_and_gradient(
     logits: torch.Tensor, targets: torch.Tensor, loc_errors: torch.Tensor, delta: float
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Returns ``(cls_loss, d cls_loss / d logits [M], rank [P])``; see :func:`alrp_loss`."""
+    """Returns ``(cls_loss, d cls_loss / d logits [M], rank [A])``, ``rank`` at the anchors of the
+    ranking problem (the positives on the CPU, every entry elsewhere); see :func:`alrp_loss`."""
     problem = _prepare_ranking_problem(logits, targets, delta)
     if problem is None:
         return logits.new_zeros(()), torch.zeros_like(logits), logits.new_zeros((0,))
-    pos_logits = problem.pos_logits
-    num_pos = pos_logits.shape[0]
-    pos_loc_errors = loc_errors.index_select(0, problem.pos_index).to(pos_logits.dtype)
+    anchor_logits = problem.logits  # [A]
+    pos_loc_errors = problem.at(loc_errors).to(anchor_logits.dtype)
 
     # Column 0: sum_k H(s_k - s_i); column 1: sum_k H(s_k - s_i) E(k); both over all positives,
     # so they include the self pair with H(0) = 1/2, which rank_pos counts as 1 and the
     # localisation sum leaves out.
-    pos_weights = torch.stack([torch.ones_like(pos_logits), pos_loc_errors], dim=1)
-    pos_sums = _smoothed_step_sums(pos_logits, problem.sorted_pos, pos_weights, delta)
+    pos_weights = torch.stack([torch.ones_like(anchor_logits), pos_loc_errors], dim=1)
+    pos_sums = problem.positive_sums(pos_weights)
     rank_pos = 1 + (pos_sums[:, 0] - 0.5)
     loc_error_above = pos_sums[:, 1] - 0.5 * pos_loc_errors
-    num_fp = problem.negatives.false_positives()
+    num_fp = problem.false_positives()
     rank = rank_pos + num_fp
-    cls_loss = 1 - (rank_pos / rank).mean()
+    cls_loss = problem.zero_without_positives(1 - problem.mean(rank_pos / rank))
 
     # A positive's error (its false positives plus the localisation errors of the positives above
     # it) is pushed onto the negatives above it in proportion to H(s_j - s_i) / N_FP(i).
     has_fp = num_fp > NUM_FP_EPS
     pos_error = torch.where(has_fp, (num_fp + loc_error_above) / rank, 0.0)
     share = pos_error / torch.where(has_fp, num_fp, 1.0)
-    neg_grad = problem.negatives.per_negative(share)
-    grad = _assemble_gradient(problem, -pos_error / num_pos, neg_grad / num_pos, logits)
+    neg_grad = problem.per_negative(share)
+    grad = problem.gradient(-pos_error / problem.normalizer, neg_grad / problem.normalizer, logits)
     return cls_loss.to(logits.dtype), grad, rank.to(logits.dtype)
 
 
 class _ALRPClassification(torch.autograd.Function):
     """aLRP classification loss whose forward also computes the gradient of the logits.
 
-    Returns ``(cls_loss, rank [P])``; ``rank`` (positives in index order) is not differentiable
-    and normalises the localisation term.
+    Returns ``(cls_loss, rank [A])``; ``rank`` (at the anchors of the ranking problem: the
+    positives in index order on the CPU, every entry elsewhere) is not differentiable and
+    normalises the localisation term.
     """
 
     @staticmethod
@@ -123,7 +121,8 @@ def alrp_loss(
 
         Values and gradients equal those of
         :func:`~paploss.losses.ranking_reference.alrp_loss_reference` up to rounding; the cost is
-        O((P + M) log P) time and O(P + M) memory for ``M`` entries.
+        O((P + M) log P) time and O(P + M) memory for ``M`` entries on the CPU, O(M log M) time
+        and O(M) memory without host synchronisation elsewhere.
 
     Raises:
         ValueError: on malformed inputs, naming the argument.
@@ -135,6 +134,8 @@ def alrp_loss(
     cls_loss, rank = _ALRPClassification.apply(
         logits, targets, loc_errors.detach().to(logits.dtype), delta
     )
+    if needs_fixed_shapes(logits.device):
+        return cls_loss, _localisation_over_all_entries(logits, targets, loc_errors, rank)
     pos_index = torch.nonzero(targets == 1).squeeze(1)
     pos_loc_errors = loc_errors.index_select(0, pos_index).to(logits.dtype)
     if pos_loc_errors.numel() == 0:
@@ -143,3 +144,31 @@ def alrp_loss(
     running_loc_error = torch.cumsum(pos_loc_errors[descending], dim=0)
     loc_loss = (running_loc_error / rank[descending]).mean()
     return cls_loss, loc_loss
+
+
+def _localisation_over_all_entries(
+    logits: torch.Tensor, targets: torch.Tensor, loc_errors: torch.Tensor, rank: torch.Tensor
+) -> torch.Tensor:
+    """The localisation term of :func:`alrp_loss` with fixed shapes (the way of accelerators):
+    every entry is ranked, the positives are a mask and the others carry a zero error.
+
+    Args:
+        logits: ``[M]`` logits.
+        targets: ``[M]`` targets in {1, 0, -1}.
+        loc_errors: ``[M]`` localisation errors, read at the positives.
+        rank: ``[M]`` the positives' ``rank(i)`` (``[0]`` when ``M`` is 0), detached.
+
+    Returns:
+        The scalar ``loc_loss``, differentiable with respect to ``loc_errors`` (0 without
+        positives).
+    """
+    is_positive = targets == 1
+    if not is_positive.shape[0]:
+        return loc_errors.to(logits.dtype).sum()  # zero, with a (zero) gradient path
+    pos_loc_errors = torch.where(is_positive, loc_errors.to(logits.dtype), 0.0)
+    # Descending logits, tied logits larger index first: a stable ascending sort, flipped.
+    descending = torch.argsort(logits.detach(), stable=True).flip(0)
+    running_loc_error = torch.cumsum(pos_loc_errors.index_select(0, descending), dim=0)
+    per_positive = running_loc_error / rank.index_select(0, descending)
+    per_positive = torch.where(is_positive.index_select(0, descending), per_positive, 0.0)
+    return per_positive.sum() / is_positive.sum().clamp_min(1)

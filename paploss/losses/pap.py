@@ -31,7 +31,8 @@ one keeps all entries in its sorted list and zeroes the weights of entries outsi
 dense one gathers the entries of the j-sums as columns). Top-k costs one more O(M log M) sort.
 
 **Anchors: gathered positives on the CPU, every entry elsewhere.** Which entries are the anchors
-``i`` of the fast sums depends on the device of the logits (:func:`_needs_fixed_shapes`):
+``i`` of the fast sums depends on the device of the logits
+(:func:`paploss.losses._devices.needs_fixed_shapes`, shared with the AP, aLRP and RS losses):
 
 * CPU tensors: the ``P`` positives, gathered with ``nonzero``. O(M log M + P K log M) time and
   O(M + P K) memory for ``K`` knots. Reading the positives' positions costs nothing on the CPU.
@@ -45,8 +46,8 @@ functions, P = 1000, one thread: 34 ms vs 8 ms at M = 1e3, 2.3 s vs 0.25 s at M 
 2.5 s at M = 1e6, with 3.5x the peak memory), and every CPU training would pay that. On an
 accelerator the fixed shapes are kept so that the host can queue the whole step without waiting
 (the two ways have not been timed against each other there). Both ways give the same values and
-gradients (the extra anchors only add zeros; tested to 1e-12); :data:`INDEXED_DEVICES` lets tests
-run the fixed-shape way on the CPU.
+gradients (the extra anchors only add zeros; tested to 1e-12);
+:data:`paploss.losses._devices.INDEXED_DEVICES` lets tests run the fixed-shape way on the CPU.
 """
 
 from typing import Callable, NamedTuple, Optional, Tuple
@@ -54,6 +55,7 @@ from typing import Callable, NamedTuple, Optional, Tuple
 import torch
 
 from ._checks import check_ranking_inputs
+from ._devices import needs_fixed_shapes
 from .functions import PAPFunctions
 from .pairwise import gap_sum, pairwise_gap_sum, piecewise_linear, sort_scores
 
@@ -92,19 +94,6 @@ class PAPLossComponents(NamedTuple):
     precision_error: torch.Tensor
 
 
-#: Device types on which the fast loss takes only the positives as anchors, gathered with
-#: ``nonzero`` (module docstring); on the others every entry is an anchor (fixed shapes).
-INDEXED_DEVICES = ("cpu",)
-
-
-def _needs_fixed_shapes(device: torch.device) -> bool:
-    """Whether the loss must keep every shape independent of the data on ``device``: true on
-    accelerators, where reading the number of positives would make the host wait for the device;
-    false on the CPU (:data:`INDEXED_DEVICES`), where the positives are gathered at no such cost
-    and the fixed-shape way would only be slower (module docstring)."""
-    return device.type not in INDEXED_DEVICES
-
-
 class _Anchors(NamedTuple):
     """The anchors ``i`` of the ratio sums, ``A`` of them.
 
@@ -137,7 +126,7 @@ class _Anchors(NamedTuple):
 
 
 def _anchors(is_positive: torch.Tensor) -> _Anchors:
-    if _needs_fixed_shapes(is_positive.device):
+    if needs_fixed_shapes(is_positive.device):
         return _Anchors(None, is_positive)
     return _Anchors(torch.nonzero(is_positive, as_tuple=True)[0], is_positive)
 

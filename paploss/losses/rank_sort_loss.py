@@ -13,20 +13,20 @@ error also needs sums restricted to the positives of lower quality,
 answered for all positives at once by a wavelet matrix (:class:`_KeyRestrictedStepSums`):
 O(P log P) time and memory, with sort, cumsum, searchsorted and index_select only. One call costs
 O((P + M) log P) time and O(P log P + M) memory in total.
+
+That is the CPU way, with the positives gathered. On accelerators (fixed shapes, no host
+synchronisation; see :mod:`paploss.losses.ap_loss`) every entry is an anchor with the positives as
+a mask, and the wavelet matrix holds all ``M`` entries (the others with weight 0) and keeps every
+(level, query) pair of its queries instead of gathering those that count: O(M log M) time and
+memory.
 """
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 
 from ._checks import check_ranking_inputs
-from .ap_loss import (
-    _accumulate_dtype,
-    _assemble_gradient,
-    _check_delta,
-    _prepare_ranking_problem,
-    _smoothed_step_sums,
-)
+from .ap_loss import _accumulate_dtype, _check_delta, _prepare_ranking_problem
 
 __all__ = ["rank_sort_loss"]
 
@@ -78,10 +78,18 @@ class _WaveletMatrix:
         self.next_index = torch.cat([zeros_before, num_zeros + positions - zeros_before], dim=1)
 
     def follow(
-        self, starts: torch.Tensor, ends: torch.Tensor, bounds: torch.Tensor
+        self,
+        starts: torch.Tensor,
+        ends: torch.Tensor,
+        bounds: torch.Tensor,
+        fixed_shapes: bool = False,
     ) -> "_FollowedQueries":
         """Follow the query ranges ``[starts, ends)`` (``[Q]`` each) with ``bounds`` (``[Q]`` in
-        ``[0, n]``) down the levels, for :meth:`sums`."""
+        ``[0, n]``) down the levels, for :meth:`sums`.
+
+        Only the (level, query) pairs whose bound bit is 1 add to the sums: they are gathered with
+        ``nonzero``, or with ``fixed_shapes`` every pair is kept and the others weighted 0 (twice
+        the work at most, but no shape depends on the data)."""
         bound_bits = (bounds.unsqueeze(0) >> self.shifts.unsqueeze(1)) & 1  # [L, Q]
         side_offset = torch.cat([bound_bits, bound_bits], dim=1) * (self.size + 1)
         index = torch.cat([ends, starts])  # both ends of every range, followed together
@@ -92,7 +100,16 @@ class _WaveletMatrix:
         # Only (level, query) pairs whose bound bit is 1 add anything: keep those, with their
         # range ends as flat indices into the per-level prefix sums.
         num_queries = bounds.shape[0]
-        flat_index = (torch.stack(level_index) + self.level_rows * (self.size + 1)).view(-1)
+        flat_index = torch.stack(level_index) + self.level_rows * (self.size + 1)  # [L, 2Q]
+        if fixed_shapes:
+            return _FollowedQueries(
+                flat_index[:, :num_queries].reshape(-1),
+                flat_index[:, num_queries:].reshape(-1),
+                torch.arange(num_queries, device=bounds.device).repeat(self.num_bits),
+                num_queries,
+                bound_bits.view(-1),
+            )
+        flat_index = flat_index.view(-1)
         level, query = torch.nonzero(bound_bits, as_tuple=True)
         end_position = level * (2 * num_queries) + query  # into the flattened [L, 2Q]
         return _FollowedQueries(
@@ -124,6 +141,8 @@ class _WaveletMatrix:
         )  # [L * (n + 1), C]
         below = zero_weight_before.index_select(0, followed.end_index)
         below -= zero_weight_before.index_select(0, followed.start_index)
+        if followed.bound_bit is not None:
+            below *= followed.bound_bit.to(below.dtype).unsqueeze(1)
         out = weights.new_zeros(followed.num_queries, num_channels)
         return out.index_add_(0, followed.query, below)
 
@@ -133,15 +152,19 @@ class _FollowedQueries(NamedTuple):
 
     Attributes:
         end_index, start_index: ``[K]`` flat indices of the range ends in the ``[L * (n + 1)]``
-            per-level prefix sums, one pair per (level, query) where the bound's bit is 1.
+            per-level prefix sums, one pair per (level, query) where the bound's bit is 1, or per
+            (level, query) with fixed shapes (``K = L Q``).
         query: ``[K]`` the query of each pair.
         num_queries: ``Q``.
+        bound_bit: with fixed shapes, ``[K]`` the bound's bit of each pair (the pairs with a 0
+            count nothing); ``None`` when only the pairs with a 1 are kept.
     """
 
     end_index: torch.Tensor
     start_index: torch.Tensor
     query: torch.Tensor
     num_queries: int
+    bound_bit: Optional[torch.Tensor] = None
 
 
 class _KeyRestrictedStepSums:
@@ -159,12 +182,15 @@ class _KeyRestrictedStepSums:
     O(n log n) time and memory. Accumulation is in float64.
     """
 
-    def __init__(self, scores: torch.Tensor, keys: torch.Tensor, delta: float):
+    def __init__(
+        self, scores: torch.Tensor, keys: torch.Tensor, delta: float, fixed_shapes: bool = False
+    ):
         """
         Args:
             scores: ``[n]`` scores, ``n >= 1``.
             keys: ``[n]`` keys (ties never count).
             delta: half-width of ``H``, ``>= 0``.
+            fixed_shapes: keep every shape independent of the data (:meth:`_WaveletMatrix.follow`).
         """
         n = scores.shape[0]
         acc = _accumulate_dtype(scores.device)
@@ -199,6 +225,7 @@ class _KeyRestrictedStepSums:
             torch.cat([high_below, low_below]),
             torch.cat([full, high_below]),
             torch.cat([num_keys_below, num_keys_below]),
+            fixed_shapes,
         )
         # above(): the same ranges for H(s_a - s_p); the wavelet sums keys <= the anchor's, the
         # complement of what above() wants.
@@ -206,6 +233,7 @@ class _KeyRestrictedStepSums:
             torch.cat([zero, low_above]),
             torch.cat([low_above, high_above]),
             torch.cat([num_keys_at_most, num_keys_at_most]),
+            fixed_shapes,
         )
 
     def _score_order_channels(self, weights: torch.Tensor) -> torch.Tensor:
@@ -251,19 +279,23 @@ def _rank_sort_loss_and_gradient(
     problem = _prepare_ranking_problem(logits, targets, delta)
     if problem is None:
         return logits.new_zeros(()), torch.zeros_like(logits)
-    pos_logits = problem.pos_logits
-    num_pos = pos_logits.shape[0]
-    pos_quality = quality.index_select(0, problem.pos_index).to(pos_logits.dtype)
+    anchor_logits = problem.logits  # [A]
+    pos_quality = problem.at(quality).to(anchor_logits.dtype)
 
     # Sums over all positives, self pair included (H(0) = 1/2, or 1 for the exact step):
     # column 0 is rank_pos, column 1 the numerator of the current sorting error.
-    pos_weights = torch.stack([torch.ones_like(pos_logits), 1 - pos_quality], dim=1)
-    pos_sums = _smoothed_step_sums(pos_logits, problem.sorted_pos, pos_weights, delta)
+    pos_weights = problem.keep(torch.stack([torch.ones_like(anchor_logits), 1 - pos_quality], 1))
+    pos_sums = problem.positive_sums(pos_weights)
     # The same over the positives of strictly lower quality only (the missorted ones); the target
     # sorting error uses the complement, the positives with quality >= the anchor's.
-    by_quality = _KeyRestrictedStepSums(pos_logits, pos_quality, delta)
+    by_quality = _KeyRestrictedStepSums(
+        anchor_logits,
+        problem.keep(pos_quality),
+        delta,
+        fixed_shapes=problem.fixed_shapes,
+    )
     lower_sums = by_quality.below(pos_weights)
-    num_fp = problem.negatives.false_positives()
+    num_fp = problem.false_positives()
 
     rank_pos = pos_sums[:, 0]
     ranking_error = num_fp / (rank_pos + num_fp)
@@ -275,7 +307,7 @@ def _rank_sort_loss_and_gradient(
     has_fp = num_fp > RANK_SORT_EPS
     pos_grad = -torch.where(has_fp, ranking_error, 0.0)
     neg_share = torch.where(has_fp, ranking_error / torch.where(has_fp, num_fp, 1.0), 0.0)
-    neg_grad = problem.negatives.per_negative(neg_share)
+    neg_grad = problem.per_negative(neg_share)
     # Sorting: the positive's error goes to the lower-quality positives above it: positive k
     # receives sum_{i: y_i > y_k} H(s_k - s_i) share_i.
     missorted = lower_sums[:, 0]
@@ -284,10 +316,11 @@ def _rank_sort_loss_and_gradient(
     sorting_share = torch.where(
         is_missorted, sorting_error / torch.where(is_missorted, missorted, 1.0), 0.0
     )
-    pos_grad = pos_grad + by_quality.above(sorting_share.unsqueeze(1)).squeeze(1)
+    pos_grad = pos_grad + by_quality.above(problem.keep(sorting_share).unsqueeze(1)).squeeze(1)
 
-    grad = _assemble_gradient(problem, pos_grad / num_pos, neg_grad / num_pos, logits)
-    return (ranking_error.mean() + sorting_error.mean()).to(logits.dtype), grad
+    grad = problem.gradient(pos_grad / problem.normalizer, neg_grad / problem.normalizer, logits)
+    loss = problem.mean(ranking_error) + problem.mean(sorting_error)
+    return loss.to(logits.dtype), grad
 
 
 class _RankSortLoss(torch.autograd.Function):
@@ -344,7 +377,8 @@ def rank_sort_loss(
         with lower-quality positives above it (``sum_{k: y_k < y_i} H(s_k - s_i) > 1e-10``) it
         passes its sorting error onto those in the same way. Values and gradients equal those of
         :func:`~paploss.losses.ranking_reference.rank_sort_loss_reference` up to rounding; the
-        cost is O((P + M) log P) time and O(P log P + M) memory for ``M`` entries.
+        cost is O((P + M) log P) time and O(P log P + M) memory for ``M`` entries on the CPU,
+        O(M log M) time and memory without host synchronisation elsewhere.
 
     Raises:
         ValueError: on malformed inputs, naming the argument.

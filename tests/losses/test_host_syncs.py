@@ -3,16 +3,13 @@
 The count runs on the CPU (:func:`tests.utils.sync_count.count_syncs`): the operators that would
 make the host wait for an accelerator (scalar reads, data-dependent shapes, ``bincount``) are the
 same there. The losses run as on an accelerator (:func:`tests.utils.sync_cases.as_on_accelerator`):
-the input checks that read values (run on the CPU only) are switched off, and the PAP loss keeps
-fixed shapes (every entry an anchor) instead of gathering its positives, as it does on the CPU.
+the input checks that read values (run on the CPU only) are switched off, and the ranking losses
+(PAP, AP, aLRP, RS) keep fixed shapes (every entry an anchor, the positives a mask) instead of
+gathering their positives, as they do on the CPU.
 
-Expected: zero for the PAP loss (exact and top-k), the Dice loss and the loss-graph branches.
-AP-Loss, aLRP Loss and Rank & Sort Loss are not free yet, and their counts are pinned so that
-they only go down: they gather the positives with ``nonzero`` (their O(P log P + M) cost needs
-P-sized tensors), locate the entries among the positives' breakpoints with a bucket search that
-reads the breakpoints' span and the fullest bucket on the host, and histogram with ``bincount``;
-aLRP also gathers the positives for its localisation term, and RS follows its wavelet-matrix
-queries with ``nonzero``.
+Expected: zero for every loss: the PAP loss (exact and top-k), AP-Loss, aLRP Loss, Rank & Sort
+Loss (smoothed and exact step), the Dice loss and the loss-graph branches. The counts are pinned so
+that they only go down.
 """
 
 import pytest
@@ -30,10 +27,10 @@ EXPECTED = {
     "dice": 0,
     "graph_cls": 0,
     "graph_box": 0,
-    "ap": 6,
-    "alrp": 7,
-    "rs": 8,
-    "rs_exact_step": 8,
+    "ap": 0,
+    "alrp": 0,
+    "rs": 0,
+    "rs_exact_step": 0,
 }
 
 
@@ -51,7 +48,7 @@ def test_every_loss_is_counted(counts):
     assert set(counts) == set(EXPECTED)
 
 
-def test_without_positives_pap_needs_no_synchronisation():
+def test_without_positives_no_loss_synchronises():
     no_positives = loss_sync_counts(num_positives=0)
     assert all(no_positives[name] == 0 for name in EXPECTED if EXPECTED[name] == 0)
 
@@ -59,7 +56,7 @@ def test_without_positives_pap_needs_no_synchronisation():
 @pytest.mark.parametrize("case", ["pap_identity", "pap_published", "pap_topk", "pap_topk_all"])
 def test_on_the_cpu_pap_gathers_its_positives(case, monkeypatch):
     """Outside ``as_on_accelerator``, CPU tensors take the positives as the anchors of the PAP
-    sums (:data:`paploss.losses.pap.INDEXED_DEVICES`): one ``nonzero``, and one scalar read
+    sums (:data:`paploss.losses._devices.INDEXED_DEVICES`): one ``nonzero``, and one scalar read
     (whether every entry is in the sums), both free on the CPU, instead of every entry as an
     anchor. The counts above are of the fixed-shape way of accelerators."""
     from paploss.losses import _checks

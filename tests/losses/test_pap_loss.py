@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-import paploss.losses.pap as pap_module
+import paploss.losses._devices as devices_module
 from paploss.losses import (
     FUNCTION_NAMES,
     PAPFunctions,
@@ -538,7 +538,7 @@ def test_gathered_and_fixed_shape_anchors_agree(case, loss_fn, monkeypatch):
     functions = build_functions(function_kind, seed)
     truncated = lambda *args: loss_fn(*args, topk=topk)  # noqa: E731
     gathered = loss_and_grads(truncated, logits, targets, quality, functions)
-    monkeypatch.setattr(pap_module, "INDEXED_DEVICES", ())
+    monkeypatch.setattr(devices_module, "INDEXED_DEVICES", ())
     fixed = loss_and_grads(truncated, logits, targets, quality, functions)
     assert torch.equal(gathered[0].num_positives, fixed[0].num_positives)
     for a, b in zip(gathered[0], fixed[0]):
@@ -549,7 +549,7 @@ def test_gathered_and_fixed_shape_anchors_agree(case, loss_fn, monkeypatch):
 @pytest.mark.parametrize("loss_fn", BOTH)
 @pytest.mark.parametrize("targets", [[0, 0, -1, 0], [-1, -1, -1, -1], []])
 def test_fixed_shape_anchors_without_positives_give_zero(targets, loss_fn, monkeypatch):
-    monkeypatch.setattr(pap_module, "INDEXED_DEVICES", ())
+    monkeypatch.setattr(devices_module, "INDEXED_DEVICES", ())
     targets = torch.tensor(targets, dtype=torch.long)
     logits = torch.randn(len(targets), dtype=F64)
     quality = torch.rand(len(targets), dtype=F64)

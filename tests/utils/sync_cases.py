@@ -20,19 +20,19 @@ REFERENCE_CASES = ("pap_dense", "pap_dense_topk")
 def as_on_accelerator() -> Iterator[None]:
     """Run the losses as on an accelerator, so that a CPU count stands for a device run: the
     input checks that read values are skipped
-    (:data:`paploss.losses._checks.VALUE_CHECK_DEVICES`) and the PAP loss keeps fixed shapes
-    instead of gathering its positives (:data:`paploss.losses.pap.INDEXED_DEVICES`)."""
-    from paploss.losses import _checks, pap
+    (:data:`paploss.losses._checks.VALUE_CHECK_DEVICES`) and the ranking losses keep fixed shapes
+    instead of gathering their positives (:data:`paploss.losses._devices.INDEXED_DEVICES`)."""
+    from paploss.losses import _checks, _devices
 
     saved_checks = _checks.VALUE_CHECK_DEVICES
-    saved_indexed = pap.INDEXED_DEVICES
+    saved_indexed = _devices.INDEXED_DEVICES
     _checks.VALUE_CHECK_DEVICES = ()
-    pap.INDEXED_DEVICES = ()
+    _devices.INDEXED_DEVICES = ()
     try:
         yield
     finally:
         _checks.VALUE_CHECK_DEVICES = saved_checks
-        pap.INDEXED_DEVICES = saved_indexed
+        _devices.INDEXED_DEVICES = saved_indexed
 
 
 def loss_sync_counts(num_entries: int = 4000, num_positives: int = 60) -> Dict[str, int]:
