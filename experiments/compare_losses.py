@@ -171,6 +171,8 @@ def _rows() -> List[Row]:
             # the published functions on the base recipe of the rows above (3 anchor scales, box
             # deltas (1, 1, 1, 1), test NMS 0.5), not the published PAP recipe: only the loss differs
             ("pap published, base recipe", "pap_retinanet_published_base_recipe"),
+            # the loss configs/search/cmaes_retinanet.yaml found, on the same recipe
+            ("pap searched", "pap_retinanet_searched"),
         ]
     ]
     rows += [
