@@ -7,6 +7,7 @@ Usage::
     python experiments/bench_evolution.py                        # 300 candidates per method
     python experiments/bench_evolution.py --candidates 100 --methods evolution
     python experiments/bench_evolution.py --proxy-seconds 60 --output output/bench_evolution.json
+    python experiments/bench_evolution.py --score-table          # rejection scores of known graphs
 
 What runs (model: ``--config``, a Faster R-CNN with ``LOSS: "graph"``; images of
 ``synthetic_shapes_search_train``): the ROI head's fixed batch of a random detector is recorded
@@ -36,6 +37,14 @@ Printed:
   become invalid later, ``screening.early_stop``, acts inside the proxy trainings, not run here);
 * the reward of CE + GIoU and CE + L1 written as graphs, for scale;
 * evolution vs random search: best reward and accepted candidates on the same candidate budget.
+
+With ``--score-table`` it runs only the rejection protocol on a fixed list of hand-written graphs
+(working ones: CE + L1, CE + GIoU, CE + a smooth-L1-like loss, a focal-like loss, scaled
+variants; weak or degenerate ones: CE on the negatives only ("push negatives down"), on the
+positives only, a classification loss scaled to nothing ("box loss only"), a box loss scaled to
+nothing, a loss that pushes every score down) under each option of ``SCORE_OPTIONS`` and prints
+each graph's rejection score per option and, in brackets, as a share of CE + L1's score on the
+same batch: which option separates degenerate from working losses, and orders working ones.
 
 All timings are wall times on this machine with ``--threads`` torch threads.
 """
@@ -221,6 +230,83 @@ def _references(screener: Any, args: argparse.Namespace) -> None:
         print(f"{name:<12} {record.mean_gain:7.1f} {record.gain:6.1f}")
 
 
+#: Focal-loss-like classification (γ = 2, no α) and a smooth-L1-like box loss (quadratic below 1).
+FOCAL_EXPRESSION = (
+    "neg(add(mul(mul(y,square(sub(1,x))),log(x)),mul(mul(sub(1,y),square(x)),log(sub(1,x)))))"
+)
+SMOOTH_L1_EXPRESSION = "min(mul(0.5,square(sub(d,t))),abs(sub(d,t)))"
+#: Rejection settings compared by ``--score-table`` (on top of ``--images``).
+SCORE_OPTIONS = {
+    "final, 50 steps": {"steps": 50, "eval_every": 10},
+    "auc, 50 steps": {"steps": 50, "eval_every": 5, "score": "auc"},
+    "final, 20 steps, lr/10": {"steps": 20, "eval_every": 0, "logit_lr": 0.01, "box_lr": 0.002},
+    "auc, 20 steps, lr/10": {
+        "steps": 20,
+        "eval_every": 4,
+        "score": "auc",
+        "logit_lr": 0.01,
+        "box_lr": 0.002,
+    },
+    "final, 20 steps, sgd": {"steps": 20, "optimizer": "sgd", "logit_lr": 1.0, "box_lr": 1.0},
+}
+
+
+def score_table_graphs() -> Dict[str, Any]:
+    """Name → (classification, box) expression of the graphs ``--score-table`` scores."""
+    from paploss.losses.graph import CE_EXPRESSION, GIOU_EXPRESSION, L1_EXPRESSION
+
+    ce, l1 = CE_EXPRESSION, L1_EXPRESSION
+    return {
+        "CE + L1": (ce, l1),
+        "CE + GIoU": (ce, GIOU_EXPRESSION),
+        "CE + smooth-L1-like": (ce, SMOOTH_L1_EXPRESSION),
+        "focal-like + L1": (FOCAL_EXPRESSION, l1),
+        "CE/100 + L1": (f"mul(0.01,{ce})", l1),
+        "CE + L1/100": (ce, f"mul(0.01,{l1})"),
+        "negatives down only + L1": ("neg(mul(sub(1,y),log(sub(1,x))))", l1),
+        "positives up only + L1": ("neg(mul(y,log(x)))", l1),
+        "box loss only (CE*1e-6) + L1": (f"mul(0.000001,{ce})", l1),
+        "CE + no box loss (L1*1e-6)": (ce, f"mul(0.000001,{l1})"),
+        "every score down (x) + L1": ("x", l1),
+    }
+
+
+def _score_table(cfg: Any, args: argparse.Namespace) -> None:
+    """Each graph's rejection score under each of ``SCORE_OPTIONS`` (and its share of CE + L1's)."""
+    from paploss.losses.graph import BOX, CLS
+    from paploss.search.screening.graph_screener import GraphScreener
+    from paploss.search.settings import ScreeningSettings
+
+    graphs = score_table_graphs()
+    scores: Dict[str, Dict[str, float]] = {}
+    batch = None
+    for option, values in SCORE_OPTIONS.items():
+        rejection = {"num_images": args.images, "min_ap_gain": args.min_gain, **values}
+        settings = ScreeningSettings.from_dict({"rejection": rejection})
+        if batch is None:
+            batch = GraphScreener.build(settings, cfg, dataset=SEARCH_TRAIN).protocol.batch
+            print(f"fixed ROI batch: {batch.summary()}")
+        screener = GraphScreener(settings, batch, cfg=cfg)
+        start = time.perf_counter()
+        scores[option] = {}
+        for name, (cls, box) in graphs.items():
+            overrides = {CLS.config_key: cls, BOX.config_key: box}
+            (result,) = screener.reject_score(overrides).values()
+            scores[option][name] = result.score
+        seconds = (time.perf_counter() - start) / len(graphs)
+        print(f"  {option}: {seconds:.1f} s per graph", flush=True)
+    width = max(len(name) for name in graphs)
+    print(f"\n## rejection score per option (AP points; in brackets: share of CE + L1's)")
+    print(" | ".join([f"{'graph':<{width}}"] + [f"{option:>22}" for option in SCORE_OPTIONS]))
+    for name in graphs:
+        cells = []
+        for option in SCORE_OPTIONS:
+            score, reference = scores[option][name], scores[option]["CE + L1"]
+            share = f"{100.0 * score / reference:4.0f}%" if reference > 0 else "    -"
+            cells.append(f"{score:14.1f} ({share})")
+        print(" | ".join([f"{name:<{width}}"] + cells))
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default=DEFAULT_CONFIG)
@@ -238,6 +324,11 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--top", type=int, default=8)
     parser.add_argument("--output", help="write every record as JSON here")
+    parser.add_argument(
+        "--score-table",
+        action="store_true",
+        help="only the rejection scores of hand-written graphs under each of SCORE_OPTIONS",
+    )
     args = parser.parse_args(argv)
 
     import torch
@@ -248,6 +339,9 @@ def main(argv: Optional[List[str]] = None) -> None:
 
     torch.set_num_threads(args.threads)
     cfg = setup_cfg(args.config)
+    if args.score_table:
+        _score_table(cfg, args)
+        return
     settings = ScreeningSettings.from_dict(
         {
             "rejection": {

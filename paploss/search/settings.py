@@ -97,6 +97,9 @@ DEFAULT_METHOD = "ppo"
 INIT_POINTS = ("identity", "published")
 SIGMA_KINDS = ("exponential", "linear", "cosine", "constant")
 REJECTION_OPTIMIZERS = ("adam", "sgd")
+#: Rejection scores: the AP gain at the last step, or the area under the AP-gain-versus-steps
+#: curve divided by the steps (``RejectionResult.score``).
+REJECTION_SCORES = ("final", "auc")
 _BASE_KEY = "_BASE_"
 _MAX_BASE_DEPTH = 16
 
@@ -253,6 +256,13 @@ class WarmStartSettings(_Section):
             default.
         opts: its further config overrides, on top of ``proxy.opts``.
         seed: its training seed.
+        reinit: modules of the model, by name prefix (``roi_heads.box_predictor``), that every
+            proxy training re-initialises after loading the checkpoint: they keep the weights the
+            model was built with (Detectron2's initialisation, seeded by the trial's seed), the
+            rest is the checkpoint's. Empty: none.
+        freeze: modules, by name prefix (``backbone``, ``proposal_generator``), whose parameters
+            every proxy training freezes (``requires_grad_(False)`` before the optimizer is
+            built): the checkpoint's values stay, only the other modules learn. Empty: none.
     """
 
     KEY: ClassVar[str] = "proxy.warm_start"
@@ -262,6 +272,8 @@ class WarmStartSettings(_Section):
     loss: str = "stock"
     opts: Dict[str, Any] = field(default_factory=dict)
     seed: int = 0
+    reinit: Tuple[str, ...] = ()
+    freeze: Tuple[str, ...] = ()
 
     def validate(self) -> None:
         _int(self.iterations, self.key("iterations"), minimum=0)
@@ -277,10 +289,30 @@ class WarmStartSettings(_Section):
             not clashes,
             f"{self.key('opts')} must not set {', '.join(clashes)}: the proxy settings own them",
         )
+        for name in ("reinit", "freeze"):
+            prefixes = getattr(self, name)
+            _require(
+                all(isinstance(p, str) and p and not p.endswith(".") for p in prefixes),
+                f"{self.key(name)} must be module names (e.g. roi_heads.box_predictor), "
+                f"got {list(prefixes)!r}",
+            )
+            _require(
+                not prefixes or self.enabled,
+                f"{self.key(name)} needs a warm start ({self.key('iterations')} > 0)",
+            )
 
     @property
     def enabled(self) -> bool:
         return self.iterations > 0
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Plain data; ``reinit`` and ``freeze`` are left out while empty, so that journals and
+        trial specs written before the keys existed keep their settings and digests."""
+        data = super().to_dict()
+        for name in ("reinit", "freeze"):
+            if not data[name]:
+                del data[name]
+        return data
 
 
 @dataclass(frozen=True)
@@ -362,6 +394,7 @@ class ProxySettings(_Section):
         data = super().to_dict()
         if data["reward_task"] == REWARD_TASKS[0]:
             del data["reward_task"]
+        data["warm_start"] = self.warm_start.to_dict()
         if data["warm_start"] == WarmStartSettings().to_dict():
             del data["warm_start"]
         return data
@@ -735,6 +768,10 @@ class RejectionSettings(_Section):
         dataset: registered dataset of the images; None: the proxy training split.
         eval_every: also measure AP every this many steps (the curve is reported; 0: only at the
             end). Each measurement costs about as much as a few optimisation steps.
+        score: what ``min_ap_gain`` is compared with: ``final``, the AP gain at the last step,
+            or ``auc``, the area under the AP-gain-versus-steps curve (measured every
+            ``eval_every`` steps, which must be set) divided by ``steps``: it rewards how fast a
+            loss teaches, not only where it ends.
         candidates_per_image: top-scoring (anchor, class) pairs per image decoded before NMS.
         nms_threshold: IoU threshold of the per-class NMS.
         detections_per_image: detections kept per image after NMS (COCO's maxDets).
@@ -757,9 +794,15 @@ class RejectionSettings(_Section):
     nms_threshold: float = 0.5
     detections_per_image: int = 100
     rejected_reward: float = 0.0
+    score: str = "final"
 
     def validate(self) -> None:
         _bool(self.enabled, self.key("enabled"))
+        _choice(self.score, self.key("score"), REJECTION_SCORES)
+        _require(
+            self.score != "auc" or self.eval_every > 0,
+            f"{self.key('score')}: auc needs the curve, set {self.key('eval_every')} > 0",
+        )
         for name in ("min_ap_gain", "rejected_reward"):
             _require(is_number(getattr(self, name)), f"{self.key(name)} must be a finite number")
         for name in ("steps", "num_images", "candidates_per_image", "detections_per_image"):
@@ -782,6 +825,14 @@ class RejectionSettings(_Section):
             self.dataset is None or (isinstance(self.dataset, str) and bool(self.dataset)),
             f"{self.key('dataset')} must be a dataset name or null",
         )
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Plain data; ``score`` is left out while it is ``final`` (journals written before the
+        key existed keep their settings)."""
+        data = super().to_dict()
+        if data["score"] == REJECTION_SCORES[0]:
+            del data["score"]
+        return data
 
 
 @dataclass(frozen=True)
@@ -879,6 +930,12 @@ class ScreeningSettings(_Section):
     rejection: RejectionSettings = RejectionSettings()
     equivalence: EquivalenceSettings = EquivalenceSettings()
     early_stop: EarlyStopSettings = EarlyStopSettings()
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Plain data, the rejection's as :meth:`RejectionSettings.to_dict` gives it."""
+        data = super().to_dict()
+        data["rejection"] = self.rejection.to_dict()
+        return data
 
     @property
     def screens_candidates(self) -> bool:
@@ -1172,7 +1229,8 @@ def screening_summary(screening: ScreeningSettings) -> str:
     )
     if rejection.enabled:
         parts.append(
-            f"rejection below an AP gain of {rejection.min_ap_gain:g} after {rejection.steps} "
+            f"rejection below an AP gain{' AUC' if rejection.score == 'auc' else ''} of "
+            f"{rejection.min_ap_gain:g} after {rejection.steps} "
             f"steps on {rejection.num_images} images (reward {rejection.rejected_reward:g})"
         )
     if equivalence.enabled:

@@ -5,8 +5,10 @@ A fixed batch of predictions of a randomly initialised detector
 is optimised directly under the candidate's loss: the logits and the positives' box deltas are
 leaf tensors, updated by Adam for a fixed number of steps. COCO bbox AP (pycocotools,
 AP@[.5:.95], as the reward) of the detections decoded from the predictions is measured before and
-after; a candidate whose gain is below ``screening.rejection.min_ap_gain`` is rejected (status
-``rejected``) and never trained.
+after; a candidate whose score is below ``screening.rejection.min_ap_gain`` is rejected (status
+``rejected``) and never trained. The score (``screening.rejection.score``) is the gain at the last
+step (``final``) or the area under the AP-gain curve over the steps divided by the steps
+(``auc``, :attr:`RejectionResult.auc_gain`), which also rewards how fast a loss teaches.
 
 **What the score does and does not measure.** With Adam each prediction gets its own step size,
 so the score asks whether the candidate's gradient *directions* sort positives above negatives
@@ -62,6 +64,7 @@ class RejectionResult:
         loss_last: the candidate loss at the last step.
         curve: ``(step, AP)`` measured every ``eval_every`` steps (last step included).
         seconds: wall time of the optimisation and evaluation.
+        score_kind: which value :attr:`score` is (``rejection.score``): ``final`` or ``auc``.
     """
 
     head: str
@@ -72,6 +75,7 @@ class RejectionResult:
     loss_last: float
     curve: Tuple[Tuple[int, float], ...]
     seconds: float
+    score_kind: str = "final"
 
     @property
     def mean_gain(self) -> float:
@@ -80,9 +84,32 @@ class RejectionResult:
             return self.gain
         return sum(ap for _, ap in self.curve) / len(self.curve) - self.ap_before
 
+    @property
+    def auc_gain(self) -> float:
+        """Area under the AP-gain-versus-steps curve divided by its steps, in AP points.
+
+        Trapezoids from ``(0, 0)`` (no gain before the first step) through the measured
+        :attr:`curve`; equal to :attr:`gain` for a loss that gains it all at once, smaller the
+        slower the AP rises.
+        """
+        if not self.curve or self.curve[-1][0] <= 0:
+            return self.gain
+        area, last_step, last_gain = 0.0, 0, 0.0
+        for step, ap in self.curve:
+            gain = ap - self.ap_before
+            area += 0.5 * (gain + last_gain) * (step - last_step)
+            last_step, last_gain = step, gain
+        return area / last_step
+
+    @property
+    def score(self) -> float:
+        """What the rejection threshold is compared with: :attr:`gain` or :attr:`auc_gain`."""
+        return self.auc_gain if self.score_kind == "auc" else self.gain
+
     def to_dict(self) -> Dict[str, Any]:
         data = dataclasses.asdict(self)
         data["curve"] = [list(point) for point in self.curve]
+        data["score"] = self.score
         return data
 
 
@@ -183,6 +210,7 @@ class RejectionProtocol:
             loss_last=loss_last,
             curve=tuple(curve),
             seconds=time.perf_counter() - start,
+            score_kind=settings.score,
         )
 
     def _ap_of(self, logits: torch.Tensor, positive_deltas: torch.Tensor) -> float:

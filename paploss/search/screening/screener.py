@@ -149,8 +149,9 @@ class ScreeningDecision:
 
     @property
     def score(self) -> Optional[float]:
-        """The rejection score: the smallest per-head AP gain (None when not run)."""
-        return min(r.gain for r in self.rejection.values()) if self.rejection else None
+        """The rejection score: the smallest per-head score (AP gain, or its area under the
+        curve with ``rejection.score: auc``; None when not run)."""
+        return min(r.score for r in self.rejection.values()) if self.rejection else None
 
     def metrics(self) -> Dict[str, Any]:
         """JSON-able record for the trial's journal metrics (under a ``screening`` key)."""
@@ -293,8 +294,9 @@ class Screener:
         """Decide about one candidate and register its fingerprint under ``key``.
 
         In order: invalid on the probes (:meth:`probe`) → ``rejected``; a fingerprint an earlier
-        candidate had → ``duplicate``; an AP gain of the rejection protocol below
-        ``rejection.min_ap_gain`` on any screened head → ``rejected``; else ``accepted``.
+        candidate had → ``duplicate``; a score of the rejection protocol (``rejection.score``: the
+        AP gain or its area under the curve) below ``rejection.min_ap_gain`` on any screened
+        head → ``rejected``; else ``accepted``.
 
         Args:
             overrides: the candidate's config values (``SearchSpace.to_overrides(theta)``).
@@ -331,7 +333,7 @@ class Screener:
         status, reward = "accepted", None
         if self.protocols:
             rejection = self.reject_score(overrides)
-            if min(r.gain for r in rejection.values()) < self.settings.rejection.min_ap_gain:
+            if min(r.score for r in rejection.values()) < self.settings.rejection.min_ap_gain:
                 status, reward = "rejected", rejected_reward
         return ScreeningDecision(
             status=status,

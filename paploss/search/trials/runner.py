@@ -416,7 +416,14 @@ def _train_and_score(spec: TrialSpec, started_at: float, rank: int = 0) -> Trial
     spec.proxy.check_model_config(cfg, spec.config_file)
     os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
     seed_all_rng(spec.seed + rank)
-    trainer = ProxyTrainer(cfg, early_stop=spec.early_stop, stop_after=spec.stop_after)
+    warm_start = spec.proxy.warm_start
+    trainer = ProxyTrainer(
+        cfg,
+        early_stop=spec.early_stop,
+        stop_after=spec.stop_after,
+        reinit=warm_start.reinit,
+        freeze=warm_start.freeze,
+    )
     trainer.resume_or_load(resume=True)
     resumed_from = int(trainer.start_iter)
     if spec.stop_after is not None and resumed_from > spec.stop_after:
