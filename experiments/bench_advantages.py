@@ -38,7 +38,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from paploss.search.proposers import ScoredCandidate, proposer_class  # noqa: E402
-from paploss.search.settings import load_settings  # noqa: E402
+from paploss.search.settings_loading import load_settings  # noqa: E402
 from paploss.search.spaces import SearchSpace  # noqa: E402
 
 #: Rows: (name, search settings overrides); ``random`` is this benchmark's own baseline.

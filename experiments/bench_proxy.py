@@ -56,9 +56,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from compare_losses import DEFAULT_ITERATIONS, mean_std  # noqa: E402
 
-from paploss.search.controller import better_half  # noqa: E402
 from paploss.search.settings import SearchLoopSettings  # noqa: E402
-from paploss.search.settings import ProxySettings, SearchSettings, load_settings  # noqa: E402
+from paploss.search.settings import ProxySettings, SearchSettings  # noqa: E402
+from paploss.search.settings_loading import load_settings  # noqa: E402
+from paploss.search.steps.halving import better_half  # noqa: E402
 from paploss.search.trials.runner import (  # noqa: E402
     TrialResult,
     TrialSpec,

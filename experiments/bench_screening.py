@@ -235,7 +235,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         print(f"{threshold:>20.1f} {rejected:>9d} {rejected / len(gains):>7.1%}{marker}")
 
     if args.spearman:
-        from paploss.search.settings import load_settings
+        from paploss.search.settings_loading import load_settings
 
         search = load_settings(args.search_config, args.search_set)
         _run_spearman(args, search, rows, candidates, random_rows)

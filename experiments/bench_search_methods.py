@@ -34,7 +34,7 @@ def _run(config: str, method: str, seed: int, overrides: List[str], output: Path
     """Run (or resume) one search; returns its wall seconds (0 when it had finished before)."""
     from paploss.search.cli import _setup_logging
     from paploss.search.controller import SearchController, SearchOutput
-    from paploss.search.settings import load_settings
+    from paploss.search.settings_loading import load_settings
 
     _setup_logging()
     settings = load_settings(config, [*overrides, f"search.method={method}", f"search.seed={seed}"])
@@ -51,7 +51,7 @@ def _reference(config: str) -> List[str]:
     import json
 
     from paploss.engine import load_config
-    from paploss.search.settings import load_settings
+    from paploss.search.settings_loading import load_settings
 
     graph = load_config(load_settings(config).model.config).MODEL.PAPLOSS.GRAPH
     initial = json.dumps([{"cls": graph.CLS, "box": graph.BOX}])

@@ -1,7 +1,9 @@
 """Loss search: over PAP-loss parameters (``ppo``), or over loss graphs from scratch (``evolution``,
 ``random``). The flow of a search, one package or module per step::
 
-    settings      the search's settings (one module, one set of validators)
+    settings      the search's settings: their schema, one set of validators
+    settings_loading
+                  settings files (``_BASE_`` inheritance) and command-line overrides
     spaces/       what candidates are: flat θ ↔ ``MODEL.PAPLOSS`` config values (``pap``), or
                   loss graphs of the ROI head (``graph``)
     proposers/    the search method: proposes each round's candidates, learns from rewards
@@ -11,7 +13,9 @@
     launchers/    runs trials in-process, as local processes or as Slurm job arrays
     journal       the durable record of rounds, trials and the method's state
     reports/      status tables, the exported config, plots
-    controller    the one orchestrator of the steps above
+    steps/        what the round loop calls: warm start, waves of trials, retries, halving
+    output        the layout of a search's output folder
+    controller    the one orchestrator of the steps above: the round loop
     cli           ``paploss-search``
 
 Importing this package is cheap: the names below are loaded from their modules on first access
@@ -44,9 +48,9 @@ _LAZY = {
     "SigmaSchedule": "settings",
     "PPOConfig": "settings",
     "ScreeningSettings": "settings",
-    "load_settings": "settings",
+    "load_settings": "settings_loading",
     "SearchController": "controller",
-    "SearchError": "controller",
+    "SearchError": "errors",
     "export_config": "reports",
 }
 __all__ = list(_LAZY)

@@ -126,7 +126,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point of ``paploss-search`` and ``tools/search.py``; returns the exit code."""
     args = build_parser().parse_args(argv)
     _setup_logging()
-    from paploss.search.controller import SearchError
+    from paploss.search.errors import SearchError
     from paploss.search.journal import JournalError
     from paploss.search.launchers import LaunchError
     from paploss.search.settings import SettingsError
@@ -151,7 +151,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from paploss.search.controller import SearchController, SearchOutput
+    from paploss.search.controller import SearchController
+    from paploss.search.output import SearchOutput
 
     settings, output_dir = _run_settings(args)
     controller = SearchController(settings, output_dir, resume=args.resume)
@@ -213,7 +214,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from paploss.search.controller import SearchOutput
+    from paploss.search.output import SearchOutput
     from paploss.search.reports import export_config
 
     output = SearchOutput(Path(args.output).absolute())
@@ -251,7 +252,7 @@ def _warn_if_model_config_changed(journal: Any) -> None:
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
-    from paploss.search.controller import SearchOutput
+    from paploss.search.output import SearchOutput
     from paploss.search.reports import write_plots
 
     output = SearchOutput(Path(args.output).absolute())
@@ -270,8 +271,8 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
 def _run_settings(args: argparse.Namespace) -> Any:
     """Settings and output folder of ``run`` from the config file, the journal and the flags."""
-    from paploss.search.controller import SearchOutput
-    from paploss.search.settings import load_settings
+    from paploss.search.output import SearchOutput
+    from paploss.search.settings_loading import load_settings
 
     config = args.config
     if args.output and args.resume:
@@ -289,7 +290,8 @@ def _run_settings(args: argparse.Namespace) -> Any:
 
 def _settings_from_journal(output: Any, overrides: Sequence[str]) -> Any:
     """Resume without --config: the journal's settings, the launcher of the saved copy."""
-    from paploss.search.settings import JOURNAL_SECTIONS, load_settings
+    from paploss.search.settings import JOURNAL_SECTIONS
+    from paploss.search.settings_loading import load_settings
 
     with _open_journal(str(output.root)) as journal:
         stored = journal.settings
@@ -340,8 +342,8 @@ def _default_config() -> str:
 
 
 def _open_journal(output_dir: str) -> Any:
-    from paploss.search.controller import SearchOutput
     from paploss.search.journal import SearchJournal
+    from paploss.search.output import SearchOutput
 
     output = SearchOutput(Path(output_dir).absolute())
     if not output.journal.exists() and not output.journal.is_symlink():

@@ -11,14 +11,19 @@ One round::
     journal.begin_round(...)     candidates with their screening decisions + the proposer's state
                                  *after* proposing (random generators included)
     launch the trials, record each outcome as it arrives, retry failures up to max_attempts
+                                 (steps.waves, steps.retries)
     with search.halving (successive halving): the trials first train a prefix of the proxy
                                  (partial wave), the better half of the samples by that partial
                                  reward and the policy mean continue to the full proxy (full
-                                 wave); the others keep their partial reward
+                                 wave); the others keep their partial reward (steps.halving)
     duplicates take the reward of their earlier equivalent candidate
     proposer.observe(scored)     e.g. PPO on the scored samples (diverged ones with their
                                  penalty, rejected ones with screening.rejection.rejected_reward)
     journal.end_round(...)       the proposer's state after the update
+
+Before the first round, with ``proxy.warm_start``, the checkpoint every trial starts from is
+trained once (steps.warm_start). The steps are :mod:`paploss.search.steps`; this module is the
+loop that calls them, and the set-up of a new or resumed search.
 
 The proposer is the search method ``search.method`` names
 (:data:`paploss.search.proposers.PROPOSER_REGISTRY`; ``ppo`` by default); it also makes the
@@ -41,55 +46,48 @@ A new search checks its launcher first (for Slurm: the cluster answers), then wr
 that has nothing to resume, and ``resume`` refuses a folder without a journal rather than start
 a search there.
 
-Output folder layout::
-
-    <output>/journal.sqlite       the journal
-    <output>/settings.yaml        a readable copy of the settings the search was started with
-    <output>/model_config.yaml    the searched model's merged config, which every trial trains
-    <output>/warm_start/          with proxy.warm_start: the checkpoint every trial starts from,
-                                  trained once before the first round (a trial of its own)
-    <output>/trials/round000_trial00/ ...   one folder per trial (see paploss.search.trials.runner)
-    <output>/jobs/                submitit's pickles and job logs
+The output folder's layout is :mod:`paploss.search.output`.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import yaml
 
+from paploss.search.errors import SearchError
 from paploss.search.journal import JournalError, NewTrial, SearchJournal, TrialRecord
 from paploss.search.launchers.trial_launcher import (
-    TrialHandle,
     TrialLauncher,
-    TrialOutcome,
     check_launcher,
-    error_summary,
+    launcher_options,
 )
+from paploss.search.output import SearchOutput, trial_folder_name
 from paploss.search.proposers import Candidate, Proposer, ScoredCandidate, proposer_class
 from paploss.search.recheck import declared_best, recheck_candidates
-from paploss.search.screening.candidates import (
-    CandidateScreening,
-    ScreeningSetupError,
-    duplicate_of,
+from paploss.search.reports.summary import settings_summary
+from paploss.search.screening.candidates import CandidateScreening, ScreeningSetupError
+from paploss.search.settings import SearchSettings
+from paploss.search.steps.halving import (
+    HALVING,
+    PARTIAL_ITERATIONS,
+    partial_training_iterations,
+    select_halves,
+    selection_due,
 )
-from paploss.search.settings import LAUNCHER_KINDS, SearchSettings, settings_summary
-from paploss.search.trials.runner import (
-    TrialResult,
-    TrialSpec,
-    remove_checkpoints,
-    run_trial,
-    trial_folder_name,
-)
-from paploss.search.trials.warm_start import WARM_START_FOLDER, warm_start_spec, warm_start_weights
+from paploss.search.steps.retries import retry_unscorable_round
+from paploss.search.steps.warm_start import prepare_warm_start
+from paploss.search.steps.waves import TrialWaves, round_label
+from paploss.search.trials.proxy_config import check_reward_task, proxy_config_opts
+from paploss.search.trials.runner import TrialFunction, run_trial
+from paploss.utils.errors import error_summary
 from paploss.utils.imports import import_modules
 from paploss.utils.io import atomic_write
 
@@ -102,69 +100,9 @@ __all__ = [
     "model_config_changed",
     "model_config_digest",
     "round_seed",
-    "better_half",
 ]
 
 logger = logging.getLogger(__name__)
-
-TrialFunction = Callable[[TrialSpec], TrialResult]
-
-#: Trial metrics of the successive halving (``search.halving``): the reward and iterations of the
-#: partial training, and whether the trial then ``continued`` or was ``stopped``.
-PARTIAL_REWARD, PARTIAL_ITERATIONS, HALVING = "partial_reward", "partial_iterations", "halving"
-
-
-class SearchError(RuntimeError):
-    """The search cannot start or continue (bad output folder, no scorable trial, ...)."""
-
-
-@dataclass(frozen=True)
-class SearchOutput:
-    """Paths inside a search's output folder."""
-
-    root: Path
-
-    @property
-    def journal(self) -> Path:
-        return self.root / "journal.sqlite"
-
-    @property
-    def settings(self) -> Path:
-        return self.root / "settings.yaml"
-
-    @property
-    def trials(self) -> Path:
-        return self.root / "trials"
-
-    @property
-    def jobs(self) -> Path:
-        return self.root / "jobs"
-
-    @property
-    def model_config(self) -> Path:
-        """The searched model's fully merged config as the search started (what trials train)."""
-        return self.root / "model_config.yaml"
-
-    @property
-    def plots(self) -> Path:
-        return self.root / "plots"
-
-    def export(self, which: str = "best") -> Path:
-        """Default path of an exported config (``best.yaml`` / ``mean.yaml``)."""
-        return self.root / f"{which}.yaml"
-
-    @property
-    def has_journal(self) -> bool:
-        """Whether the folder holds a journal (a file or a link of that name)."""
-        return self.journal.exists() or self.journal.is_symlink()
-
-    def require_journal(self) -> None:
-        """Raise :class:`SearchError` unless there is a search here to resume."""
-        if not self.has_journal:
-            where = "no such folder" if not self.root.is_dir() else f"no {self.journal.name}"
-            raise SearchError(
-                f"{self.root}: no search to resume ({where}); start one there without --resume"
-            )
 
 
 @dataclass(frozen=True)
@@ -194,17 +132,6 @@ def round_seed(search_seed: int, round_index: int) -> int:
     """Training seed shared by the trials of round ``round_index`` (common random numbers)."""
     state = np.random.SeedSequence([int(search_seed), int(round_index)]).generate_state(1)
     return int(state[0] & 0x7FFFFFFF)
-
-
-def better_half(rewards: Sequence[float]) -> List[int]:
-    """The successive halving's selection (``search.halving``): the positions of the
-    ``ceil(n/2)`` highest of ``n`` partial rewards, ties by position.
-
-    Args:
-        rewards: the partial rewards of a round's samples, in trial order.
-    """
-    order = sorted(range(len(rewards)), key=lambda i: (-float(rewards[i]), i))
-    return order[: math.ceil(len(rewards) / 2)]
 
 
 def model_config_digest(config_file: str) -> str:
@@ -276,9 +203,8 @@ class SearchController:
         self._space: Optional[Any] = None  # the method's space (SearchSpace, GraphLossSpace)
         self._proposer: Optional[Proposer] = None
         self._screening: Optional[CandidateScreening] = None
-        self._trials_run = 0
+        self._waves: Optional[TrialWaves] = None
         self._datasets_root: Optional[str] = None
-        self._init_weights: Optional[str] = None
 
     # ------------------------------------------------------------------ public
     def run(self) -> SearchSummary:
@@ -297,8 +223,24 @@ class SearchController:
             journal, proposer = self._journal, self._proposer
             assert journal is not None and proposer is not None
             total = self.settings.search.rounds
+            init_weights = None
             if self._first_round() < self._rounds_with_rechecks:
-                self._init_weights = self._prepare_warm_start()
+                init_weights = prepare_warm_start(
+                    self.settings,
+                    self.output,
+                    self._datasets_root,
+                    self._make_launcher,
+                    self.trial_fn,
+                )
+            self._waves = TrialWaves(
+                self.settings,
+                self.output,
+                journal,
+                make_launcher=self._make_launcher,
+                trial_fn=self.trial_fn,
+                datasets_root=self._datasets_root,
+                init_weights=init_weights,
+            )
             for round_index in range(self._first_round(), total):
                 self._run_round(round_index)
             for round_index in range(max(total, self._first_round()), self._rounds_with_rechecks):
@@ -307,7 +249,7 @@ class SearchController:
             best = declared_best(journal)
             summary = SearchSummary(
                 rounds_closed=len(closed),
-                trials_run=self._trials_run,
+                trials_run=self._waves.trials_run,
                 best=None if best is None else best.trial,
                 final_mean=_optional_list(proposer.point()),
                 wall_s=time.monotonic() - start,
@@ -389,7 +331,9 @@ class SearchController:
             self.settings,
             self._journal,
             model_config=str(output.model_config),
-            trials_dir=str(output.trials),
+            proxy_opts=proxy_config_opts(
+                self.settings.proxy, self.settings.search.seed, str(output.trials)
+            ),
             space=space,
         )
 
@@ -404,7 +348,7 @@ class SearchController:
         except Exception as exc:  # Detectron2 raises plain exceptions for bad config files
             raise SearchError(f"cannot load the model config '{model.config}': {exc}") from None
         # a SettingsError naming proxy.reward_task, before anything is written
-        self.settings.proxy.check_model_config(cfg, model.config)
+        check_reward_task(self.settings.proxy, cfg, model.config)
         try:
             space = method.build_space(self.settings, cfg)
         except ValueError as exc:
@@ -423,7 +367,7 @@ class SearchController:
         if self._launcher is None:
             options = self.settings.launcher
             self._launcher = TrialLauncher(
-                options.kind, self.output.jobs, **options.launcher_options()
+                options.kind, self.output.jobs, **launcher_options(options)
             )
         return self._launcher
 
@@ -432,13 +376,6 @@ class SearchController:
         """The search rounds and the recheck rounds after them (``search.recheck``)."""
         loop = self.settings.search
         return loop.rounds + (loop.recheck.seeds if loop.recheck.enabled else 0)
-
-    def _round_label(self, round_index: int) -> str:
-        """``round 3/5`` for a search round, ``recheck 1/2`` for a recheck round (logs)."""
-        loop = self.settings.search
-        if round_index < loop.rounds:
-            return f"round {round_index + 1}/{loop.rounds}"
-        return f"recheck {round_index - loop.rounds + 1}/{loop.recheck.seeds}"
 
     def _first_round(self) -> int:
         journal = self._journal
@@ -489,7 +426,7 @@ class SearchController:
                 done,
                 len(trials),
             )
-            self._retry_if_unscorable(round_index)
+            retry_unscorable_round(journal, round_index, total)
 
         self._run_trials(round_index)
         self._close_round(round_index)
@@ -547,33 +484,6 @@ class SearchController:
             for index, candidate in enumerate(candidates, start=start)
         ]
 
-    def _retry_if_unscorable(self, round_index: int) -> None:
-        """On resume, give failed trials of a round without any scored sample new attempts.
-
-        A search stops when every sample of a round failed (e.g. a broken environment); once the
-        cause is fixed, resuming retries them instead of stopping again.
-        """
-        journal = self._journal
-        assert journal is not None
-        trials = journal.trials(round=round_index)
-        samples = [t for t in trials if t.role == "sample"]
-        if all(t.is_final for t in trials) and not any(t.is_scored for t in samples):
-            for trial in trials:
-                if trial.status != "failed":
-                    continue
-                if trial.folder is None and duplicate_of(trial) is not None:
-                    # A duplicate whose original failed: it waits for the original again.
-                    journal.update_trial(
-                        round_index, trial.index, status="duplicate", error=None, finished_at=None
-                    )
-                else:
-                    journal.update_trial(round_index, trial.index, status="pending", attempts=0)
-            logger.info(
-                "round %d/%d: every sample had failed; trying them again",
-                round_index + 1,
-                self.settings.search.rounds,
-            )
-
     def _close_round(self, round_index: int) -> None:
         journal, proposer = self._journal, self._proposer
         assert journal is not None and proposer is not None
@@ -607,7 +517,7 @@ class SearchController:
             num_rejected=sum(t.status == "rejected" for t in trials),
             num_duplicates=sum(t.status == "duplicate" for t in trials),
         )
-        if self._halving:
+        if loop.halving > 0:
             stats["num_stopped"] = sum(t.metrics.get(HALVING) == "stopped" for t in trials)
         journal.end_round(round_index, proposer.state_dict(), stats)
         best = journal.best_trial()
@@ -636,7 +546,7 @@ class SearchController:
         journal, proposer = self._journal, self._proposer
         assert journal is not None and proposer is not None
         loop = self.settings.search
-        label = self._round_label(round_index)
+        label = round_label(loop, round_index)
         if journal.open_round() is None:
             seed = round_seed(loop.seed, round_index)
             originals = recheck_candidates(journal, loop.rounds, loop.recheck.top)
@@ -672,12 +582,12 @@ class SearchController:
         """Run every unfinished trial of the round, retrying failures up to max_attempts.
 
         With ``search.halving``: first the partial trainings of the trials without a partial
-        result, then the selection (:meth:`_select_halves`), then the full trainings of the
-        continued trials. Each step starts from what the journal holds, so a resumed controller
-        continues where the last one stopped.
+        result, then the selection (:func:`~paploss.search.steps.halving.select_halves`), then
+        the full trainings of the continued trials. Each step starts from what the journal
+        holds, so a resumed controller continues where the last one stopped.
         """
-        journal = self._journal
-        assert journal is not None
+        journal, waves = self._journal, self._waves
+        assert journal is not None and waves is not None
         while True:
             trials = journal.trials(round=round_index)
             unfinished = [t for t in trials if not t.is_final]
@@ -685,345 +595,17 @@ class SearchController:
                 assert self._screening is not None
                 self._screening.resolve_duplicates(round_index)
                 return
-            partial = [t for t in unfinished if self._stop_after(t) is not None]
+            partial = [
+                t for t in unfinished if partial_training_iterations(self.settings, t) is not None
+            ]
             if partial:
                 n_done = sum(PARTIAL_ITERATIONS in t.metrics for t in trials)
-                self._run_wave(round_index, partial, n_done, n_done + len(partial), "partial")
-            elif (
-                self._halving
-                and round_index < self.settings.search.rounds
-                and any(HALVING not in t.metrics for t in unfinished)
-            ):
-                self._select_halves(round_index)
+                waves.run(round_index, partial, n_done, n_done + len(partial), "partial")
+            elif selection_due(self.settings, round_index, unfinished):
+                select_halves(journal, round_index, self.settings, self.output.root)
             else:
                 n_total = len(trials)
-                self._run_wave(round_index, unfinished, n_total - len(unfinished), n_total)
-
-    @property
-    def _halving(self) -> bool:
-        return self.settings.search.halving > 0
-
-    def _stop_after(self, trial: TrialRecord) -> Optional[int]:
-        """The iterations of ``trial``'s partial training while it still needs one (with
-        ``search.halving``, no partial result yet), else None (its full training)."""
-        if PARTIAL_ITERATIONS in trial.metrics or trial.role == "recheck":
-            return None
-        return self.settings.search.partial_iterations(self.settings.proxy.iterations)
-
-    def _select_halves(self, round_index: int) -> None:
-        """The successive halving's selection, from the stored partial rewards only (so a
-        resumed controller selects the same trials): the better ``ceil(n/2)`` of the ``n``
-        samples with a partial reward (ties by trial index) and the policy mean continue; the
-        other samples are final with their partial reward."""
-        journal = self._journal
-        assert journal is not None
-        trials = journal.trials(round=round_index)
-        samples = [t for t in trials if t.role == "sample" and PARTIAL_REWARD in t.metrics]
-        rewards = [float(t.metrics[PARTIAL_REWARD]) for t in samples]
-        keep = {samples[i].index for i in better_half(rewards)}
-        keep |= {t.index for t in trials if t.role == "mean"}
-        for trial in trials:
-            if trial.is_final or HALVING in trial.metrics or PARTIAL_REWARD not in trial.metrics:
-                continue
-            metrics = dict(trial.metrics)
-            if trial.index in keep:
-                metrics[HALVING] = "continued"
-                journal.update_trial(round_index, trial.index, metrics=metrics)
-                continue
-            metrics[HALVING] = "stopped"
-            journal.update_trial(
-                round_index,
-                trial.index,
-                status="done",
-                reward=float(metrics[PARTIAL_REWARD]),
-                metrics=metrics,
-                finished_at=time.time(),
-            )
-            if not self.settings.proxy.keep_checkpoints:
-                assert trial.folder is not None
-                remove_checkpoints(self.output.root / trial.folder)
-        partial = [t for t in trials if PARTIAL_REWARD in t.metrics]
-        chosen = [t for t in partial if t.index in keep]
-
-        def rewards(selected: List[TrialRecord]) -> str:
-            values = sorted((float(t.metrics[PARTIAL_REWARD]) for t in selected), reverse=True)
-            return ", ".join(f"{v:.4f}" for v in values) or "none"
-
-        logger.info(
-            "round %d/%d: halving: %d of %d continue (partial rewards %s; stopped %s)",
-            round_index + 1,
-            self.settings.search.rounds,
-            len(chosen),
-            len(partial),
-            rewards(chosen),
-            rewards([t for t in partial if t.index not in keep]),
-        )
-
-    def _run_wave(
-        self,
-        round_index: int,
-        trials: Sequence[TrialRecord],
-        n_done: int,
-        n_total: int,
-        stage: str = "full",
-    ) -> None:
-        """Launch (or re-attach) ``trials`` once and record every outcome. ``n_done`` of
-        ``n_total`` trials have finished this ``stage`` (``partial``/``full``) before."""
-        journal = self._journal
-        assert journal is not None
-        launcher = self._make_launcher()
-        attach = [t for t in trials if t.status == "running" and self._attachable(t.job_id)]
-        launch = [t for t in trials if t not in attach]
-
-        handles: List[Tuple[TrialRecord, TrialHandle, bool]] = []
-        if attach:
-            # Re-attached first: they count towards launcher.parallel before anything new starts.
-            attached = launcher.attach(
-                [_job_part(t.job_id) for t in attach], [t.started_at for t in attach]
-            )
-            handles += [(t, h, True) for t, h in zip(attach, attached)]
-            logger.info("re-attached %d running trial job(s)", len(attach))
-        if launch:
-            specs = [self._spec(t, self._stop_after(t)) for t in launch]
-            submitted = launcher.submit(self.trial_fn, specs)
-            now = time.time()
-            for trial, handle in zip(launch, submitted):
-                journal.update_trial(
-                    round_index,
-                    trial.index,
-                    status="running",
-                    job_id=self._job_label(handle),
-                    started_at=handle.submitted_at or now,
-                )
-            handles += [(t, h, False) for t, h in zip(launch, submitted)]
-            self._trials_run += len(launch)
-
-        recorded_ids = {id(h): h.job_id for _, h, _ in handles}
-        pending = list(handles)
-        while pending:
-            newly = launcher.poll([h for _, h, _ in pending])
-            still = []
-            for trial, handle, was_attached in pending:
-                if handle.job_id != recorded_ids[id(handle)]:
-                    # A local job that started since the last poll: remember its id (and when it
-                    # was submitted), so that a restarted controller can re-attach it.
-                    recorded_ids[id(handle)] = handle.job_id
-                    journal.update_trial(
-                        round_index,
-                        trial.index,
-                        job_id=self._job_label(handle),
-                        started_at=handle.submitted_at,
-                    )
-                if handle.outcome is None:
-                    still.append((trial, handle, was_attached))
-                    continue
-                if self._record(round_index, trial, handle.outcome, was_attached):
-                    n_done += 1
-                    self._log_progress(round_index, trial.index, n_done, n_total, stage)
-            pending = still
-            if pending and not newly:
-                time.sleep(launcher.poll_interval_s)
-
-    def _record(
-        self, round_index: int, trial: TrialRecord, outcome: TrialOutcome, was_attached: bool
-    ) -> bool:
-        """Store one outcome; returns whether the trial is now final (or, for a partial
-        training, has its partial result)."""
-        journal = self._journal
-        assert journal is not None
-        result = outcome.result if outcome.ok else None
-        stop_after = self._stop_after(trial)
-        spec = self._spec(trial, stop_after)
-        foreign = result.mismatch(spec) if isinstance(result, TrialResult) else None
-        if foreign is not None:
-            # A result file of another trial (or of this trial with other settings) under this
-            # trial's job id: refused, the trial runs again.
-            return self._retry_or_fail(
-                round_index,
-                trial,
-                f"job {outcome.job_id} returned a result that is not this trial's: {foreign}",
-                counts=not was_attached,
-            )
-        if isinstance(result, TrialResult) and result.scored:
-            metrics = dict(result.metrics)
-            if result.reason:
-                metrics["reason"] = result.reason
-            metrics["reused"] = bool(result.reused)
-            for key in ("screening", PARTIAL_REWARD, PARTIAL_ITERATIONS, HALVING):
-                if key in trial.metrics:  # the fingerprint (a resumed search needs it), halving
-                    metrics[key] = trial.metrics[key]
-            if stop_after is not None:
-                metrics[PARTIAL_ITERATIONS] = stop_after
-            if stop_after is not None and result.status == "done":
-                # Not final: the selection decides whether it stops here or continues (with
-                # attempts of its own for the full training).
-                metrics[PARTIAL_REWARD] = result.reward
-                journal.update_trial(
-                    round_index,
-                    trial.index,
-                    status="pending",
-                    metrics=metrics,
-                    attempts=0,
-                    error=None,
-                )
-                return True
-            journal.update_trial(
-                round_index,
-                trial.index,
-                status=result.status,
-                reward=result.reward,
-                metrics=metrics,
-                attempts=trial.attempts + 1,
-                error=None,
-                finished_at=result.finished_at or time.time(),
-            )
-            return True
-        if isinstance(result, TrialResult):
-            error = result.error or result.reason or "the trial failed"
-        elif outcome.ok:
-            error = f"the trial function returned {type(result).__name__}, not a TrialResult"
-        else:
-            error = outcome.error or "the trial job ended without a result"
-        # A re-attached job that is gone without a result was most likely lost together with the
-        # previous controller; launching it again does not count as another attempt.
-        lost_on_restart = was_attached and not outcome.ok
-        return self._retry_or_fail(round_index, trial, error, counts=not lost_on_restart)
-
-    def _retry_or_fail(
-        self, round_index: int, trial: TrialRecord, error: str, counts: bool = True
-    ) -> bool:
-        """Store a trial that produced no result: pending again, or failed after its last
-        attempt. ``counts``: whether this was one of its ``max_attempts``. Returns whether the
-        trial is now final."""
-        journal = self._journal
-        assert journal is not None
-        attempts = trial.attempts + (1 if counts else 0)
-        max_attempts = self.settings.search.max_attempts
-        final = attempts >= max_attempts
-        journal.update_trial(
-            round_index,
-            trial.index,
-            status="failed" if final else "pending",
-            attempts=attempts,
-            error=error,
-            finished_at=time.time() if final else None,
-        )
-        if final:
-            logger.warning(
-                "%s failed (%d of %d attempts), not scored: %s",
-                trial.folder,
-                attempts,
-                max_attempts,
-                error_summary(error),
-            )
-        else:
-            logger.warning(
-                "%s: %s; launching it again (%d of %d attempts used)",
-                trial.folder,
-                error_summary(error),
-                attempts,
-                max_attempts,
-            )
-        return final
-
-    def _log_progress(
-        self, round_index: int, index: int, n_done: int, n_total: int, stage: str = "full"
-    ) -> None:
-        journal = self._journal
-        assert journal is not None
-        trial = journal.trial(round_index, index)
-        partial = trial.metrics.get(PARTIAL_REWARD) if not trial.is_final else None
-        if not trial.is_final and partial is None:
-            return
-        best = journal.best_trial()
-        if partial is not None:
-            reward = f"partial reward {partial:.4f}"
-        else:
-            reward = "reward " + ("-" if trial.reward is None else f"{trial.reward:.4f}")
-        seconds = trial.metrics.get("total_s")
-        timing = f" in {seconds:.0f} s" if isinstance(seconds, (int, float)) else ""
-        logger.info(
-            "%s: %s done %d/%d | %s (%s) %s, %s%s | best so far %s",
-            self._round_label(round_index),
-            "partial trainings" if stage == "partial" else "trials",
-            n_done,
-            n_total,
-            trial_folder_name(round_index, index),
-            trial.role,
-            "done" if partial is not None else trial.status,
-            reward,
-            timing,
-            "n/a" if best is None else f"{best.reward:.4f}",
-        )
-
-    def _spec(self, trial: TrialRecord, stop_after: Optional[int] = None) -> TrialSpec:
-        """The spec of ``trial``'s training (``stop_after``: its partial training)."""
-        assert trial.folder is not None
-        early_stop = self.settings.screening.early_stop
-        return TrialSpec(
-            trial_id=trial_folder_name(trial.round, trial.index),
-            round=trial.round,
-            index=trial.index,
-            theta=tuple(trial.theta),
-            overrides=dict(trial.overrides),
-            config_file=str(self.output.model_config),
-            seed=trial.seed,
-            proxy=self.settings.proxy,
-            output_dir=str(self.output.root / trial.folder),
-            datasets_root=self._datasets_root,
-            early_stop=early_stop if early_stop.enabled else None,
-            init_weights=self._init_weights,
-            imports=self.settings.model.imports,
-            python_path=self.settings.model.python_path,
-            stop_after=stop_after,
-        )
-
-    def _prepare_warm_start(self) -> Optional[str]:
-        """Train (or reuse) the warm-start checkpoint of ``proxy.warm_start``; its path or None.
-
-        Raises:
-            SearchError: when the warm-start training fails.
-        """
-        spec = warm_start_spec(
-            self.settings.proxy,
-            str(self.output.model_config),
-            str(self.output.root / WARM_START_FOLDER),
-            self._datasets_root,
-            imports=self.settings.model.imports,
-            python_path=self.settings.model.python_path,
-        )
-        if spec is None:
-            return None
-        weights = warm_start_weights(spec)
-        logger.info(
-            "warm start: training the searched model with the %s loss for %d iterations "
-            "(once; every proxy training starts from it)",
-            self.settings.proxy.warm_start.loss,
-            spec.proxy.iterations,
-        )
-        launcher = self._make_launcher()
-        (outcome,) = launcher.wait(launcher.submit(self.trial_fn, [spec]))
-        result = outcome.result if outcome.ok else None
-        if result is None or result.status != "done" or not os.path.isfile(weights):
-            why = outcome.message if result is None else (result.reason or result.status)
-            raise SearchError(f"the warm start in {spec.output_dir} did not finish: {why}")
-        logger.info(
-            "warm start: bbox AP %.2f on %s%s",
-            result.reward,
-            self.settings.proxy.val_dataset,
-            " (reused)" if result.reused else "",
-        )
-        return weights
-
-    def _job_label(self, handle: TrialHandle) -> Optional[str]:
-        """``"<launcher kind>:<job id>"``: only jobs of the same kind can be re-attached."""
-        return None if handle.job_id is None else f"{handle.kind}:{handle.job_id}"
-
-    def _attachable(self, job_label: Optional[str]) -> bool:
-        if not job_label or ":" not in job_label:
-            return False
-        kind = job_label.split(":", 1)[0]
-        return kind == self.settings.launcher.kind and kind in LAUNCHER_KINDS and kind != "debug"
+                waves.run(round_index, unfinished, n_total - len(unfinished), n_total)
 
 
 def _optional_list(theta: Optional[Sequence[float]]) -> Optional[List[float]]:
@@ -1033,7 +615,3 @@ def _optional_list(theta: Optional[Sequence[float]]) -> Optional[List[float]]:
 def _clause(text: str, separator: str = ", ") -> str:
     """``separator + text`` for a non-empty ``text`` (a part of a log line), else ``""``."""
     return f"{separator}{text}" if text else ""
-
-
-def _job_part(job_label: Optional[str]) -> str:
-    return (job_label or "").split(":", 1)[-1]

@@ -15,12 +15,14 @@ A search is described by a YAML file (``configs/search/*.yaml``) with these sect
                (RejectionSettings, EquivalenceSettings, EarlyStopSettings)
     launcher:  where trials run: in-process, local processes or Slurm job arrays
 
-Every key has a default (see the dataclasses below); a file only names what it changes. A file may
-start from another one with ``_BASE_: other.yaml`` (merged key by key, like Detectron2 configs), and
-``model.config`` is resolved relative to the file that sets it, again like Detectron2's
-``_BASE_``. Command-line overrides are ``dotted.key=value`` strings whose values are parsed as YAML
-(``search.rounds=3``, ``proxy.opts={SOLVER.BASE_LR: 0.01}``); a relative ``model.config`` given
-there is relative to the working directory.
+Every key has a default (see the dataclasses below); a file only names what it changes. Reading
+files (``_BASE_`` inheritance, relative paths) and command-line overrides is
+:mod:`paploss.search.settings_loading`; this module is the schema: the sections, their defaults
+and validation, and their plain-data form. What the settings turn into is defined where it is
+used: the proxy training's Detectron2 config keys and early-stop hook in
+:mod:`paploss.search.trials.proxy_config`, the launcher's options in
+:mod:`paploss.search.launchers.trial_launcher`, the lines that describe a search in its log in
+:mod:`paploss.search.reports.summary`.
 
 **Validation.** Each section is a frozen dataclass that checks its values when it is created
 (``validate``) with the checks of :mod:`paploss.utils.validation`; every problem is a
@@ -45,15 +47,10 @@ import difflib
 import math
 import os
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, Dict, List, Mapping, Optional, Sequence, Tuple
-
-import yaml
+from typing import Any, ClassVar, Dict, Mapping, Optional, Sequence, Tuple
 
 from paploss.utils.imports import check_importable
 from paploss.utils.validation import check_int, check_number, is_int, is_number
-
-if TYPE_CHECKING:  # pragma: no cover
-    from paploss.engine.hooks import InvalidTrainingHook
 
 __all__ = [
     "SettingsError",
@@ -78,10 +75,6 @@ __all__ = [
     "ScreeningSettings",
     "LauncherSettings",
     "SearchSettings",
-    "load_settings",
-    "parse_overrides",
-    "settings_summary",
-    "screening_summary",
 ]
 
 #: Where trials run: in the controller's process, local processes, or Slurm job arrays.
@@ -100,8 +93,6 @@ REJECTION_OPTIMIZERS = ("adam", "sgd")
 #: Rejection scores: the AP gain at the last step, or the area under the AP-gain-versus-steps
 #: curve divided by the steps (``RejectionResult.score``).
 REJECTION_SCORES = ("final", "auc")
-_BASE_KEY = "_BASE_"
-_MAX_BASE_DEPTH = 16
 
 
 class SettingsError(ValueError):
@@ -327,7 +318,7 @@ class ProxySettings(_Section):
             results are reported on).
         reward_task: the COCO AP that is the reward: ``bbox`` (box AP, the default) or ``segm``
             (mask AP; needs a model with a mask branch, ``MODEL.MASK_ON: True``, checked against
-            the model config by :meth:`check_model_config`).
+            the model config by :func:`paploss.search.trials.proxy_config.check_reward_task`).
         lr_step_fractions: learning-rate drops (``SOLVER.STEPS``) as fractions of ``iterations``;
             ignored when ``opts`` sets ``SOLVER.STEPS``.
         checkpoint_period: iterations between checkpoints (what a resumed trial repeats at most).
@@ -398,53 +389,6 @@ class ProxySettings(_Section):
         if data["warm_start"] == WarmStartSettings().to_dict():
             del data["warm_start"]
         return data
-
-    def check_model_config(self, cfg: Any, config_file: str) -> None:
-        """Check that the model can be scored by :attr:`reward_task`.
-
-        Args:
-            cfg: the searched model's Detectron2 config (``proxy.opts`` may still override its
-                ``MODEL.MASK_ON``).
-            config_file: the file ``cfg`` was read from (for the message).
-
-        Raises:
-            SettingsError: for ``reward_task: segm`` on a model without a mask branch.
-        """
-        mask_on = self.opts.get("MODEL.MASK_ON", cfg.MODEL.MASK_ON)
-        _require(
-            self.reward_task != "segm" or str(mask_on).lower() == "true",
-            f"proxy.reward_task: 'segm' (mask AP) needs a model with a mask branch, but "
-            f"MODEL.MASK_ON is {mask_on} for '{config_file}'",
-        )
-
-    def config_opts(self, seed: int, output_dir: str) -> List[Any]:
-        """``[key, value, ...]`` for ``cfg.merge_from_list``: the proxy schedule and data."""
-        opts: List[Any] = [
-            "DATASETS.TRAIN",
-            (self.train_dataset,),
-            "DATASETS.TEST",
-            (self.val_dataset,),
-            "SOLVER.MAX_ITER",
-            self.iterations,
-            "SOLVER.IMS_PER_BATCH",
-            self.ims_per_batch,
-            "SOLVER.CHECKPOINT_PERIOD",
-            self.checkpoint_period,
-            "TEST.EVAL_PERIOD",
-            0,
-            "SEED",
-            int(seed),
-            "OUTPUT_DIR",
-            output_dir,
-        ]
-        if "SOLVER.STEPS" not in self.opts:
-            steps = sorted(
-                {max(1, int(round(f * self.iterations))) for f in self.lr_step_fractions}
-            )
-            opts += ["SOLVER.STEPS", tuple(s for s in steps if s < self.iterations)]
-        for key, value in self.opts.items():
-            opts += [key, value]
-        return opts
 
 
 @dataclass(frozen=True)
@@ -876,7 +820,8 @@ class EquivalenceSettings(_Section):
 @dataclass(frozen=True)
 class EarlyStopSettings(_Section):
     """Stopping proxy trainings whose loss is invalid
-    (:class:`paploss.engine.hooks.InvalidTrainingHook`).
+    (:class:`paploss.engine.hooks.InvalidTrainingHook`, built by
+    :func:`paploss.search.trials.proxy_config.early_stop_hook`).
 
     Attributes:
         enabled: install the hook in proxy trainings.
@@ -900,16 +845,6 @@ class EarlyStopSettings(_Section):
         _require(
             is_number(self.tolerance) and self.tolerance >= 0,
             f"{self.key('tolerance')} must be >= 0, got {self.tolerance!r}",
-        )
-
-    def build_hook(self) -> Optional["InvalidTrainingHook"]:
-        """The hook to add to a proxy trainer, or None when disabled."""
-        if not self.enabled:
-            return None
-        from paploss.engine.hooks import InvalidTrainingHook
-
-        return InvalidTrainingHook(
-            window=self.window, tolerance=self.tolerance, check_predictions=self.check_predictions
         )
 
 
@@ -945,7 +880,8 @@ class ScreeningSettings(_Section):
 
 @dataclass(frozen=True)
 class LauncherSettings(_Section):
-    """Where trials run (see :class:`paploss.search.launchers.TrialLauncher`).
+    """Where trials run (see :class:`paploss.search.launchers.TrialLauncher`, whose arguments
+    :func:`paploss.search.launchers.launcher_options` makes of these).
 
     Attributes:
         kind: ``debug`` (in this process), ``local`` (processes on this machine) or ``slurm``.
@@ -983,30 +919,6 @@ class LauncherSettings(_Section):
         _choice(self.kind, "launcher.kind", LAUNCHER_KINDS, show=", ".join(LAUNCHER_KINDS))
         _int(self.parallel, "launcher.parallel", minimum=1)
         _int(self.gpus_per_node, "launcher.gpus_per_node", minimum=0)
-
-    def launcher_options(self) -> Dict[str, Any]:
-        """Keyword arguments of :class:`~paploss.search.launchers.TrialLauncher` but kind,
-        folder."""
-        options: Dict[str, Any] = {
-            "parallel": self.parallel,
-            "poll_interval_s": self.poll_interval_s,
-            "timeout_min": self.timeout_min,
-            "gpus_per_node": self.gpus_per_node,
-            "max_num_timeout": self.max_num_timeout,
-            "setup": list(self.setup) or None,
-        }
-        if self.kind == "slurm":
-            options.update(
-                partition=self.partition,
-                account=self.account,
-                qos=self.qos,
-                cpus_per_task=self.cpus_per_task,
-                mem_gb=self.mem_gb,
-                array_parallelism=self.array_parallelism,
-                additional_parameters=dict(self.additional_parameters) or None,
-                scheduler_poll_s=min(10.0, max(self.poll_interval_s, 1.0)),
-            )
-        return options
 
 
 #: Sections whose settings determine a search's result (stored in its journal), in the order
@@ -1118,131 +1030,6 @@ class SearchSettings(_Section):
         return dataclasses.replace(self, launcher=launcher)
 
 
-def parse_overrides(items: Sequence[str]) -> Dict[str, Any]:
-    """``["a.b=1", "c=[2, 3]"]`` → ``{"a": {"b": 1}, "c": [2, 3]}`` (values parsed as YAML).
-
-    Raises:
-        SettingsError: for an item without ``=`` or a value that is not valid YAML.
-    """
-    nested: Dict[str, Any] = {}
-    for item in items:
-        key, sep, text = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise SettingsError(f"override {item!r} must look like section.key=value")
-        try:
-            value = yaml.safe_load(text) if text.strip() else None
-        except yaml.YAMLError as exc:
-            raise SettingsError(
-                f"override {item!r}: the value is not valid YAML: {_yaml_problem(exc)}"
-            ) from None
-        parts = key.split(".")
-        node = nested
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise SettingsError(f"override {item!r} conflicts with an earlier override")
-            node = child
-        # proxy.opts / model.fixed take dotted keys themselves: "proxy.opts.SOLVER.BASE_LR=0.01".
-        node[parts[-1]] = value
-    return _regroup_dotted_maps(nested)
-
-
-def load_settings(
-    path: Optional[str] = None,
-    overrides: Sequence[str] = (),
-    base: Optional[Mapping[str, Any]] = None,
-) -> SearchSettings:
-    """Load search settings from a YAML file and/or command-line overrides.
-
-    Args:
-        path: a ``configs/search/*.yaml`` file (``_BASE_`` chains are followed).
-        overrides: ``dotted.key=value`` strings applied on top.
-        base: plain settings to start from instead of a file (e.g. those stored in a journal);
-            ignored when ``path`` is given.
-
-    Returns:
-        Validated settings, with ``model.config`` made absolute.
-
-    Raises:
-        SettingsError: for a missing or malformed file, unknown keys or invalid values.
-    """
-    if path is not None:
-        data = _read_with_bases(os.path.abspath(path), depth=0)
-    else:
-        data = _deep_copy(dict(base or {}))
-    extra = parse_overrides(overrides)
-    model_override = (extra.get("model") or {}).get("config")
-    if isinstance(model_override, str) and model_override:
-        extra["model"]["config"] = os.path.abspath(model_override)
-    _resolve_init(extra, os.getcwd())
-    path_override = (extra.get("model") or {}).get("python_path")
-    if path_override is not None:
-        extra["model"]["python_path"] = _resolved_folders(path_override, os.getcwd())
-    script_override = (extra.get("model") or {}).get("train_script")
-    if isinstance(script_override, str) and script_override:
-        extra["model"]["train_script"] = os.path.abspath(script_override)
-    data = _merge(data, extra)
-    return SearchSettings.from_dict(data, source=None if path is None else os.path.abspath(path))
-
-
-def settings_summary(settings: SearchSettings) -> List[str]:
-    """A few human-readable lines describing the search (for logs)."""
-    loop, proxy = settings.search, settings.proxy
-    per_round = loop.candidates + (1 if loop.score_mean else 0)
-    model = settings.model
-    rounds = f"rounds: {loop.rounds} x {per_round} trials ({loop.candidates} samples" + (
-        " + the policy mean)" if loop.score_mean else ")"
-    )
-    if loop.max_proposals:
-        rounds += f", up to {loop.max_proposals} proposals per round to find them"
-    partial = loop.partial_iterations(proxy.iterations)
-    if partial is not None:
-        rounds += (
-            f"; successive halving: every trial trains {partial} of {proxy.iterations} "
-            f"iterations, the better half of the samples and the policy mean continue"
-        )
-    return [
-        f"model: {model.config}"
-        + (f" (imports {', '.join(model.imports)})" if model.imports else ""),
-        f"method: {loop.method}",
-        rounds,
-        f"proxy: {proxy.iterations} iterations x {proxy.ims_per_batch} images on "
-        f"{proxy.train_dataset}, reward = {proxy.reward_task} AP on {proxy.val_dataset}",
-        f"screening: {screening_summary(settings.screening)}",
-        f"launcher: {settings.launcher.kind}"
-        + (
-            f" ({settings.launcher.parallel} at a time)"
-            if settings.launcher.kind == "local"
-            else ""
-        ),
-    ]
-
-
-def screening_summary(screening: ScreeningSettings) -> str:
-    """One line saying which screening techniques are on, e.g. for :func:`settings_summary`."""
-    parts = []
-    rejection, equivalence, early_stop = (
-        screening.rejection,
-        screening.equivalence,
-        screening.early_stop,
-    )
-    if rejection.enabled:
-        parts.append(
-            f"rejection below an AP gain{' AUC' if rejection.score == 'auc' else ''} of "
-            f"{rejection.min_ap_gain:g} after {rejection.steps} "
-            f"steps on {rejection.num_images} images (reward {rejection.rejected_reward:g})"
-        )
-    if equivalence.enabled:
-        parts.append(f"duplicates by gradients to {equivalence.significant_digits} digits")
-    if early_stop.enabled:
-        stop = "early stop on NaN/inf"
-        if early_stop.window:
-            stop += f" or a loss constant over {early_stop.window} iterations"
-        parts.append(stop)
-    return "; ".join(parts) if parts else "off"
-
-
 # ------------------------------------------------------------------------------------ building
 
 
@@ -1313,145 +1100,6 @@ def _raise_unknown(key: str, unknown: Sequence[str], known: Sequence[str]) -> No
         f"unknown {key or 'search'} setting(s): {', '.join(hints)}; known keys here: "
         f"{', '.join(prefix + k for k in known)}"
     )
-
-
-# ------------------------------------------------------------------------------------ files
-
-
-def _read_with_bases(path: str, depth: int) -> Dict[str, Any]:
-    if depth > _MAX_BASE_DEPTH:
-        raise SettingsError(f"{path}: _BASE_ chain is deeper than {_MAX_BASE_DEPTH} (a cycle?)")
-    if not os.path.isfile(path):
-        raise SettingsError(f"search config file '{path}' does not exist")
-    try:
-        with open(path, "r") as handle:
-            data = yaml.safe_load(handle)
-    except yaml.YAMLError as exc:
-        raise SettingsError(
-            f"{path}{_yaml_where(exc)}: invalid YAML: {_yaml_problem(exc)}"
-        ) from None
-    except OSError as exc:
-        raise SettingsError(f"{path}: cannot read search settings: {exc}") from None
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise SettingsError(f"{path}: search settings must be a YAML mapping at the top level")
-    directory = os.path.dirname(path)
-    model = data.get("model")
-    if isinstance(model, dict) and isinstance(model.get("config"), str) and model["config"]:
-        model["config"] = os.path.normpath(os.path.join(directory, model["config"]))
-    if isinstance(model, dict) and model.get("python_path") is not None:
-        model["python_path"] = _resolved_folders(model["python_path"], directory)
-    if isinstance(model, dict) and isinstance(model.get("train_script"), str):
-        if model["train_script"]:
-            model["train_script"] = os.path.normpath(
-                os.path.join(directory, os.path.expanduser(model["train_script"]))
-            )
-    _resolve_init(data, directory)
-    base_path = data.pop(_BASE_KEY, None)
-    if base_path is None:
-        return _regroup_dotted_maps(data)
-    if not isinstance(base_path, str):
-        raise SettingsError(f"{path}: _BASE_ must be a file name, got {base_path!r}")
-    base = _read_with_bases(os.path.normpath(os.path.join(directory, base_path)), depth + 1)
-    return _merge(base, _regroup_dotted_maps(data))
-
-
-def _resolve_init(data: Dict[str, Any], directory: str) -> None:
-    """A config file named by ``search.init`` made absolute against ``directory``."""
-    loop = data.get("search")
-    init = loop.get("init") if isinstance(loop, dict) else None
-    if isinstance(init, str) and init and init not in INIT_POINTS:
-        loop["init"] = os.path.normpath(os.path.join(directory, os.path.expanduser(init)))
-
-
-def _resolved_folders(value: Any, directory: str) -> Any:
-    """``model.python_path`` with relative folders joined to ``directory`` (a malformed value is
-    returned as it is, for the validation to report)."""
-    if isinstance(value, str):
-        value = [value]
-    if not isinstance(value, (list, tuple)):
-        return value
-    return [
-        (
-            os.path.normpath(os.path.join(directory, os.path.expanduser(v)))
-            if isinstance(v, str)
-            else v
-        )
-        for v in value
-    ]
-
-
-# Mappings whose keys are dotted names themselves: never merged key by key, replaced as a whole.
-_OPAQUE_MAPS = (
-    ("proxy", "opts"),
-    ("proxy", "warm_start", "opts"),
-    ("model", "fixed"),
-    ("launcher", "additional_parameters"),
-)
-
-
-def _regroup_dotted_maps(data: Dict[str, Any]) -> Dict[str, Any]:
-    """Turn ``{"proxy": {"opts": {"SOLVER": {"BASE_LR": x}}}}`` back into dotted keys."""
-    for *parents, key in _OPAQUE_MAPS:
-        node: Any = data
-        for parent in parents:
-            node = node.get(parent) if isinstance(node, dict) else None
-        if isinstance(node, dict) and isinstance(node.get(key), dict):
-            node[key] = _flatten_keys(node[key])
-    return data
-
-
-def _flatten_keys(mapping: Mapping[str, Any], prefix: str = "") -> Dict[str, Any]:
-    flat: Dict[str, Any] = {}
-    for key, value in mapping.items():
-        name = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, dict) and value:
-            flat.update(_flatten_keys(value, name))
-        else:
-            flat[name] = value
-    return flat
-
-
-def _merge(base: Dict[str, Any], update: Mapping[str, Any], path: Tuple[str, ...] = ()) -> Dict:
-    merged = dict(base)
-    for key, value in update.items():
-        here = (*path, key)
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
-            if here in _OPAQUE_MAPS:
-                merged[key] = {**merged[key], **value}
-            else:
-                merged[key] = _merge(merged[key], value, here)
-        else:
-            merged[key] = value
-    return merged
-
-
-def _deep_copy(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {key: _deep_copy(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_deep_copy(item) for item in value]
-    return value
-
-
-def _yaml_where(exc: yaml.YAMLError) -> str:
-    """``", line 3, column 7"`` for a YAML error that knows where it happened, else ``""``."""
-    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-    if mark is None:
-        return ""
-    return f", line {mark.line + 1}, column {mark.column + 1}"
-
-
-def _yaml_problem(exc: yaml.YAMLError) -> str:
-    """What is wrong, in one line (PyYAML's own text spans several, with a source excerpt)."""
-    problem = getattr(exc, "problem", None)
-    context = getattr(exc, "context", None)
-    if problem:
-        text = f"{problem} ({context})" if context else str(problem)
-    else:
-        text = str(exc)
-    return " ".join(text.split())
 
 
 def _plain(value: Any) -> Any:

@@ -26,6 +26,7 @@ from paploss.engine import (
     setup_cfg,
 )
 from paploss.search.settings import EarlyStopSettings
+from paploss.search.trials.proxy_config import early_stop_hook
 
 RETINANET_CONFIG = "configs/synthetic/pap_retinanet_identity.yaml"
 SEARCH_TRAIN = "synthetic_shapes_search_train"
@@ -103,8 +104,8 @@ def test_early_stop_lets_a_varying_loss_train():
 
 
 def test_early_stop_hook_settings():
-    assert EarlyStopSettings(enabled=False).build_hook() is None
-    hook = EarlyStopSettings(window=7).build_hook()
+    assert early_stop_hook(EarlyStopSettings(enabled=False)) is None
+    hook = early_stop_hook(EarlyStopSettings(window=7))
     assert isinstance(hook, InvalidTrainingHook) and hook.window == 7
     with pytest.raises(ValueError, match="window"):
         InvalidTrainingHook(window=-2)

@@ -33,7 +33,8 @@ from paploss.search.screening.batch import (
     load_images,
     screening_model_config,
 )
-from paploss.search.settings import RejectionSettings, SettingsError, load_settings
+from paploss.search.settings import RejectionSettings, SettingsError
+from paploss.search.settings_loading import load_settings
 from paploss.search.spaces import SearchSpace, heads_from_config
 
 from .conftest import PROJECT

@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Sequence, Tuple
 import yaml
 
 from paploss.search.journal import SearchJournal
-from paploss.search.settings import load_settings
+from paploss.search.settings_loading import load_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODEL_CONFIG = str(REPO_ROOT / "configs" / "synthetic" / "pap_retinanet_identity.yaml")

@@ -20,8 +20,11 @@ from search_testing import (
 from paploss.search.cli import main
 from paploss.search.controller import model_config_changed, model_config_digest
 from paploss.search.journal import SearchJournal
-from paploss.search.settings import SettingsError, load_settings
+from paploss.search.launchers import launcher_options
+from paploss.search.settings import SettingsError
+from paploss.search.settings_loading import load_settings
 from paploss.search.spaces import SearchSpace
+from paploss.search.trials.proxy_config import check_reward_task
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -286,14 +289,14 @@ def test_mask_rcnn_search_settings_and_space() -> None:
     assert settings.journal_settings()["proxy"]["reward_task"] == "segm"
     assert settings.screening.rejection.enabled and settings.launcher.kind == "local"
     cfg = load_config(settings.model.config)
-    settings.proxy.check_model_config(cfg, settings.model.config)  # it has a mask branch
+    check_reward_task(settings.proxy, cfg, settings.model.config)  # it has a mask branch
     space = SearchSpace.from_config(cfg, fixed=settings.model.fixed or None)
     assert space.heads == ("RPN", "ROI_HEADS") and space.dim == 82
     assert cfg.MODEL.PAPLOSS.QUALITY == "mask_iou" and cfg.MODEL.PAPLOSS.LOSS == "pap"
     # the same settings on a model without masks are refused, naming the key
     boxes = load_config(MODEL_CONFIG)
     with pytest.raises(SettingsError, match=r"^proxy.reward_task: 'segm' \(mask AP\) needs"):
-        settings.proxy.check_model_config(boxes, MODEL_CONFIG)
+        check_reward_task(settings.proxy, boxes, MODEL_CONFIG)
 
 
 def test_settings_inherit_resolve_paths_and_take_overrides(tmp_path: Path) -> None:
@@ -318,7 +321,7 @@ def test_settings_inherit_resolve_paths_and_take_overrides(tmp_path: Path) -> No
         "SOLVER.GAMMA": 0.5,
     }
     assert settings.policy.sigma.num_rounds == 3
-    assert settings.launcher.launcher_options()["partition"] == "gpu"
+    assert launcher_options(settings.launcher)["partition"] == "gpu"
     # The launcher is not part of what the journal compares on resume.
     assert "launcher" not in settings.journal_settings()
 

@@ -18,7 +18,8 @@ from paploss.search.journal import SearchJournal
 from paploss.search.proposers import CMAESProposer, PPOProposer, ScoredCandidate
 from paploss.search.recheck import candidate_key, declared_best
 from paploss.search.reports import export_config, format_status
-from paploss.search.settings import SettingsError, load_settings
+from paploss.search.settings import SettingsError
+from paploss.search.settings_loading import load_settings
 from paploss.search.spaces import SearchSpace
 from paploss.search.trials import TrialResult, TrialSpec
 

@@ -28,7 +28,8 @@ from submitit.core.utils import cloudpickle_dump
 
 from paploss.search.controller import SearchController, SearchError, round_seed
 from paploss.search.journal import JournalError, SearchJournal
-from paploss.search.settings import SettingsError, load_settings
+from paploss.search.settings import SettingsError
+from paploss.search.settings_loading import load_settings
 from paploss.search.spaces import SearchSpace
 from paploss.search.trials import TrialResult, TrialSpec, load_result, read_starts
 

@@ -22,9 +22,11 @@ from paploss.search.proposers import (
     proposer_class,
 )
 from paploss.search.reports import export_config, format_status, write_plots
-from paploss.search.settings import SettingsError, load_settings
+from paploss.search.settings import SettingsError
+from paploss.search.settings_loading import load_settings
 from paploss.search.spaces import GraphLossSpace
 from paploss.search.trials import TrialResult, TrialSpec
+from paploss.search.trials.proxy_config import proxy_config_opts
 
 GRAPH_CONFIG = str(REPO_ROOT / "configs" / "synthetic" / "graph_faster_rcnn.yaml")
 CLS_KEY, BOX_KEY = "MODEL.PAPLOSS.GRAPH.CLS", "MODEL.PAPLOSS.GRAPH.BOX"
@@ -279,7 +281,7 @@ def test_shipped_evolution_search_configs_are_valid(name: str) -> None:
     assert evolution.seed == settings.search.seed
     assert evolution.tournament_size <= evolution.population_size
     # The model is one the method searches, and the proxy's overrides are keys of its config.
-    cfg = load_config(settings.model.config, settings.proxy.config_opts(0, "unused"))
+    cfg = load_config(settings.model.config, proxy_config_opts(settings.proxy, 0, "unused"))
     assert EvolutionProposer.build_space(settings, cfg) == GraphLossSpace(evolution.branches)
     screening = settings.screening
     assert screening.rejection.enabled and screening.equivalence.enabled

@@ -13,6 +13,7 @@ from paploss.search.proposers.graph_evolution import GraphCandidate
 from paploss.search.screening import RejectionProtocol
 from paploss.search.screening.graph_screener import GraphScreener, graph_head_loss
 from paploss.search.settings import ScreeningSettings
+from paploss.search.trials.proxy_config import early_stop_hook
 
 CONFIG = "configs/synthetic/graph_faster_rcnn.yaml"
 SEARCH_TRAIN = "synthetic_shapes_search_train"
@@ -99,7 +100,7 @@ def test_invalid_training_stops_at_the_first_iteration(tmp_path):
         ],
     )  # fmt: skip
     trainer = Trainer(cfg)
-    trainer.register_hooks([ScreeningSettings().early_stop.build_hook()])
+    trainer.register_hooks([early_stop_hook(ScreeningSettings().early_stop)])
     trainer.resume_or_load(resume=False)
     with pytest.raises(FloatingPointError):
         trainer.train()

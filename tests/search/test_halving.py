@@ -13,13 +13,9 @@ from search_testing import MODEL_CONFIG, journal_snapshot, tiny_search_overrides
 from paploss.search.controller import SearchController
 from paploss.search.journal import SearchJournal
 from paploss.search.reports.status import format_status
-from paploss.search.settings import (
-    ProxySettings,
-    SearchLoopSettings,
-    SettingsError,
-    load_settings,
-    settings_summary,
-)
+from paploss.search.reports.summary import settings_summary
+from paploss.search.settings import ProxySettings, SearchLoopSettings, SettingsError
+from paploss.search.settings_loading import load_settings
 from paploss.search.trials import TrialResult, TrialSpec
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -188,7 +184,7 @@ def test_continued_trials_of_a_real_search_score_as_in_a_search_without_halving(
 
 
 def test_better_half_keeps_the_higher_rewards_ties_by_position():
-    from paploss.search.controller import better_half
+    from paploss.search.steps.halving import better_half
 
     assert better_half([0.2, 0.9, 0.5]) == [1, 2]  # ceil(3/2) = 2, best first
     assert better_half([0.3, 0.3, 0.1, 0.3]) == [0, 1]  # a tie goes to the earlier trial

@@ -19,13 +19,11 @@ from paploss.search.launchers import (
     LaunchError,
     TrialLauncher,
     check_launcher,
-    current_job_id,
-    distributed_port,
-    distributed_url,
     error_summary,
     make_executor,
 )
 from paploss.search.trials import runner as trial_module
+from paploss.utils.jobs import current_job_id, distributed_port, distributed_url
 
 # Jobs unpickle the trial function in a fresh interpreter where this test module is not
 # importable: ship its functions by value.

@@ -22,7 +22,7 @@ from paploss.search.proposers import (
 )
 from paploss.search.proposers.ppo import centred_ranks
 from paploss.search.reports import export_config, format_status
-from paploss.search.settings import load_settings
+from paploss.search.settings_loading import load_settings
 from paploss.search.spaces import SearchSpace
 from paploss.search.trials import TrialResult, TrialSpec
 

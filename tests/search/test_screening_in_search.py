@@ -13,13 +13,10 @@ from paploss.search.controller import SearchController
 from paploss.search.journal import JournalError, NewTrial, SearchJournal
 from paploss.search.proposers import TruncatedNormalPolicy
 from paploss.search.reports import format_status, plot_rewards, round_summaries
+from paploss.search.reports.summary import settings_summary
 from paploss.search.screening import Screener
-from paploss.search.settings import (
-    ScreeningSettings,
-    SettingsError,
-    load_settings,
-    settings_summary,
-)
+from paploss.search.settings import ScreeningSettings, SettingsError
+from paploss.search.settings_loading import load_settings
 from paploss.search.trials import TrialResult, TrialSpec
 
 DEFAULT_CONFIG = REPO_ROOT / "configs" / "search" / "default.yaml"

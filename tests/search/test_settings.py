@@ -13,8 +13,8 @@ from paploss.search.settings import (
     SearchSettings,
     SettingsError,
     SigmaSchedule,
-    load_settings,
 )
+from paploss.search.settings_loading import load_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODEL_CONFIG = str(REPO_ROOT / "configs" / "synthetic" / "pap_retinanet_identity.yaml")

@@ -20,6 +20,7 @@ from paploss.search.trials import (
     read_starts,
     run_trial,
 )
+from paploss.search.trials.proxy_config import proxy_config_opts
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MODEL_CONFIG = str(REPO_ROOT / "configs" / "synthetic" / "pap_retinanet_identity.yaml")
@@ -184,7 +185,7 @@ def test_result_round_trip_and_proxy_checks() -> None:
         ProxySettings(opts={"SOLVER.MAX_ITER": 5}).validate()
     with pytest.raises(ValueError, match="divisible"):
         ProxySettings(ims_per_batch=3, num_gpus=2).validate()
-    opts = ProxySettings(iterations=200).config_opts(seed=3, output_dir="out")
+    opts = proxy_config_opts(ProxySettings(iterations=200), seed=3, output_dir="out")
     assert opts[opts.index("SOLVER.STEPS") + 1] == (150, 185)
     assert opts[opts.index("SEED") + 1] == 3
 

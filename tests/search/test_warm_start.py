@@ -8,7 +8,8 @@ import torch
 from search_testing import MODEL_CONFIG, tiny_search_overrides
 
 from paploss.search.controller import SearchController
-from paploss.search.settings import ProxySettings, SettingsError, load_settings
+from paploss.search.settings import ProxySettings, SettingsError
+from paploss.search.settings_loading import load_settings
 from paploss.search.trials import TrialSpec
 from paploss.search.trials.warm_start import WARM_START_FOLDER, warm_start_spec
 

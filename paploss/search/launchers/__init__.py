@@ -4,10 +4,9 @@
 * :mod:`~paploss.search.launchers.trial_launcher`: :class:`TrialLauncher` submits a round of
   trials and collects their outcomes; :func:`check_launcher` tells at once whether a kind can run.
 * :mod:`~paploss.search.launchers.slurm`: job states from ``squeue``, the Slurm client tools.
-* :mod:`~paploss.search.launchers.jobs`: the job a process runs in, and its distributed port.
 
-The names below load from their modules on first access (a trial's job process needs only
-:mod:`~paploss.search.launchers.jobs`, not submitit).
+The job a process runs in and its distributed port are :mod:`paploss.utils.jobs` (a trial's job
+process needs them, not submitit). The names below load from their modules on first access.
 """
 
 from paploss.utils.lazy import lazy_exports
@@ -22,9 +21,7 @@ _LAZY = {
     "check_launcher": "trial_launcher",
     "error_summary": "trial_launcher",
     "make_executor": "trial_launcher",
-    "current_job_id": "jobs",
-    "distributed_port": "jobs",
-    "distributed_url": "jobs",
+    "launcher_options": "trial_launcher",
 }
 __all__ = list(_LAZY)
 __getattr__, __dir__ = lazy_exports(__name__, globals(), _LAZY)

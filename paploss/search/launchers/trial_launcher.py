@@ -66,7 +66,8 @@ from paploss.search.launchers.slurm import (
     slurm_mem,
     squeue_states,
 )
-from paploss.search.settings import LAUNCHER_KINDS
+from paploss.search.settings import LAUNCHER_KINDS, LauncherSettings
+from paploss.utils.errors import error_summary
 
 __all__ = [
     "LAUNCHER_KINDS",
@@ -78,6 +79,7 @@ __all__ = [
     "TrialHandle",
     "TrialLauncher",
     "make_executor",
+    "launcher_options",
 ]
 
 logger = logging.getLogger(__name__)
@@ -299,28 +301,6 @@ class TrialOutcome:
         return error_summary(self.error or "")
 
 
-def error_summary(text: str) -> str:
-    """The one line that says why something failed, from a longer error text.
-
-    A Python traceback gives its exception line (the last line that is not source context). Any
-    other text gives its first line: a crash report of this module starts with the cause (``job 12
-    ended without a result (process ended)``), followed by the end of the job's log, whose last
-    line is usually unrelated (a warning, a progress line).
-
-    Returns:
-        The line, stripped; ``""`` for an empty text.
-    """
-    lines = [line.strip() for line in (text or "").strip().splitlines() if line.strip()]
-    if not lines:
-        return ""
-    if not lines[0].startswith("Traceback"):
-        return lines[0]
-    for line in reversed(lines):
-        if not line.startswith(("File ", "^", "~", "-")):
-            return line
-    return lines[-1]
-
-
 class TrialHandle:
     """A submitted trial; its outcome is filled in by :class:`TrialLauncher` when it finishes."""
 
@@ -371,6 +351,35 @@ class TrialHandle:
 
 
 ProgressCallback = Callable[[TrialOutcome, int, int], None]
+
+
+def launcher_options(settings: LauncherSettings) -> Dict[str, Any]:
+    """The keyword arguments of :class:`TrialLauncher` (all but ``kind`` and ``folder``) that
+    the ``launcher`` section of the search settings sets.
+
+    Args:
+        settings: the search's launcher settings; the Slurm options only for ``kind: slurm``.
+    """
+    options: Dict[str, Any] = {
+        "parallel": settings.parallel,
+        "poll_interval_s": settings.poll_interval_s,
+        "timeout_min": settings.timeout_min,
+        "gpus_per_node": settings.gpus_per_node,
+        "max_num_timeout": settings.max_num_timeout,
+        "setup": list(settings.setup) or None,
+    }
+    if settings.kind == "slurm":
+        options.update(
+            partition=settings.partition,
+            account=settings.account,
+            qos=settings.qos,
+            cpus_per_task=settings.cpus_per_task,
+            mem_gb=settings.mem_gb,
+            array_parallelism=settings.array_parallelism,
+            additional_parameters=dict(settings.additional_parameters) or None,
+            scheduler_poll_s=min(10.0, max(settings.poll_interval_s, 1.0)),
+        )
+    return options
 
 
 class TrialLauncher:

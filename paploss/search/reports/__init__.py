@@ -1,5 +1,7 @@
-"""Reports on a search journal, which they read only (no Detectron2, no running search needed).
+"""Reports on a search: its settings in a few lines, and its journal, which the reports read only
+(no Detectron2, no running search needed).
 
+* :mod:`~paploss.search.reports.summary`: the search's settings in a few lines (its log).
 * :mod:`~paploss.search.reports.status`: the table of rounds and trials (``paploss-search status``).
 * :mod:`~paploss.search.reports.export`: the searched loss as a ready-to-train Detectron2
   config (``paploss-search export``).
@@ -22,6 +24,8 @@ _LAZY = {
     "export_config": "export",
     "round_overrides": "export",
     "space_from_journal": "export",
+    "settings_summary": "summary",
+    "screening_summary": "summary",
     "plot_rewards": "plots",
     "plot_functions": "plots",
     "write_plots": "plots",

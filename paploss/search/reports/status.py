@@ -23,11 +23,12 @@ from typing import Any, Dict, List, Optional, Sequence
 import numpy as np
 
 from paploss.search.journal import SearchJournal, TrialRecord
-from paploss.search.launchers.trial_launcher import error_summary
+from paploss.search.output import trial_folder_name
 from paploss.search.proposers import journal_proposer
 from paploss.search.recheck import declared_best, search_rounds
 from paploss.search.spaces import space_from_dict
-from paploss.search.trials.runner import RESULT_FILE, load_result, trial_folder_name
+from paploss.search.trials.runner import RESULT_FILE, load_result
+from paploss.utils.errors import error_summary
 
 __all__ = [
     "RoundSummary",

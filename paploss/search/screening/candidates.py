@@ -29,7 +29,8 @@ import time
 from typing import TYPE_CHECKING, Any, List, Optional, Sequence, Tuple
 
 from paploss.search.journal import SCORED_TRIAL_STATUSES, NewTrial, SearchJournal, TrialRecord
-from paploss.search.trials.runner import torch_threads, trial_folder_name
+from paploss.search.output import trial_folder_name
+from paploss.utils.threads import torch_threads
 
 if TYPE_CHECKING:  # pragma: no cover
     from paploss.search.settings import SearchSettings
@@ -79,7 +80,9 @@ class CandidateScreening:
         journal: the search's journal (read for earlier fingerprints and originals; written for
             the duplicates' rewards).
         model_config: the searched model's merged config file (what trials train).
-        trials_dir: the search's trial folder (the proxy config's ``OUTPUT_DIR``).
+        proxy_opts: the config overrides of the search's proxy training
+            (:func:`~paploss.search.trials.proxy_config.proxy_config_opts`), with which the
+            screening sets the model up like a proxy training.
         space: the search space (its kind selects the screener, :func:`build_screener`).
     """
 
@@ -89,13 +92,13 @@ class CandidateScreening:
         journal: SearchJournal,
         *,
         model_config: str,
-        trials_dir: str,
+        proxy_opts: Sequence[Any],
         space: Any,
     ) -> None:
         self.settings = settings
         self.journal = journal
         self._model_config = model_config
-        self._trials_dir = trials_dir
+        self._proxy_opts = list(proxy_opts)
         self._space = space
         self._screener: Optional[Any] = None  # the space's screener, built on first use
         self._seconds = 0.0  # spent screening since the last log_round
@@ -239,10 +242,7 @@ class CandidateScreening:
             proxy = self.settings.proxy
             start = time.perf_counter()
             try:
-                cfg = setup_cfg(
-                    self._model_config,
-                    proxy.config_opts(self.settings.search.seed, self._trials_dir),
-                )
+                cfg = setup_cfg(self._model_config, list(self._proxy_opts))
                 with torch_threads(proxy.num_threads):
                     self._screener = build_screener(
                         self._space, screening, cfg, dataset=proxy.train_dataset

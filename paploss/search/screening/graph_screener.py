@@ -25,7 +25,7 @@ A candidate is given as its config values (what the search's journal stores,
 ``equivalence.seed`` and ``significant_digits`` size the probes and the rounding;
 ``probe_entries`` / ``probe_positives`` are for PAP candidates only). The early stop of invalid
 trainings is the search's :class:`~paploss.engine.hooks.InvalidTrainingHook`
-(``screening.early_stop.build_hook()``): it watches every
+(:func:`~paploss.search.trials.proxy_config.early_stop_hook`): it watches every
 :class:`~paploss.modeling.head_loss.RankingHeadLoss`, so a graph loss's training is stopped the
 same way.
 """

@@ -42,6 +42,7 @@ from detectron2.utils.events import CommonMetricPrinter, JSONWriter
 
 from paploss.engine import Trainer
 from paploss.search.settings import EarlyStopSettings
+from paploss.search.trials.proxy_config import early_stop_hook
 
 __all__ = ["ProxyTrainer", "freeze_modules", "module_state"]
 
@@ -175,7 +176,7 @@ class ProxyTrainer(Trainer):
 
     def build_hooks(self) -> List[HookBase]:
         kept = [h for h in super().build_hooks() if not isinstance(h, hooks.EvalHook)]
-        early_stop = None if self._early_stop is None else self._early_stop.build_hook()
+        early_stop = None if self._early_stop is None else early_stop_hook(self._early_stop)
         if early_stop is not None:
             kept = self.insert_before_checkpointer(kept, [early_stop])
         if self._stop_after is None:

@@ -52,7 +52,7 @@ partial spec, so it is never taken for the full one.
 
 **Several GPUs.** With ``proxy.num_gpus > 1`` the training runs through Detectron2's ``launch``
 with one process per GPU on a port derived from the job id
-(:func:`paploss.search.launchers.jobs.distributed_url`); rank 0 writes ``result.json``.
+(:func:`paploss.utils.jobs.distributed_url`); rank 0 writes ``result.json``.
 """
 
 from __future__ import annotations
@@ -70,22 +70,23 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Tuple
 
-from paploss.search.launchers.jobs import current_job_id
 from paploss.search.settings import EarlyStopSettings, ProxySettings
+from paploss.search.trials.proxy_config import check_reward_task, proxy_config_opts
 from paploss.utils.imports import import_modules
 from paploss.utils.io import atomic_write_json
+from paploss.utils.jobs import current_job_id, distributed_url
+from paploss.utils.threads import torch_threads
 
 __all__ = [
     "TRIAL_RESULT_STATUSES",
-    "trial_folder_name",
     "TrialSpec",
     "TrialResult",
     "TrialFolderError",
+    "TrialFunction",
     "run_trial",
     "evaluation_metrics",
-    "torch_threads",
     "load_result",
     "read_starts",
     "remove_checkpoints",
@@ -205,7 +206,7 @@ class TrialSpec:
 
     def config_opts(self) -> List[Any]:
         """All config overrides of this trial's training, candidate values last."""
-        opts = self.proxy.config_opts(self.seed, os.path.join(self.output_dir, TRAIN_DIR))
+        opts = proxy_config_opts(self.proxy, self.seed, os.path.join(self.output_dir, TRAIN_DIR))
         if self.init_weights is not None:
             opts += ["MODEL.WEIGHTS", self.init_weights]
         for key, value in self.overrides.items():
@@ -306,6 +307,11 @@ class TrialResult:
 
 
 # ------------------------------------------------------------------------------------ running
+
+
+#: What runs a trial in a job: :func:`run_trial`, or in tests another picklable function with the
+#: same contract.
+TrialFunction = Callable[[TrialSpec], TrialResult]
 
 
 def run_trial(spec: TrialSpec) -> TrialResult:
@@ -413,7 +419,7 @@ def _train_and_score(spec: TrialSpec, started_at: float, rank: int = 0) -> Trial
 
     import_modules(spec.imports, spec.python_path)  # a project's registrations, before the config
     cfg = setup_cfg(spec.config_file, spec.config_opts())
-    spec.proxy.check_model_config(cfg, spec.config_file)
+    check_reward_task(spec.proxy, cfg, spec.config_file)
     os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
     seed_all_rng(spec.seed + rank)
     warm_start = spec.proxy.warm_start
@@ -546,8 +552,6 @@ def _distributed_worker(spec: TrialSpec, started_at: float) -> None:
 def _run_distributed(spec: TrialSpec, started_at: float) -> TrialResult:
     from detectron2.engine import launch
 
-    from paploss.search.launchers.jobs import distributed_url
-
     try:
         launch(
             _distributed_worker,
@@ -625,20 +629,6 @@ def remove_checkpoints(folder: os.PathLike) -> None:
 
 
 @contextlib.contextmanager
-def torch_threads(num_threads: int) -> Iterator[None]:
-    """Run with ``num_threads`` torch CPU threads (0: leave the count as it is), then restore it."""
-    import torch
-
-    saved = torch.get_num_threads()
-    if num_threads > 0:
-        torch.set_num_threads(num_threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(saved)
-
-
-@contextlib.contextmanager
 def _trial_environment(spec: TrialSpec, log_path: Path) -> Iterator[None]:
     """Datasets root, torch threads and a log file for the duration of a trial."""
     import torch
@@ -674,8 +664,3 @@ def _trial_environment(spec: TrialSpec, log_path: Path) -> Iterator[None]:
                 os.environ.pop("PAPLOSS_DATASETS", None)
             else:
                 os.environ["PAPLOSS_DATASETS"] = saved_root
-
-
-def trial_folder_name(round_index: int, index: int) -> str:
-    """Folder name of trial ``index`` of round ``round_index``: ``round002_trial05``."""
-    return f"round{round_index:03d}_trial{index:02d}"
