@@ -7,7 +7,7 @@
 2. Exports its loss (``--which best``: the best trial; ``mean``: the final policy mean) to
    ``<output>/searched_<which>.yaml``.
 3. Trains that config and the searched detector's main rows of the loss table (stock, AP-Loss,
-   aLRP, RS, PAP identity, PAP published) with the loss table's schedule
+   aLRP, RS, the PAP rows) with the loss table's schedule
    (``experiments/compare_losses.py``: ``synthetic_shapes_train``, batch 8, every row under one
    optimiser) over ``--seeds`` and prints them as mean ± std of AP on ``synthetic_shapes_val``,
    which neither the search nor the loss table trains on.
