@@ -382,7 +382,8 @@ def test_local_trials_keep_running_and_are_reattached_after_a_kill(tmp_path: Pat
     output = tmp_path / "search"
     args = ["run", "--output", str(output), "--no-report"]
     args += tiny_search_overrides(tmp_path, rounds=1, candidates=3, launcher="local")
-    args += ["launcher.parallel=2", "search.score_mean=false"]
+    # ppo: three samples (the default search's cmaes needs four)
+    args += ["launcher.parallel=2", "search.score_mean=false", "search.method=ppo"]
     proc = subprocess.Popen(cli_command(*args), stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
         _wait_for(
