@@ -1,13 +1,14 @@
 #!/usr/bin/env python
 """Proxy fidelity: does a search's proxy reward rank candidate losses as a longer training does?
 
-For ``--candidates K`` candidates of a search (the identity functions, the published functions
-and ``K - 2`` samples of the search's initial policy, all in its search space) and ``--seeds S``
-training seeds, the search's proxy training is run exactly as a search trial runs it
+For ``--candidates K`` candidates of a search (its start point ``search.init``; the published
+functions when the start is elsewhere and a published config is known; the identity functions with
+``--identity``; then samples of the first round of its method, ``search.method``: for the default
+CMA-ES search, working losses near the published functions) and ``--seeds S`` training seeds, the search's proxy training is run exactly as a search trial runs it
 (:func:`paploss.search.trials.run_trial`, warm start included, one torch thread per trial). With
 ``--reference-seeds`` > 0 each candidate is also trained with the loss table's schedule
-(``experiments/compare_losses.py``: batch 8, 1500 iterations for RetinaNet and 500 for Faster
-R-CNN, no gradient clipping, ``synthetic_shapes_train``) and evaluated on ``synthetic_shapes_val``.
+(``experiments/compare_losses.py``: batch 8, its iterations per detector, gradient clipping on
+as in the table unless ``--reference-clip off``, ``synthetic_shapes_train``) and evaluated on ``synthetic_shapes_val``.
 The table gives each candidate's proxy reward (mean ± std over seeds) and reference AP, and:
 
 * **signal-to-noise**: the standard deviation of the candidates' mean rewards divided by the
@@ -35,6 +36,9 @@ script once per proxy::
     python experiments/bench_proxy.py --config configs/search/default.yaml \\
         --set proxy.iterations=800 --reference-seeds 2 --reference-device cuda
     python experiments/bench_proxy.py --seeds 3 --halving 0.5                   # halving
+    python experiments/bench_proxy.py --candidates 12 --seeds 1 --reference-seeds 2 --jobs 2
+        # the default search's proxy among 12 working candidates (one proxy training each, as the
+        # search scores them; signal-to-noise needs --seeds 2 or more)
 """
 
 import argparse
@@ -83,9 +87,13 @@ class Candidate:
     overrides: Dict
 
 
-def build_candidates(settings: SearchSettings, count: int, published_config: Optional[str]):
-    """The search space and its candidates: identity, published (when a config is known), and
-    samples of the search's initial policy."""
+def build_candidates(
+    settings: SearchSettings, count: int, published_config: Optional[str], identity: bool
+):
+    """The search space and its candidates: the search's start point (``search.init``), the
+    identity functions (``identity``, when the start is elsewhere), the published functions (when
+    a config is known and the start is elsewhere), then samples of the search method's first
+    round (for ``cmaes``: a Gaussian of step ``cmaes.sigma`` around the start)."""
     from paploss.engine import load_config
     from paploss.search.proposers import proposer_class
     from paploss.search.spaces import SearchSpace
@@ -95,15 +103,21 @@ def build_candidates(settings: SearchSettings, count: int, published_config: Opt
         space = SearchSpace(settings.model.heads, fixed=fixed)
     else:
         space = SearchSpace.from_config(load_config(settings.model.config), fixed=fixed)
-    points = [("identity", space.identity_theta())]
-    if published_config:
+    init = settings.search.init
+    start_name = init if init in ("identity", "published") else f"start ({os.path.basename(init)})"
+    points = [(start_name, space.initial_theta(init))]
+    if identity and init != "identity":
+        points.append(("identity", space.identity_theta()))
+    if published_config and init != "published":
         points.append(("published", space.theta_from_config(load_config(published_config))))
-    proposer = proposer_class("ppo").from_settings(settings, space)
+    wanted = max(count - len(points), 4)  # one first round of the samples still wanted
+    first_round = dataclasses.replace(
+        settings, search=dataclasses.replace(settings.search, candidates=wanted)
+    )
+    proposer = proposer_class(settings.search.method).from_settings(first_round, space)
     samples = [c.theta for c in proposer.propose() if c.role == "sample"]
-    while len(points) < count:
-        if not samples:
-            samples = [c.theta for c in proposer.propose() if c.role == "sample"]
-        points.append((f"policy sample {len(points) - 1}", samples.pop(0)))
+    method = settings.search.method
+    points += [(f"{method} sample {i + 1}", theta) for i, theta in enumerate(samples)]
     candidates = [
         Candidate(name, tuple(float(v) for v in theta), space.to_overrides(theta))
         for name, theta in points[:count]
@@ -231,6 +245,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
                         help="search settings overrides, e.g. proxy.iterations=800")  # fmt: skip
     parser.add_argument("--candidates", type=int, default=8)
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument(
+        "--identity",
+        action="store_true",
+        help="also score the identity functions when the search starts elsewhere",
+    )
     parser.add_argument("--published-config",
                         help="model config with the published functions (default: the searched "
                         "config's name with 'identity' replaced by 'published', if it exists)")  # fmt: skip
@@ -250,8 +269,11 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
     parser.add_argument("--jobs", type=int, default=1, help="trainings in parallel")
     parser.add_argument("--output", default=os.path.join("output", "bench_proxy"))
     args = parser.parse_args(argv)
-    if min(args.candidates, args.seeds) < 2 or min(args.jobs, 1 + args.reference_seeds) < 1:
-        raise SystemExit("--candidates and --seeds must be >= 2, --jobs >= 1")
+    if args.candidates < 2 or min(args.seeds, args.jobs, 1 + args.reference_seeds) < 1:
+        raise SystemExit("--candidates must be >= 2, --seeds and --jobs >= 1")
+    if args.seeds < 2 and args.reference_seeds < 1:
+        raise SystemExit("--seeds 1 measures nothing without --reference-seeds (signal-to-noise "
+                         "needs 2 proxy seeds)")  # fmt: skip
 
     settings = load_settings(args.config, args.set)
     try:
@@ -267,7 +289,7 @@ def main(argv: Optional[Sequence[str]] = None) -> Dict:
             os.path.dirname(config), os.path.basename(config).replace("identity", "published")
         )
         published = guess if os.path.isfile(guess) else None
-    space, candidates = build_candidates(settings, args.candidates, published)
+    space, candidates = build_candidates(settings, args.candidates, published, args.identity)
 
     from paploss.data import ensure_dataset_files
     from paploss.engine import load_config

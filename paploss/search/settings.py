@@ -95,6 +95,11 @@ REJECTION_OPTIMIZERS = ("adam", "sgd")
 REJECTION_SCORES = ("final", "auc")
 
 
+def rejection_score_name(score: str) -> str:
+    """How logs and reports name a rejection score (``screening.rejection.score``)."""
+    return "AP gain AUC" if score == "auc" else "AP gain"
+
+
 class SettingsError(ValueError):
     """Search settings are malformed: unknown keys, wrong types, missing files, bad values."""
 

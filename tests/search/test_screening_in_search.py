@@ -10,7 +10,7 @@ import yaml
 from search_testing import REPO_ROOT, tiny_search_overrides
 
 from paploss.search.controller import SearchController
-from paploss.search.journal import JournalError, NewTrial, SearchJournal
+from paploss.search.journal import JournalError, NewTrial, SearchJournal, TrialRecord
 from paploss.search.proposers import TruncatedNormalPolicy
 from paploss.search.reports import format_status, plot_rewards, round_summaries
 from paploss.search.reports.summary import settings_summary
@@ -115,9 +115,25 @@ def test_rejected_candidates_are_stored_not_trained_and_still_update_the_policy(
     round_rows = [line.split() for line in status.splitlines() if line.split()[1:2] == ["closed"]]
     assert [row[3] for row in round_rows] == ["1/0/0/2/0", "1/0/0/2/0"]
     rejected_rows = [line for line in status.splitlines() if " rejected " in line]
-    assert len(rejected_rows) == 4 and all("AP gain" in line for line in rejected_rows)
+    assert len(rejected_rows) == 4
+    assert all("AP gain " in line and "AUC" not in line for line in rejected_rows)
     assert summaries[0].statuses == ["rejected", "rejected"]
     assert Path(png).read_bytes().startswith(b"\x89PNG")
+
+
+@pytest.mark.parametrize(
+    "score, shown", [("final", "AP gain 3.25 < 5"), ("auc", "AP gain AUC 3.25 < 5")]
+)
+def test_a_rejected_trial_names_the_rejection_score(score, shown):
+    from paploss.search.reports.status import _screening_note
+    from paploss.search.settings import rejection_score_name
+
+    trial = TrialRecord(
+        round=0, index=1, role="sample", theta=[], overrides={}, seed=0, status="rejected",
+        reward=0.0, metrics={"screening": {"score": 3.25}}, attempts=0, error=None, job_id=None,
+        folder=None, created_at=0.0, started_at=None, finished_at=None,
+    )  # fmt: skip
+    assert _screening_note(trial, rejection_score_name(score), 5.0) == shown
 
 
 # ------------------------------------------------------------------------------ duplicates

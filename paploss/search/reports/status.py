@@ -26,6 +26,7 @@ from paploss.search.journal import SearchJournal, TrialRecord
 from paploss.search.output import trial_folder_name
 from paploss.search.proposers import journal_proposer
 from paploss.search.recheck import declared_best, search_rounds
+from paploss.search.settings import rejection_score_name
 from paploss.search.spaces import space_from_dict
 from paploss.search.trials.runner import RESULT_FILE, load_result
 from paploss.utils.errors import error_summary
@@ -196,11 +197,13 @@ def format_status(journal: SearchJournal, show_trials: bool = False) -> str:
     lines += _table(header, rows)
     if show_trials:
         lines.append("")
-        min_gain = (settings.get("screening") or {}).get("rejection", {}).get("min_ap_gain")
+        rejection = (settings.get("screening") or {}).get("rejection", {})
+        min_gain = rejection.get("min_ap_gain")
+        score_name = rejection_score_name(rejection.get("score", "final"))
         trial_rows = []
         for t in journal.trials():
             seconds = t.metrics.get("total_s")
-            note = _screening_note(t, min_gain) or t.metrics.get("reason")
+            note = _screening_note(t, score_name, min_gain) or t.metrics.get("reason")
             note = note or error_summary(t.error or "") or _halving_note(t)
             if not note and space is not None:
                 note = space.describe_candidate(t.overrides) or ""
@@ -267,8 +270,9 @@ def _screening_line(journal: SearchJournal, summaries: Sequence[RoundSummary]) -
     )
 
 
-def _screening_note(trial: TrialRecord, min_gain: Any) -> Optional[str]:
-    """Why screening kept a trial from training (for the trial table)."""
+def _screening_note(trial: TrialRecord, score_name: str, min_gain: Any) -> Optional[str]:
+    """Why screening kept a trial from training (for the trial table); ``score_name`` names the
+    rejection score (:func:`~paploss.search.settings.rejection_score_name`)."""
     record = trial.metrics.get("screening") or {}
     if trial.status == "rejected":
         if record.get("reason"):
@@ -277,7 +281,7 @@ def _screening_note(trial: TrialRecord, min_gain: Any) -> Optional[str]:
         if score is None:
             return "rejected by screening"
         limit = _number(min_gain)
-        return f"AP gain {score:.2f}" + (f" < {limit:g}" if limit is not None else "")
+        return f"{score_name} {score:.2f}" + (f" < {limit:g}" if limit is not None else "")
     if trial.status == "duplicate" or (trial.status == "failed" and trial.folder is None):
         original = record.get("duplicate_of_trial")
         if original:

@@ -2,7 +2,7 @@
 
 from typing import List
 
-from paploss.search.settings import ScreeningSettings, SearchSettings
+from paploss.search.settings import ScreeningSettings, SearchSettings, rejection_score_name
 
 __all__ = ["settings_summary", "screening_summary"]
 
@@ -50,7 +50,7 @@ def screening_summary(screening: ScreeningSettings) -> str:
     )
     if rejection.enabled:
         parts.append(
-            f"rejection below an AP gain{' AUC' if rejection.score == 'auc' else ''} of "
+            f"rejection below an {rejection_score_name(rejection.score)} of "
             f"{rejection.min_ap_gain:g} after {rejection.steps} "
             f"steps on {rejection.num_images} images (reward {rejection.rejected_reward:g})"
         )

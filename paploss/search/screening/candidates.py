@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, List, Optional, Sequence, Tuple
 
 from paploss.search.journal import SCORED_TRIAL_STATUSES, NewTrial, SearchJournal, TrialRecord
 from paploss.search.output import trial_folder_name
+from paploss.search.settings import rejection_score_name
 from paploss.utils.threads import torch_threads
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -181,11 +182,13 @@ class CandidateScreening:
             if decision.invalid:
                 logger.info("%s rejected as invalid: %s", trial_folder_name(*key), decision.reason)
             else:
+                rejection = self.settings.screening.rejection
                 logger.info(
-                    "%s rejected: AP gain %.2f < %g",
+                    "%s rejected: %s %.2f < %g",
                     trial_folder_name(*key),
+                    rejection_score_name(rejection.score),
                     decision.score,
-                    self.settings.screening.rejection.min_ap_gain,
+                    rejection.min_ap_gain,
                 )
             return dataclasses.replace(
                 trial, status="rejected", reward=decision.reward, metrics=metrics, folder=None
