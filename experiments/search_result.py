@@ -45,7 +45,15 @@ def searched_detector(search_folder: str) -> str:
         return "retinanet"
     if architecture == "GeneralizedRCNN":
         return "mask_rcnn" if cfg.MODEL.MASK_ON else "faster_rcnn"
+    if architecture == "PAPDeformableDETR":  # its project registered it when the search ran
+        return "deformable_detr"
     raise SystemExit(f"the loss table has no rows for a {architecture} model")
+
+
+def identity_row(rows: Sequence[str]) -> Optional[str]:
+    """The detector's first PAP row with identity functions (e.g. ``pap identity``, Deformable
+    DETR's ``pap identity + L1``), or None."""
+    return next((row for row in rows if row.startswith("pap identity")), None)
 
 
 def verdict(summary: List[dict], searched_row: str) -> List[str]:
@@ -55,14 +63,15 @@ def verdict(summary: List[dict], searched_row: str) -> List[str]:
         for entry in summary
         if entry["group"] == "main" and entry["seeds"]
     }
-    if searched_row not in rows or "pap identity" not in rows:
+    identity_name = identity_row(list(rows))
+    if searched_row not in rows or identity_name is None:
         return ["verdict: not enough finished trainings to compare"]
-    (searched, searched_std), (identity, identity_std) = rows[searched_row], rows["pap identity"]
+    (searched, searched_std), (identity, identity_std) = rows[searched_row], rows[identity_name]
     others = {name: ap for name, (ap, _) in rows.items() if name != searched_row}
     best_name = max(others, key=others.get)
     noise = max(searched_std, identity_std)
     return [
-        f"searched {searched:.2f} vs PAP identity {identity:.2f}: {searched - identity:+.2f} AP "
+        f"searched {searched:.2f} vs {identity_name} {identity:.2f}: {searched - identity:+.2f} AP "
         f"({'more' if searched - identity > noise else 'not more'} than the larger seed std "
         f"{noise:.2f})",
         f"searched vs the best other row ({best_name}, {others[best_name]:.2f}): "
