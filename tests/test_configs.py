@@ -112,3 +112,15 @@ def test_pap_mask_rcnn_follows_the_pap_faster_rcnn_recipe(mask_config, quality):
     assert mask["MODEL.PAPLOSS.QUALITY"] == quality
     assert not mask["SOLVER.CLIP_GRADIENTS.ENABLED"]
     assert mask["MODEL.MASK_ON"]
+
+
+@pytest.mark.parametrize("path", sorted(glob.glob("configs/synthetic/*.yaml")))
+def test_no_synthetic_config_clips_gradients_by_itself(path):
+    """One optimiser for every synthetic config (Base-Synthetic.yaml): the loss table turns
+    clipping on or off for all of its rows (``experiments/compare_losses.py --clip``)."""
+    cfg = load_config(path)
+    assert not cfg.SOLVER.CLIP_GRADIENTS.ENABLED
+    assert (cfg.SOLVER.CLIP_GRADIENTS.CLIP_TYPE, cfg.SOLVER.CLIP_GRADIENTS.CLIP_VALUE) == (
+        "norm",
+        0.3,
+    )
