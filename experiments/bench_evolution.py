@@ -8,6 +8,7 @@ Usage::
     python experiments/bench_evolution.py --candidates 100 --methods evolution
     python experiments/bench_evolution.py --proxy-seconds 60 --output output/bench_evolution.json
     python experiments/bench_evolution.py --score-table          # rejection scores of known graphs
+    python experiments/bench_evolution.py --score-table --options "linear, final, 200 steps"
 
 What runs (model: ``--config``, a Faster R-CNN with ``LOSS: "graph"``; images of
 ``synthetic_shapes_search_train``): the ROI head's fixed batch of a random detector is recorded
@@ -45,11 +46,20 @@ positives only, a classification loss scaled to nothing ("box loss only"), a box
 nothing, a loss that pushes every score down) under each option of ``SCORE_OPTIONS`` and prints
 each graph's rejection score per option and, in brackets, as a share of CE + L1's score on the
 same batch: which option separates degenerate from working losses, and orders working ones.
+The ``linear`` options (``screening.rejection.predictions: linear``) train a fresh linear box
+predictor on the box features of the warm start of ``HEAD_PROXY_SEARCH`` (its model trained once
+with its stock losses, 600 iterations x 4 images; trained on first use into ``--warm-start``, or
+``--weights``) and measure AP on 8 held-out images of ``synthetic_shapes_search_val``;
+``--options`` picks columns::
+
+    python experiments/bench_evolution.py --score-table \
+        --options "auc, 20 steps, lr/10" "linear, final, 200 steps" "linear, auc, 200 steps"
 
 All timings are wall times on this machine with ``--threads`` torch threads.
 """
 
 import argparse
+import dataclasses
 import json
 import statistics
 import sys
@@ -62,6 +72,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a plain
 
 DEFAULT_CONFIG = "configs/synthetic/graph_faster_rcnn.yaml"
 SEARCH_TRAIN = "synthetic_shapes_search_train"
+SEARCH_VAL = "synthetic_shapes_search_val"
+#: The search whose warm start ``--score-table``'s linear rejection scores start from.
+HEAD_PROXY_SEARCH = "configs/search/evolution_faster_rcnn_head_proxy.yaml"
+#: Where that warm start is trained once and cached (``output/`` is not versioned).
+DEFAULT_WARM_START = "output/bench_evolution/warm_start"
 #: Rejection thresholds (AP points) of the threshold table.
 THRESHOLDS = (5.0, 20.0, 50.0, 80.0, 90.0)
 #: Proxy training of the default search (400 iterations x 4 images, evaluation included, one
@@ -248,7 +263,61 @@ SCORE_OPTIONS = {
         "box_lr": 0.002,
     },
     "final, 20 steps, sgd": {"steps": 20, "optimizer": "sgd", "logit_lr": 1.0, "box_lr": 1.0},
+    # A fresh linear predictor trained on the warm start's box features, AP on 8 held-out images.
+    "linear, final, 200 steps": {
+        "predictions": "linear",
+        "steps": 200,
+        "eval_every": 50,
+        "logit_lr": 0.001,
+        "box_lr": 0.001,
+    },
+    "linear, auc, 200 steps": {
+        "predictions": "linear",
+        "steps": 200,
+        "eval_every": 50,
+        "score": "auc",
+        "logit_lr": 0.001,
+        "box_lr": 0.001,
+    },
+    "linear, final, 200 sgd": {
+        "predictions": "linear",
+        "steps": 200,
+        "eval_every": 50,
+        "optimizer": "sgd",
+        "logit_lr": 0.01,
+        "box_lr": 0.001,
+    },
 }
+
+
+def warm_start_checkpoint(folder: str) -> str:
+    """The warm-start checkpoint of ``HEAD_PROXY_SEARCH`` (its model trained once with its stock
+    losses, as the search's ``proxy.warm_start`` trains it), trained in ``folder`` on first use.
+
+    Raises:
+        RuntimeError: when the training fails.
+    """
+    import os
+
+    from paploss.data import datasets_root
+    from paploss.search.settings_loading import load_settings
+    from paploss.search.trials.runner import run_trial
+    from paploss.search.trials.warm_start import warm_start_spec, warm_start_weights
+
+    settings = load_settings(HEAD_PROXY_SEARCH)
+    spec = warm_start_spec(
+        settings.proxy, settings.model.config, os.path.abspath(folder), datasets_root()
+    )
+    assert spec is not None, f"{HEAD_PROXY_SEARCH} has no proxy.warm_start"
+    weights = warm_start_weights(spec)
+    if not os.path.isfile(weights):
+        print(f"training the warm start of {HEAD_PROXY_SEARCH} in {folder} (once)", flush=True)
+        start = time.perf_counter()
+        result = run_trial(spec)
+        if result.status != "done" or not os.path.isfile(weights):
+            raise RuntimeError(f"the warm start in {folder} failed: {result.reason}")
+        print(f"  warm start: {time.perf_counter() - start:.0f} s, bbox AP {result.reward:.2f}")
+    return weights
 
 
 def score_table_graphs() -> Dict[str, Any]:
@@ -272,35 +341,56 @@ def score_table_graphs() -> Dict[str, Any]:
 
 
 def _score_table(cfg: Any, args: argparse.Namespace) -> None:
-    """Each graph's rejection score under each of ``SCORE_OPTIONS`` (and its share of CE + L1's)."""
+    """Each graph's rejection score under each of ``SCORE_OPTIONS`` (or ``--options``), and its
+    share of CE + L1's; the linear options train on the warm start of ``HEAD_PROXY_SEARCH``."""
     from paploss.losses.graph import BOX, CLS
     from paploss.search.screening.graph_screener import GraphScreener
     from paploss.search.settings import ScreeningSettings
 
     graphs = score_table_graphs()
+    options = args.options or list(SCORE_OPTIONS)
+    unknown = [option for option in options if option not in SCORE_OPTIONS]
+    if unknown:
+        raise SystemExit(f"unknown --options {unknown}; known: {list(SCORE_OPTIONS)}")
     scores: Dict[str, Dict[str, float]] = {}
-    batch = None
-    for option, values in SCORE_OPTIONS.items():
+    batches: Dict[str, Any] = {}  # predictions kind -> the ROI batch
+    results: Dict[Any, Any] = {}  # (settings but the score, graph) -> RejectionResult
+    for option in options:
+        values = SCORE_OPTIONS[option]
         rejection = {"num_images": args.images, "min_ap_gain": args.min_gain, **values}
         settings = ScreeningSettings.from_dict({"rejection": rejection})
-        if batch is None:
-            batch = GraphScreener.build(settings, cfg, dataset=SEARCH_TRAIN).protocol.batch
-            print(f"fixed ROI batch: {batch.summary()}")
-        screener = GraphScreener(settings, batch, cfg=cfg)
+        kind = settings.rejection.predictions
+        if kind not in batches:
+            start = time.perf_counter()
+            weights = None
+            if kind == "linear":
+                weights = args.weights or warm_start_checkpoint(args.warm_start)
+            batches[kind] = GraphScreener.build(
+                settings, cfg, dataset=SEARCH_TRAIN, val_dataset=SEARCH_VAL, weights=weights
+            ).protocol.batch
+            print(f"{kind} ROI batch ({time.perf_counter() - start:.0f} s): "
+                  f"{batches[kind].summary()}" + (f", from {weights}" if weights else ""))  # fmt: skip
+        screener = GraphScreener(settings, batches[kind], cfg=cfg)
+        # Options that differ only in the score share their (deterministic) runs.
+        run_key = json.dumps({**settings.rejection.to_dict(), "score": None}, sort_keys=True)
         start = time.perf_counter()
         scores[option] = {}
         for name, (cls, box) in graphs.items():
-            overrides = {CLS.config_key: cls, BOX.config_key: box}
-            (result,) = screener.reject_score(overrides).values()
+            if (run_key, name) not in results:
+                overrides = {CLS.config_key: cls, BOX.config_key: box}
+                (results[run_key, name],) = screener.reject_score(overrides).values()
+            result = dataclasses.replace(
+                results[run_key, name], score_kind=settings.rejection.score
+            )
             scores[option][name] = result.score
         seconds = (time.perf_counter() - start) / len(graphs)
         print(f"  {option}: {seconds:.1f} s per graph", flush=True)
     width = max(len(name) for name in graphs)
     print(f"\n## rejection score per option (AP points; in brackets: share of CE + L1's)")
-    print(" | ".join([f"{'graph':<{width}}"] + [f"{option:>22}" for option in SCORE_OPTIONS]))
+    print(" | ".join([f"{'graph':<{width}}"] + [f"{option:>22}" for option in options]))
     for name in graphs:
         cells = []
-        for option in SCORE_OPTIONS:
+        for option in options:
             score, reference = scores[option][name], scores[option]["CE + L1"]
             share = f"{100.0 * score / reference:4.0f}%" if reference > 0 else "    -"
             cells.append(f"{score:14.1f} ({share})")
@@ -328,6 +418,18 @@ def main(argv: Optional[List[str]] = None) -> None:
         "--score-table",
         action="store_true",
         help="only the rejection scores of hand-written graphs under each of SCORE_OPTIONS",
+    )
+    parser.add_argument(
+        "--options", nargs="+", help="--score-table: only these of SCORE_OPTIONS (default: all)"
+    )
+    parser.add_argument(
+        "--warm-start",
+        default=DEFAULT_WARM_START,
+        help="--score-table: folder of the warm start the linear options read (trained once)",
+    )
+    parser.add_argument(
+        "--weights",
+        help="--score-table: use this checkpoint for the linear options instead of the warm start",
     )
     args = parser.parse_args(argv)
 

@@ -210,6 +210,15 @@ class HeadRanking:
             (self.positive_index,), values.to(self.flat_logits.dtype)
         )
 
+    def positive_deltas(self, deltas: torch.Tensor) -> torch.Tensor:
+        """``[P, 4]`` deltas of the positives (in label order) among other deltas of every row.
+
+        Args:
+            deltas: ``[R, 4]`` (class-agnostic) or ``[R, K, 4]`` (per-class, read at each
+                positive's label), e.g. a predictor's output being trained.
+        """
+        return _select(deltas, self.positive_rows, self.labels)
+
     def with_predictions(self, logits: torch.Tensor, pred_deltas: torch.Tensor) -> "HeadRanking":
         """The same rows, labels and ground truth with other predictions.
 

@@ -22,7 +22,8 @@ One round::
     journal.end_round(...)       the proposer's state after the update
 
 Before the first round, with ``proxy.warm_start``, the checkpoint every trial starts from is
-trained once (steps.warm_start). The steps are :mod:`paploss.search.steps`; this module is the
+trained once (steps.warm_start); the screening, built when the first round is screened, reads it
+too (``screening.rejection.predictions: linear``). The steps are :mod:`paploss.search.steps`; this module is the
 loop that calls them, and the set-up of a new or resumed search.
 
 The proposer is the search method ``search.method`` names
@@ -232,6 +233,8 @@ class SearchController:
                     self._make_launcher,
                     self.trial_fn,
                 )
+                assert self._screening is not None
+                self._screening.warm_start_weights = init_weights  # built after: rounds screen
             self._waves = TrialWaves(
                 self.settings,
                 self.output,

@@ -93,6 +93,9 @@ REJECTION_OPTIMIZERS = ("adam", "sgd")
 #: Rejection scores: the AP gain at the last step, or the area under the AP-gain-versus-steps
 #: curve divided by the steps (``RejectionResult.score``).
 REJECTION_SCORES = ("final", "auc")
+#: What the rejection protocol optimises: the recorded predictions themselves, or a fresh linear
+#: predictor over features recorded from a trained detector (``RejectionSettings.predictions``).
+REJECTION_PREDICTIONS = ("fixed", "linear")
 
 
 def rejection_score_name(score: str) -> str:
@@ -725,6 +728,17 @@ class RejectionSettings(_Section):
         nms_threshold: IoU threshold of the per-class NMS.
         detections_per_image: detections kept per image after NMS (COCO's maxDets).
         rejected_reward: reward a rejected candidate gets for the policy update (AP units).
+        predictions: what the candidate's loss optimises. ``fixed`` (the default): the logits
+            and the positives' deltas of a random detector's forward, as free tensors. ``linear``:
+            a freshly initialised linear box predictor (Detectron2's ``cls_score`` and
+            ``bbox_pred`` layers, seeded by ``seed``) over the box head's features of a *trained*
+            detector, the search's warm start (``proxy.warm_start``, required); ``logit_lr`` and
+            ``box_lr`` are then the learning rates of the two layers, and AP is measured on
+            ``val_images`` held-out images of the proxy validation split, so a loss that does not
+            teach the layer to rank and place boxes on unseen RoIs cannot score well. Only the
+            ROI head (a linear predictor over per-RoI features) can be screened this way
+            (:class:`paploss.search.screening.linear.LinearRejectionProtocol`).
+        val_images: images of the held-out batch of ``predictions: linear``.
     """
 
     KEY: ClassVar[str] = "screening.rejection"
@@ -744,17 +758,26 @@ class RejectionSettings(_Section):
     detections_per_image: int = 100
     rejected_reward: float = 0.0
     score: str = "final"
+    predictions: str = "fixed"
+    val_images: int = 8
 
     def validate(self) -> None:
         _bool(self.enabled, self.key("enabled"))
         _choice(self.score, self.key("score"), REJECTION_SCORES)
+        _choice(self.predictions, self.key("predictions"), REJECTION_PREDICTIONS)
         _require(
             self.score != "auc" or self.eval_every > 0,
             f"{self.key('score')}: auc needs the curve, set {self.key('eval_every')} > 0",
         )
         for name in ("min_ap_gain", "rejected_reward"):
             _require(is_number(getattr(self, name)), f"{self.key(name)} must be a finite number")
-        for name in ("steps", "num_images", "candidates_per_image", "detections_per_image"):
+        for name in (
+            "steps",
+            "num_images",
+            "candidates_per_image",
+            "detections_per_image",
+            "val_images",
+        ):
             _int(getattr(self, name), self.key(name), minimum=1)
         for name in ("seed", "eval_every"):
             _int(getattr(self, name), self.key(name), minimum=0)
@@ -775,12 +798,18 @@ class RejectionSettings(_Section):
             f"{self.key('dataset')} must be a dataset name or null",
         )
 
+    @property
+    def linear(self) -> bool:
+        """Whether the protocol trains a linear predictor (``predictions: linear``)."""
+        return self.predictions == "linear"
+
     def to_dict(self) -> Dict[str, Any]:
-        """Plain data; ``score`` is left out while it is ``final`` (journals written before the
-        key existed keep their settings)."""
+        """Plain data; ``score``, ``predictions`` and ``val_images`` are left out while they are
+        the defaults (journals written before the keys existed keep their settings)."""
         data = super().to_dict()
-        if data["score"] == REJECTION_SCORES[0]:
-            del data["score"]
+        for name in ("score", "predictions", "val_images"):
+            if data[name] == getattr(RejectionSettings, name):
+                del data[name]
         return data
 
 
@@ -962,6 +991,12 @@ class SearchSettings(_Section):
         )
         if self.evolution:
             self.evolution_settings()
+        rejection = self.screening.rejection
+        _require(
+            not (rejection.enabled and rejection.linear) or self.proxy.warm_start.enabled,
+            "screening.rejection.predictions: linear needs a trained detector's features; set "
+            "proxy.warm_start.iterations > 0 (the warm start it reads them from)",
+        )
         partial = self.search.partial_iterations(self.proxy.iterations)
         _require(
             partial is None or partial < self.proxy.iterations,

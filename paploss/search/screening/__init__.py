@@ -4,6 +4,8 @@
   from a randomly initialised detector.
 * :mod:`~paploss.search.screening.rejection`: the loss-rejection protocol (does a candidate teach
   the random detector's predictions anything?).
+* :mod:`~paploss.search.screening.linear`: the protocol over a fresh linear predictor on a
+  trained detector's recorded features, scored on held-out images (``predictions: linear``).
 * :mod:`~paploss.search.screening.equivalence`: the gradient-equivalence check (fingerprints;
   duplicates reuse the reward of their first equivalent).
 * :mod:`~paploss.search.screening.screener`: the :class:`Screener` that combines the two, and the
@@ -30,6 +32,9 @@ _LAZY = {
     "candidate_head_losses": "screener",
     "RejectionResult": "rejection",
     "RejectionProtocol": "rejection",
+    "LinearPredictor": "linear",
+    "LinearRejectionProtocol": "linear",
+    "rejection_protocol": "linear",
     "GradientProbes": "equivalence",
     "Fingerprint": "equivalence",
     "gradient_fingerprint": "equivalence",

@@ -45,7 +45,15 @@ class ScreeningSetupError(RuntimeError):
     """The screening of candidates cannot be set up (the model or its data do not load)."""
 
 
-def build_screener(space: Any, settings: Any, cfg: Any, *, dataset: str) -> Any:
+def build_screener(
+    space: Any,
+    settings: Any,
+    cfg: Any,
+    *,
+    dataset: str,
+    val_dataset: Optional[str] = None,
+    weights: Optional[str] = None,
+) -> Any:
     """The screener of a search space's candidates, by the space's ``KIND``: the
     :class:`~paploss.search.screening.screener.Screener` of the space's heads (``"pap"``), or
     the :class:`~paploss.search.screening.graph_screener.GraphScreener` of its searched branches
@@ -56,19 +64,23 @@ def build_screener(space: Any, settings: Any, cfg: Any, *, dataset: str) -> Any:
         settings: the search's :class:`~paploss.search.settings.ScreeningSettings`.
         cfg: the searched model's config, set up like a proxy training's.
         dataset: the proxy training split.
+        val_dataset: the proxy validation split (held-out images of ``rejection.predictions:
+            linear``).
+        weights: the search's warm-start checkpoint (``rejection.predictions: linear``).
 
     Raises:
         ValueError: for a space of another kind.
     """
     kind = getattr(space, "KIND", None)
+    data = {"dataset": dataset, "val_dataset": val_dataset, "weights": weights}
     if kind == "pap":
         from paploss.search.screening.screener import Screener
 
-        return Screener.build(settings, cfg, dataset=dataset, heads=list(space.heads))
+        return Screener.build(settings, cfg, heads=list(space.heads), **data)
     if kind == "graph":
         from paploss.search.screening.graph_screener import GraphScreener
 
-        return GraphScreener.build(settings, cfg, dataset=dataset, branches=space.branches)
+        return GraphScreener.build(settings, cfg, branches=space.branches, **data)
     raise ValueError(f"no screener for a search space of kind {kind!r}")
 
 
@@ -85,6 +97,11 @@ class CandidateScreening:
             (:func:`~paploss.search.trials.proxy_config.proxy_config_opts`), with which the
             screening sets the model up like a proxy training.
         space: the search space (its kind selects the screener, :func:`build_screener`).
+
+    Attributes:
+        warm_start_weights: the search's warm-start checkpoint, which the controller sets once it
+            is trained (before the first round is screened): ``rejection.predictions: linear``
+            records the trained detector's features from it.
     """
 
     def __init__(
@@ -103,6 +120,7 @@ class CandidateScreening:
         self._space = space
         self._screener: Optional[Any] = None  # the space's screener, built on first use
         self._seconds = 0.0  # spent screening since the last log_round
+        self.warm_start_weights: Optional[str] = None
 
     @property
     def active(self) -> bool:
@@ -248,7 +266,12 @@ class CandidateScreening:
                 cfg = setup_cfg(self._model_config, list(self._proxy_opts))
                 with torch_threads(proxy.num_threads):
                     self._screener = build_screener(
-                        self._space, screening, cfg, dataset=proxy.train_dataset
+                        self._space,
+                        screening,
+                        cfg,
+                        dataset=proxy.train_dataset,
+                        val_dataset=proxy.val_dataset,
+                        weights=self.warm_start_weights,
                     )
             except (ValueError, RuntimeError, KeyError) as exc:
                 raise ScreeningSetupError(

@@ -12,7 +12,9 @@ graphs: the same decision (:meth:`~paploss.search.screening.Screener.screen`), w
    fingerprint an earlier one had is a ``duplicate`` of it (:class:`~paploss.search.screening.
    EquivalenceRegistry`).
 3. **Loss rejection**: the search's :class:`~paploss.search.screening.RejectionProtocol`, unchanged,
-   on the ROI head's fixed batch of a random detector: the candidate's head loss is
+   on the ROI head's fixed batch of a random detector (or, with ``rejection.predictions:
+   linear``, a linear predictor trained on a warm-started detector's features,
+   :mod:`paploss.search.screening.linear`): the candidate's head loss is
    :class:`~paploss.modeling.graph_loss.GraphHeadLoss` built from the model's config with the
    candidate's overrides (the loss it would train with), and the protocol optimises the
    predictions under its :meth:`compute` and measures the AP gain; below
@@ -126,17 +128,25 @@ class GraphScreener(Screener):
         *,
         dataset: str,
         branches: Sequence[str] = ("cls", "box"),
+        val_dataset: Optional[str] = None,
+        weights: Optional[str] = None,
     ) -> "GraphScreener":
         """A screener for the model of ``cfg``: records the ROI head's batch (one forward of a
-        random detector, :func:`~paploss.search.screening.batch.build_screening_batches`).
+        random detector, :func:`~paploss.search.screening.batch.build_screening_batches`; of the
+        trained detector of ``weights`` with ``rejection.predictions: linear``, see
+        :meth:`~paploss.search.screening.Screener.rejection_batches`).
 
         Args:
             settings: screening settings.
             cfg: the searched model's config (a Faster R-CNN with ``PAPROIHeads``).
             dataset: the proxy training split (used unless ``rejection.dataset`` is set).
             branches: the searched branches.
+            val_dataset: the proxy validation split (``predictions: linear``'s held-out images).
+            weights: the search's warm-start checkpoint (``predictions: linear``).
         """
-        batches = cls.rejection_batches(settings, cfg, dataset, [HEAD])
+        batches = cls.rejection_batches(
+            settings, cfg, dataset, [HEAD], val_dataset=val_dataset, weights=weights
+        )
         return cls(settings, None if batches is None else batches[HEAD], cfg=cfg, branches=branches)
 
     @property

@@ -38,7 +38,7 @@ import io
 import math
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 
@@ -176,6 +176,41 @@ class RejectionProtocol:
             {"params": [logits], "lr": settings.logit_lr},
             {"params": [positive_deltas], "lr": settings.box_lr},
         ]
+        return self.optimise(
+            head_loss,
+            groups,
+            predictions=lambda: (logits, positive_deltas),
+            evaluate=lambda: self._ap_of(logits, positive_deltas),
+            finite=lambda: bool(torch.isfinite(logits).all()),
+            ap_before=ap_before,
+            start=start,
+        )
+
+    def optimise(
+        self,
+        head_loss: "RankingHeadLoss",
+        groups: List[Dict[str, Any]],
+        *,
+        predictions: Callable[[], Tuple[torch.Tensor, torch.Tensor]],
+        evaluate: Callable[[], float],
+        finite: Callable[[], bool],
+        ap_before: float,
+        start: float,
+    ) -> RejectionResult:
+        """The protocol's optimisation loop: ``settings.steps`` steps of ``settings.optimizer``
+        on ``groups`` under ``head_loss`` of the batch's ranking with ``predictions()``.
+
+        Args:
+            head_loss: the candidate's head loss.
+            groups: the optimiser's parameter groups (with their learning rates).
+            predictions: ``[R, K]`` logits and ``[P, 4]`` positives' deltas of the current
+                parameters (with gradient).
+            evaluate: AP (0-100) of the current parameters.
+            finite: whether the parameters are still finite.
+            ap_before: AP before the first step.
+            start: ``time.perf_counter()`` when the measurement started.
+        """
+        settings = self.settings
         if settings.optimizer == "adam":
             optimizer: torch.optim.Optimizer = torch.optim.Adam(groups)
         else:
@@ -183,7 +218,7 @@ class RejectionProtocol:
         curve: List[Tuple[int, float]] = []
         loss_first = loss_last = float("nan")
         for step in range(1, settings.steps + 1):
-            loss = self.loss(logits, positive_deltas, head_loss)
+            loss = self.loss(*predictions(), head_loss)
             loss_last = float(loss.detach())
             if step == 1:
                 loss_first = loss_last
@@ -192,12 +227,12 @@ class RejectionProtocol:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            if not bool(torch.isfinite(logits).all()):  # a non-finite gradient
+            if not finite():  # a non-finite gradient
                 break
             if settings.eval_every and step % settings.eval_every == 0 and step < settings.steps:
-                curve.append((step, self._ap_of(logits, positive_deltas)))
-        if math.isfinite(loss_last) and bool(torch.isfinite(logits).all()):
-            ap_after = self._ap_of(logits, positive_deltas)
+                curve.append((step, evaluate()))
+        if math.isfinite(loss_last) and finite():
+            ap_after = evaluate()
         else:
             ap_after = 0.0  # the candidate broke the predictions
         curve.append((settings.steps, ap_after))

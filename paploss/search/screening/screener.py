@@ -37,6 +37,7 @@ ranking losses' effect on box AP, never the mask loss or mask AP (see
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Dict, Hashable, List, Mapping, Optional, Sequence, Tuple
@@ -49,7 +50,8 @@ from paploss.search.screening.equivalence import (
     GradientProbes,
     gradient_fingerprint,
 )
-from paploss.search.screening.rejection import RejectionProtocol, RejectionResult
+from paploss.search.screening.linear import rejection_protocol
+from paploss.search.screening.rejection import RejectionResult
 from paploss.search.settings import ScreeningSettings
 from paploss.search.spaces.pap import CONFIG_PREFIX
 
@@ -206,7 +208,7 @@ class Screener:
             if not batches:
                 raise ValueError("the rejection protocol is enabled but no batch was given")
             self.protocols = {
-                head: RejectionProtocol(batch, settings.rejection)
+                head: rejection_protocol(batch, settings.rejection)
                 for head, batch in batches.items()
             }
         self.probes = probes if probes is not None else self.default_probes()
@@ -227,6 +229,8 @@ class Screener:
         *,
         dataset: str,
         heads: Optional[Sequence[str]] = None,
+        val_dataset: Optional[str] = None,
+        weights: Optional[str] = None,
     ) -> "Screener":
         """A screener for the model of ``cfg``: records the batches (one network forward).
 
@@ -235,24 +239,72 @@ class Screener:
             cfg: the searched model's Detectron2 config (:func:`paploss.engine.setup_cfg`).
             dataset: the proxy training split (used unless ``rejection.dataset`` is set).
             heads: searched heads (default: every PAP head of the model).
+            val_dataset: the proxy validation split (the held-out images of
+                ``rejection.predictions: linear``).
+            weights: the trained detector's checkpoint (the search's warm start) whose features
+                ``rejection.predictions: linear`` records.
         """
-        return cls(settings, cls.rejection_batches(settings, cfg, dataset, heads), cfg=cfg)
+        batches = cls.rejection_batches(
+            settings, cfg, dataset, heads, val_dataset=val_dataset, weights=weights
+        )
+        return cls(settings, batches, cfg=cfg)
 
     @staticmethod
     def rejection_batches(
-        settings: ScreeningSettings, cfg: Any, dataset: str, heads: Optional[Sequence[str]]
+        settings: ScreeningSettings,
+        cfg: Any,
+        dataset: str,
+        heads: Optional[Sequence[str]],
+        *,
+        val_dataset: Optional[str] = None,
+        weights: Optional[str] = None,
     ) -> Optional[Dict[str, HeadBatch]]:
-        """The loss-rejection batches of ``heads`` (one forward of the random detector, on
-        ``rejection.dataset`` or else ``dataset``), or None with rejection disabled."""
-        if not settings.rejection.enabled:
+        """The loss-rejection batches of ``heads``, or None with rejection disabled.
+
+        ``predictions: fixed``: one forward of the random detector on ``rejection.dataset`` or
+        else ``dataset``. ``predictions: linear``: the same forward of the detector of
+        ``weights``, recording the predictor's features too, and another on ``val_images``
+        images of ``val_dataset``, kept as each batch's :attr:`HeadBatch.held_out`.
+
+        Raises:
+            ValueError: naming the setting, for ``linear`` without ``weights`` or
+                ``val_dataset``, or a head without a linear predictor over per-RoI features.
+        """
+        rejection = settings.rejection
+        if not rejection.enabled:
             return None
-        return build_screening_batches(
-            cfg,
-            dataset=settings.rejection.dataset or dataset,
-            num_images=settings.rejection.num_images,
-            seed=settings.rejection.seed,
-            heads=heads,
-        )
+        if not rejection.linear:
+            return build_screening_batches(
+                cfg,
+                dataset=rejection.dataset or dataset,
+                num_images=rejection.num_images,
+                seed=rejection.seed,
+                heads=heads,
+            )
+        if not weights or not val_dataset:
+            raise ValueError(
+                "screening.rejection.predictions: linear needs a trained detector's checkpoint "
+                "(the search's warm start, proxy.warm_start) and the proxy validation split"
+            )
+        recorded = [
+            build_screening_batches(
+                cfg,
+                dataset=name,
+                num_images=num_images,
+                seed=rejection.seed,
+                heads=heads,
+                weights=weights,
+                features=True,
+            )
+            for name, num_images in (
+                (rejection.dataset or dataset, rejection.num_images),
+                (val_dataset, rejection.val_images),
+            )
+        ]
+        return {
+            head: dataclasses.replace(batch, held_out=recorded[1][head])
+            for head, batch in recorded[0].items()
+        }
 
     def head_losses(
         self, overrides: Mapping[str, Any], heads: Optional[Sequence[str]] = None
