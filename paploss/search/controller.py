@@ -23,8 +23,8 @@ One round::
 
 Before the first round, with ``proxy.warm_start``, the checkpoint every trial starts from is
 trained once (steps.warm_start); the screening, built when the first round is screened, reads it
-too (``screening.rejection.predictions: linear``). The steps are :mod:`paploss.search.steps`; this module is the
-loop that calls them, and the set-up of a new or resumed search.
+too (``screening.rejection.predictions: linear``). The steps are :mod:`paploss.search.steps`;
+this module is the loop that calls them, and the set-up of a new or resumed search.
 
 The proposer is the search method ``search.method`` names
 (:data:`paploss.search.proposers.PROPOSER_REGISTRY`; ``ppo`` by default); it also makes the
