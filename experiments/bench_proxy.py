@@ -2,13 +2,15 @@
 """Proxy fidelity: does a search's proxy reward rank candidate losses as a longer training does?
 
 For ``--candidates K`` candidates of a search (its start point ``search.init``; the published
-functions when the start is elsewhere and a published config is known; the identity functions with
-``--identity``; then samples of the first round of its method, ``search.method``: for the default
-CMA-ES search, working losses near the published functions) and ``--seeds S`` training seeds, the search's proxy training is run exactly as a search trial runs it
+functions when the start is elsewhere and a published config is known; the identity functions
+with ``--identity``; then samples of the first round of its method, ``search.method``: for the
+default CMA-ES search, working losses near the published functions) and ``--seeds S`` training
+seeds, the search's proxy training is run exactly as a search trial runs it
 (:func:`paploss.search.trials.run_trial`, warm start included, one torch thread per trial). With
 ``--reference-seeds`` > 0 each candidate is also trained with the loss table's schedule
 (``experiments/compare_losses.py``: batch 8, its iterations per detector, gradient clipping on
-as in the table unless ``--reference-clip off``, ``synthetic_shapes_train``) and evaluated on ``synthetic_shapes_val``.
+as in the table unless ``--reference-clip off``, ``synthetic_shapes_train``) through the same
+trial runner, and evaluated on ``synthetic_shapes_val``.
 The table gives each candidate's proxy reward (mean ± std over seeds) and reference AP, and:
 
 * **signal-to-noise**: the standard deviation of the candidates' mean rewards divided by the
